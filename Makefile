@@ -1,0 +1,49 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# KFlex: the two commands are `make demo` and `make test` (see README.md).
+#
+#   make setup   install what is missing (Debian packages, bindgen-cli)
+#   make kernel  build both guest kernels (CONFIG_KFLEX=y and =m) in ~/.cache/kflex
+#   make tools   bpftool, vmlinux.h, kflex-load and the guest test binary
+#   make demo    all of the above, then the demo in a guest
+#   make test    all of the above, then host tests and guest tests
+#   make vm CMD='...'   run CMD as root in a guest (no CMD: interactive shell)
+
+SHELL := /bin/bash
+KFLEX_CACHE ?= $(HOME)/.cache/kflex
+export KFLEX_CACHE
+export CARGO_TARGET_DIR ?= $(KFLEX_CACHE)/target
+export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
+export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
+VARIANT ?= y
+
+.PHONY: all setup kernel kernel-y kernel-m tools demo test vm check clean-cache
+
+all: tools
+
+setup:
+	@linux/setup.sh
+
+kernel: setup
+	@linux/build.sh y
+	@linux/build.sh m
+
+kernel-y kernel-m: setup
+	@linux/build.sh $(@:kernel-%=%)
+
+tools: kernel
+	@linux/tools.sh
+
+demo: tools
+	@tests/vm.sh --variant y --timeout 300 -- bash $(CURDIR)/tests/demo.sh
+
+test: tools
+	@tests/run-all.sh
+
+vm: tools
+	@tests/vm.sh --variant $(VARIANT) --timeout $(or $(TIMEOUT),3600) $(if $(CMD),-- bash -c '$(CMD)')
+
+# Formatting and lints of the userspace crates.
+check:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings

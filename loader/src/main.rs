@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `kflex-load`: attaches KFlex BPF programs to a network interface.
+//!
+//! Without an offload flag it attaches a per-CPU packet/byte counter at XDP,
+//! prints `ready` once attached, and on SIGINT/SIGTERM prints the counters
+//! and detaches. The offload modes (`--kmemcached`, `--kmemcache`,
+//! `--kredis`) are refused with a message naming what they still need.
+
+mod status;
+
+use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags,
+};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+use status::Status;
+
+mod xdp_count {
+    include!(concat!(env!("OUT_DIR"), "/xdp_count.skel.rs"));
+}
+
+/// Attach KFlex BPF offloads (KFlex: fast, flexible and practical kernel extensions).
+#[derive(Parser, Debug)]
+#[command(name = "kflex-load", version)]
+struct Cli {
+    /// Offload memcached GET/SET (UDP) at XDP, passing misses to memcached.
+    #[arg(long, group = "mode")]
+    kmemcached: bool,
+    /// Offload Redis GET/SET (TCP) at sk_skb, passing other commands to redis-server.
+    #[arg(long, group = "mode")]
+    kmemcache: bool,
+    /// Offload Redis ZADD into skiplist-backed sorted sets.
+    #[arg(long, group = "mode")]
+    kredis: bool,
+    /// Interface index to attach to (see `ip link`).
+    #[arg(long, value_name = "N")]
+    ifindex: Option<u32>,
+    /// Server port the offloads serve.
+    #[arg(long, default_value_t = 6969)]
+    port: u16,
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    Count,
+    Memcached,
+    RedisGetSet,
+    RedisZadd,
+}
+
+impl Cli {
+    fn mode(&self) -> Mode {
+        if self.kmemcached {
+            Mode::Memcached
+        } else if self.kmemcache {
+            Mode::RedisGetSet
+        } else if self.kredis {
+            Mode::RedisZadd
+        } else {
+            Mode::Count
+        }
+    }
+}
+
+/// Refuses the offload modes this build does not implement yet.
+fn check_mode(mode: &Mode) -> Result<()> {
+    let (flag, what) = match mode {
+        Mode::Count => return Ok(()),
+        Mode::Memcached => (
+            "--kmemcached",
+            "the memcached GET/SET offload needs the KFlex hash table on the extension heap \
+             and the XDP reply path",
+        ),
+        Mode::RedisGetSet => (
+            "--kmemcache",
+            "the Redis GET/SET offload needs the KFlex hash table on the extension heap \
+             and the sk_skb/sockmap reply path",
+        ),
+        Mode::RedisZadd => (
+            "--kredis",
+            "the Redis ZADD offload needs the KFlex skiplist on the extension heap",
+        ),
+    };
+    bail!("{flag} is not available in this build: {what}, which are not implemented yet")
+}
+
+fn check_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "kflex-load must run as root: loading BPF programs and attaching XDP need \
+             CAP_BPF and CAP_NET_ADMIN (try `sudo kflex-load ...`)"
+        );
+    }
+    Ok(())
+}
+
+fn interface_name(ifindex: u32) -> Result<String> {
+    let mut buf = [0u8; libc_ifnamsiz()];
+    // SAFETY: `buf` has room for IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { nix::libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        bail!(
+            "no network interface has ifindex {ifindex}; list interfaces and their indexes \
+             with `ip link`"
+        );
+    }
+    Ok(CStr::from_bytes_until_nul(&buf)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default())
+}
+
+const fn libc_ifnamsiz() -> usize {
+    nix::libc::IF_NAMESIZE
+}
+
+/// Blocks SIGINT and SIGTERM (so they queue) and returns the set to wait on.
+fn block_exit_signals() -> Result<SigSet> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .context("blocking SIGINT/SIGTERM")?;
+    Ok(set)
+}
+
+fn run_counter(ifindex: u32, ifname: &str, signals: &SigSet) -> Result<()> {
+    let mut storage = MaybeUninit::uninit();
+    let open = xdp_count::XdpCountSkelBuilder::default()
+        .open(&mut storage)
+        .context("opening xdp_count BPF object")?;
+    let skel = open.load().context("loading xdp_count into the kernel")?;
+    let link = skel
+        .progs
+        .xdp_count
+        .attach_xdp(ifindex as i32)
+        .with_context(|| format!("attaching XDP program to {ifname} (ifindex {ifindex})"))?;
+    println!("ready: xdp_count attached to {ifname} (ifindex {ifindex})");
+    std::io::stdout().flush().ok();
+
+    let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
+
+    let key = 0u32.to_ne_bytes();
+    let per_cpu = skel
+        .maps
+        .counters
+        .lookup_percpu(&key, MapFlags::ANY)
+        .context("reading counters")?
+        .unwrap_or_default();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for v in &per_cpu {
+        if v.len() >= 16 {
+            packets += u64::from_ne_bytes(v[0..8].try_into().unwrap_or_default());
+            bytes += u64::from_ne_bytes(v[8..16].try_into().unwrap_or_default());
+        }
+    }
+    drop(link);
+    println!("{sig:?}: {ifname} (ifindex {ifindex}): {packets} packets, {bytes} bytes");
+    println!("detached");
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mode = cli.mode();
+    check_mode(&mode)?;
+    check_root()?;
+    Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
+    let Some(ifindex) = cli.ifindex else {
+        bail!("--ifindex N is required: the index of the interface to attach to (see `ip link`)");
+    };
+    let ifname = interface_name(ifindex)?;
+    let signals = block_exit_signals()?;
+    run_counter(ifindex, &ifname, &signals)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("kflex-load: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_counter_on_port_6969() {
+        let cli = Cli::try_parse_from(["kflex-load", "--ifindex", "3"]).unwrap();
+        assert_eq!(cli.mode(), Mode::Count);
+        assert_eq!(cli.port, 6969);
+        assert_eq!(cli.ifindex, Some(3));
+    }
+
+    #[test]
+    fn modes_are_exclusive() {
+        assert!(Cli::try_parse_from(["kflex-load", "--kmemcached", "--kredis"]).is_err());
+        let cli = Cli::try_parse_from(["kflex-load", "--kredis", "--port", "7000"]).unwrap();
+        assert_eq!(cli.mode(), Mode::RedisZadd);
+        assert_eq!(cli.port, 7000);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        assert!(Cli::try_parse_from(["kflex-load", "--ifindex", "eth0"]).is_err());
+        assert!(Cli::try_parse_from(["kflex-load", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn unimplemented_modes_name_what_is_missing() {
+        for (mode, flag) in [
+            (Mode::Memcached, "--kmemcached"),
+            (Mode::RedisGetSet, "--kmemcache"),
+            (Mode::RedisZadd, "--kredis"),
+        ] {
+            let e = check_mode(&mode).unwrap_err().to_string();
+            assert!(e.contains(flag) && e.contains("not implemented"), "{e}");
+        }
+        assert!(check_mode(&Mode::Count).is_ok());
+    }
+}
