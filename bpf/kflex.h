@@ -16,7 +16,35 @@
 #endif
 
 /* Keep in sync with include/uapi/linux/kflex.h (not in vmlinux.h). */
-#define BPF_F_KFLEX (1U << 30)
+#define BPF_F_KFLEX (1U << 28)
+
+/*
+ * KFLEX_HEAP(name, bytes) declares a heap of `bytes` (a power of two from
+ * 64 KiB to 256 GiB). Built with -DKFLEX_UPSTREAM_ARENA, the same source
+ * declares an upstream arena instead (at most 4 GiB).
+ */
+#ifdef KFLEX_UPSTREAM_ARENA
+#define KFLEX_HEAP_FLAGS 0
+#else
+#define KFLEX_HEAP_FLAGS BPF_F_KFLEX
+#endif
+
+#define KFLEX_HEAP(name, bytes)						\
+	struct {							\
+		__uint(type, BPF_MAP_TYPE_ARENA);			\
+		__uint(map_flags, BPF_F_MMAPABLE | KFLEX_HEAP_FLAGS);	\
+		__uint(max_entries, (bytes) / 4096);			\
+	} name SEC(".maps")
+
+/* KFlex kfuncs (kernel/bpf/kflex_glue.c). */
+extern void __arena *bpf_kflex_alloc(void *heap, __u64 size) __ksym __weak;
+extern void bpf_kflex_free(void *heap, void __arena *ptr) __ksym __weak;
+extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
+
+/* Allocate `size` bytes from `heap`: NULL when exhausted. Any context. */
+#define kflex_malloc(heap, size) bpf_kflex_alloc(&(heap), (size))
+/* Free an object of `heap`; bad pointers are refused and counted. */
+#define kflex_free(heap, ptr) bpf_kflex_free(&(heap), (ptr))
 
 /* Counters shared by the packet counter and user space. */
 struct kflex_counters {

@@ -23,6 +23,7 @@ case "$variant" in y|m) ;; *) kflex_die "usage: linux/build.sh y|m" ;; esac
 build=$(kflex_build_dir "$variant")
 top=$(dirname "$build")
 log=$top/build.log
+clog=$top/config.log
 mkdir -p "$top" "$KFLEX_CACHE/src"
 
 # 1. Pristine source, re-extracted when the tarball changes.
@@ -104,9 +105,9 @@ frags=("$build/kernel/configs/kvm_guest.config" "$KFLEX_REPO/linux/kflex.config"
 config_id=$(cat "${frags[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$build/.kflex-config-id" 2>/dev/null)" != "$config_id" ] || [ ! -f "$build/.config" ]; then
 	kflex_log "configuring ($variant): tinyconfig + kvm_guest.config + kflex.config + kflex-$variant.config"
-	make -C "$build" -s "${makeargs[@]}" tinyconfig >>"$log" 2>&1
-	(cd "$build" && ./scripts/kconfig/merge_config.sh -m .config "${frags[@]}") >>"$log" 2>&1
-	make -C "$build" -s "${makeargs[@]}" olddefconfig >>"$log" 2>&1
+	make -C "$build" -s "${makeargs[@]}" tinyconfig >"$clog" 2>&1
+	(cd "$build" && ./scripts/kconfig/merge_config.sh -m .config "${frags[@]}") >>"$clog" 2>&1
+	make -C "$build" -s "${makeargs[@]}" olddefconfig >>"$clog" 2>&1
 	bad=0
 	for f in "${frags[@]:1}"; do
 		while read -r line; do
@@ -117,14 +118,14 @@ if [ "$(cat "$build/.kflex-config-id" 2>/dev/null)" != "$config_id" ] || [ ! -f 
 			fi
 		done <"$f"
 	done
-	[ "$bad" -eq 0 ] || kflex_die "configuration failed (dependencies missing?); see $log"
+	[ "$bad" -eq 0 ] || kflex_die "configuration failed (dependencies missing?); see $clog"
 	echo "$config_id" >"$build/.kflex-config-id"
 fi
 
 # 5. Build, with a progress line every 30 s.
 start=$(date +%s)
 kflex_log "building kernel ($variant) in $build (log: $log)"
-echo "=== build $(date) ===" >>"$log"
+echo "=== build $(date) ===" >"$log"
 set +e
 make -C "$build" -j"$(nproc)" "${makeargs[@]}" bzImage modules >>"$log" 2>&1 &
 mpid=$!
@@ -143,7 +144,7 @@ rc=$?
 set -e
 trap - INT TERM
 if [ $rc -ne 0 ]; then
-	grep -E 'error|Error' "$log" | tail -n 30 >&2 || true
+	grep -E -A5 '(error|Error)[:\[]' "$log" | head -n 60 >&2 || true
 	tail -n 20 "$log" >&2
 	kflex_die "kernel build ($variant) failed; full log: $log"
 fi

@@ -3,12 +3,17 @@
 //! KFlex: fast, flexible and practical kernel extensions.
 //!
 //! This is the `module!` entry of the KFlex Rust component. At init it
-//! registers the component's entry points with the built-in C registration
-//! point (`kernel/bpf/kflex_glue.c`); from then on programs and maps that use
-//! a KFlex heap are accepted. Every such user pins the module, so `rmmod kflex`
-//! is refused while any is alive.
+//! registers the component's entry points ([`ops`]) with the built-in C
+//! registration point (`kernel/bpf/kflex_glue.c`); from then on KFlex heaps
+//! can be created. Every heap pins the module, so `rmmod kflex` is refused
+//! while any exists.
 
-use kernel::{bindings, c_str, prelude::*, str::CStr};
+use kernel::{c_str, prelude::*, str::CStr};
+
+mod heap;
+mod logic;
+mod ops;
+mod planner;
 
 module! {
     type: KFlex,
@@ -28,7 +33,7 @@ struct KFlex {
 }
 
 /// The ops table handed to the C registration point.
-struct Ops(KBox<bindings::kflex_ops>);
+struct Ops(KBox<kernel::bindings::kflex_ops>);
 
 // SAFETY: the table is written once in `init` and only read afterwards; its
 // raw pointers (this module, a static string) are valid from any thread.
@@ -38,24 +43,17 @@ unsafe impl Sync for Ops {}
 
 impl kernel::Module for KFlex {
     fn init(module: &'static ThisModule) -> Result<Self> {
-        let ops = KBox::new(
-            bindings::kflex_ops {
-                owner: module.as_ptr(),
-                version: VERSION.as_char_ptr(),
-            },
-            GFP_KERNEL,
-        )?;
+        let ops = KBox::new(ops::table(module.as_ptr(), VERSION.as_char_ptr()), GFP_KERNEL)?;
         // SAFETY: `ops` is a valid, fully initialised table that lives in a
         // box owned by the returned `KFlex`, which unregisters it in `drop`
         // before the box is freed.
-        kernel::error::to_result(unsafe { bindings::kflex_register(&*ops) })?;
-        let ops = Ops(ops);
+        kernel::error::to_result(unsafe { kernel::bindings::kflex_register(&*ops) })?;
         pr_info!(
             "KFlex {} active ({})\n",
             VERSION.to_str().unwrap_or("?"),
             if cfg!(MODULE) { "module" } else { "built-in" }
         );
-        Ok(KFlex { ops })
+        Ok(KFlex { ops: Ops(ops) })
     }
 }
 
@@ -63,7 +61,7 @@ impl Drop for KFlex {
     fn drop(&mut self) {
         // SAFETY: `self.ops` was registered in `init`; after this call returns
         // no user can reach it any more, so the box may be freed.
-        unsafe { bindings::kflex_unregister(&*self.ops.0) };
+        unsafe { kernel::bindings::kflex_unregister(&*self.ops.0) };
         pr_info!("KFlex unloaded\n");
     }
 }

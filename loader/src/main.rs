@@ -7,12 +7,13 @@
 //! and detaches. The offload modes (`--kmemcached`, `--kmemcache`,
 //! `--kredis`) are refused with a message naming what they still need.
 
+mod heapstats;
 mod status;
 
 use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
     MapCore, MapFlags,
@@ -27,8 +28,10 @@ mod xdp_count {
 
 /// Attach KFlex BPF offloads (KFlex: fast, flexible and practical kernel extensions).
 #[derive(Parser, Debug)]
-#[command(name = "kflex-load", version)]
+#[command(name = "kflex-load", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Offload memcached GET/SET (UDP) at XDP, passing misses to memcached.
     #[arg(long, group = "mode")]
     kmemcached: bool,
@@ -44,6 +47,16 @@ struct Cli {
     /// Server port the offloads serve.
     #[arg(long, default_value_t = 6969)]
     port: u16,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List every KFlex heap on the system with its statistics.
+    HeapStats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What the command line asks for.
@@ -83,10 +96,9 @@ fn check_mode(mode: &Mode) -> Result<()> {
             "the Redis GET/SET offload needs the KFlex hash table on the extension heap \
              and the sk_skb/sockmap reply path",
         ),
-        Mode::RedisZadd => (
-            "--kredis",
-            "the Redis ZADD offload needs the KFlex skiplist on the extension heap",
-        ),
+        Mode::RedisZadd => {
+            ("--kredis", "the Redis ZADD offload needs the KFlex skiplist on the extension heap")
+        }
     };
     bail!("{flag} is not available in this build: {what}, which are not implemented yet")
 }
@@ -166,7 +178,31 @@ fn run_counter(ifindex: u32, ifname: &str, signals: &SigSet) -> Result<()> {
     Ok(())
 }
 
+/// Reads every heap's statistics and its map name.
+fn heap_stats(json: bool) -> Result<()> {
+    Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
+    let text = std::fs::read_to_string(heapstats::HEAPS_PATH).with_context(|| {
+        format!("reading {} (needs root on most systems)", heapstats::HEAPS_PATH)
+    })?;
+    let mut heaps = heapstats::parse(&text)?;
+    for h in &mut heaps {
+        // The name is best effort: the heap may be gone, or we lack CAP_BPF.
+        if let Ok(map) = libbpf_rs::MapHandle::from_map_id(h.get("id") as u32) {
+            h.name = map.name().to_string_lossy().into_owned();
+        }
+    }
+    if json {
+        println!("{}", heapstats::json(&heaps));
+    } else {
+        print!("{}", heapstats::table(&heaps));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::HeapStats { json }) = cli.command {
+        return heap_stats(json);
+    }
     let mode = cli.mode();
     check_mode(&mode)?;
     check_root()?;
@@ -205,6 +241,13 @@ mod tests {
         let cli = Cli::try_parse_from(["kflex-load", "--kredis", "--port", "7000"]).unwrap();
         assert_eq!(cli.mode(), Mode::RedisZadd);
         assert_eq!(cli.port, 7000);
+    }
+
+    #[test]
+    fn heap_stats_subcommand() {
+        let cli = Cli::try_parse_from(["kflex-load", "heap-stats", "--json"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::HeapStats { json: true })));
+        assert!(Cli::try_parse_from(["kflex-load", "--kredis", "heap-stats"]).is_err());
     }
 
     #[test]

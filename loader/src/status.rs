@@ -27,10 +27,7 @@ impl Status {
         match (words.next(), words.next(), words.next(), words.next()) {
             (Some("absent"), None, None, None) => Ok(Status::Absent),
             (Some("active"), Some(v), Some(kind @ ("built-in" | "module")), None) => {
-                Ok(Status::Active {
-                    version: v.to_owned(),
-                    builtin: kind == "built-in",
-                })
+                Ok(Status::Active { version: v.to_owned(), builtin: kind == "built-in" })
             }
             _ => bail!("unexpected content of {STATUS_PATH}: {:?}", text.trim()),
         }
@@ -70,17 +67,11 @@ mod tests {
         assert_eq!(Status::parse("absent\n").unwrap(), Status::Absent);
         assert_eq!(
             Status::parse("active 0.1.0 built-in\n").unwrap(),
-            Status::Active {
-                version: "0.1.0".into(),
-                builtin: true
-            }
+            Status::Active { version: "0.1.0".into(), builtin: true }
         );
         assert_eq!(
             Status::parse("active 0.1.0 module\n").unwrap(),
-            Status::Active {
-                version: "0.1.0".into(),
-                builtin: false
-            }
+            Status::Active { version: "0.1.0".into(), builtin: false }
         );
     }
 

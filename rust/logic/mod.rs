@@ -1,4 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! KFlex logic that needs no kernel API, shared by the kernel component and
-//! the host tests.
+//! the host tests: heap geometry, allocator bookkeeping, the guard pass.
+
+pub mod alloc;
+pub mod geometry;

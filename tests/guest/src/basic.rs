@@ -11,15 +11,9 @@ use crate::util::*;
 /// Built-in variant: KFlex is active from boot and logged its version.
 pub fn builtin_active_at_boot() -> Result<()> {
     let st = kflex_status()?;
-    ensure!(
-        st.starts_with("active ") && st.ends_with(" built-in"),
-        "status: {st}"
-    );
+    ensure!(st.starts_with("active ") && st.ends_with(" built-in"), "status: {st}");
     let log = dmesg()?;
-    ensure!(
-        log.contains("kflex: KFlex 0.1.0 active (built-in)"),
-        "no init line in dmesg"
-    );
+    ensure!(log.contains("kflex: KFlex 0.1.0 active (built-in)"), "no init line in dmesg");
     ensure!(
         run("rmmod", &["kflex"])?.status.code() != Some(0),
         "rmmod of a built-in component succeeded"
@@ -30,39 +24,19 @@ pub fn builtin_active_at_boot() -> Result<()> {
 /// Module variant: `insmod kflex.ko` activates KFlex, `rmmod kflex` removes it, twice.
 pub fn module_load_unload() -> Result<()> {
     unload_kflex()?;
-    ensure!(
-        kflex_status()? == "absent",
-        "status before insmod: {}",
-        kflex_status()?
-    );
+    ensure!(kflex_status()? == "absent", "status before insmod: {}", kflex_status()?);
     for round in 0..2 {
         sh("insmod", &[&kflex_ko()?])?;
         let st = kflex_status()?;
-        ensure!(
-            st.starts_with("active ") && st.ends_with(" module"),
-            "round {round}: {st}"
-        );
+        ensure!(st.starts_with("active ") && st.ends_with(" module"), "round {round}: {st}");
         let mods = std::fs::read_to_string("/proc/modules")?;
-        ensure!(
-            mods.lines().any(|l| l.starts_with("kflex ")),
-            "kflex not in /proc/modules"
-        );
+        ensure!(mods.lines().any(|l| l.starts_with("kflex ")), "kflex not in /proc/modules");
         sh("rmmod", &["kflex"])?;
-        ensure!(
-            kflex_status()? == "absent",
-            "round {round}: still {}",
-            kflex_status()?
-        );
+        ensure!(kflex_status()? == "absent", "round {round}: still {}", kflex_status()?);
     }
     let log = dmesg()?;
-    ensure!(
-        log.matches("kflex: KFlex 0.1.0 active (module)").count() >= 2,
-        "init lines missing"
-    );
-    ensure!(
-        log.matches("kflex: KFlex unloaded").count() >= 2,
-        "exit lines missing"
-    );
+    ensure!(log.matches("kflex: KFlex 0.1.0 active (module)").count() >= 2, "init lines missing");
+    ensure!(log.matches("kflex: KFlex unloaded").count() >= 2, "exit lines missing");
     Ok(())
 }
 
@@ -74,16 +48,9 @@ pub fn counter_counts_veth_traffic() -> Result<()> {
     let ifindex = veth.outer_ifindex()?.to_string();
     let mut loader = Background::spawn("kflex-load", &["--ifindex", &ifindex])?;
     let ready = loader.wait_for("ready", Duration::from_secs(60))?;
-    ensure!(
-        ready.contains(&veth.outer),
-        "ready line does not name the interface: {ready}"
-    );
+    ensure!(ready.contains(&veth.outer), "ready line does not name the interface: {ready}");
     let link = sh("ip", &["link", "show", &veth.outer])?;
-    ensure!(
-        link.contains("xdp"),
-        "no XDP program on {}: {link}",
-        veth.outer
-    );
+    ensure!(link.contains("xdp"), "no XDP program on {}: {link}", veth.outer);
 
     const N: usize = 100;
     const PAYLOAD: usize = 64;
@@ -105,33 +72,16 @@ pub fn counter_counts_veth_traffic() -> Result<()> {
         .with_context(|| format!("no counter line in {lines:?}"))?;
     let num = |word: &str| -> Result<u64> {
         let before = summary.split(word).next().context("format")?;
-        Ok(before
-            .trim()
-            .rsplit(' ')
-            .next()
-            .context("format")?
-            .parse()?)
+        Ok(before.trim().rsplit(' ').next().context("format")?.parse()?)
     };
     let (packets, bytes) = (num(" packets")?, num(" bytes")?);
     println!("counter: {summary}");
     // N UDP datagrams plus at most a few ARP/IPv6 frames.
-    ensure!(
-        (N as u64..=N as u64 + 10).contains(&packets),
-        "packets = {packets}"
-    );
-    ensure!(
-        bytes >= (N * (14 + 20 + 8 + PAYLOAD)) as u64,
-        "bytes = {bytes}"
-    );
-    ensure!(
-        lines.iter().any(|l| l == "detached"),
-        "no detach line: {lines:?}"
-    );
+    ensure!((N as u64..=N as u64 + 10).contains(&packets), "packets = {packets}");
+    ensure!(bytes >= (N * (14 + 20 + 8 + PAYLOAD)) as u64, "bytes = {bytes}");
+    ensure!(lines.iter().any(|l| l == "detached"), "no detach line: {lines:?}");
     let link = sh("ip", &["link", "show", &veth.outer])?;
-    ensure!(
-        !link.contains("xdp"),
-        "XDP program still attached after exit: {link}"
-    );
+    ensure!(!link.contains("xdp"), "XDP program still attached after exit: {link}");
     Ok(())
 }
 
@@ -154,29 +104,16 @@ pub fn bad_invocations_fail_clearly() -> Result<()> {
     ensure!(e.contains("invalid value"), "{e}");
     for flag in ["--kmemcached", "--kmemcache", "--kredis"] {
         let e = load_fails(&[flag, "--ifindex", "1"])?;
-        ensure!(
-            e.contains(flag) && e.contains("not implemented"),
-            "{flag}: {e}"
-        );
+        ensure!(e.contains(flag) && e.contains("not implemented"), "{flag}: {e}");
     }
     let e = load_fails(&["--kmemcached", "--kredis"])?;
     ensure!(e.contains("cannot be used with"), "{e}");
     let out = run(
         "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "kflex-load",
-            "--ifindex",
-            "1",
-        ],
+        &["--reuid=65534", "--regid=65534", "--clear-groups", "kflex-load", "--ifindex", "1"],
     )?;
     let e = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        !out.status.success() && e.contains("must run as root"),
-        "as nobody: {e}"
-    );
+    ensure!(!out.status.success() && e.contains("must run as root"), "as nobody: {e}");
     if variant() == "m" {
         unload_kflex()?;
         let e = load_fails(&["--ifindex", "1"])?;

@@ -6,30 +6,35 @@
 //! for one variant are ignored in the other.
 
 mod basic;
+mod heap;
 mod util;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
 type TestFn = fn() -> anyhow::Result<()>;
 
-/// (name, variants it runs in, test)
+/// A test and the kernel variants (`y`, `m`) it runs in.
+macro_rules! t {
+    ($path:path, $variants:literal) => {
+        (stringify!($path), $variants, $path as TestFn)
+    };
+}
+
 const TESTS: &[(&str, &str, TestFn)] = &[
-    (
-        "basic::builtin_active_at_boot",
-        "y",
-        basic::builtin_active_at_boot,
-    ),
-    ("basic::module_load_unload", "m", basic::module_load_unload),
-    (
-        "basic::counter_counts_veth_traffic",
-        "ym",
-        basic::counter_counts_veth_traffic,
-    ),
-    (
-        "basic::bad_invocations_fail_clearly",
-        "ym",
-        basic::bad_invocations_fail_clearly,
-    ),
+    t!(basic::builtin_active_at_boot, "y"),
+    t!(basic::module_load_unload, "m"),
+    t!(basic::counter_counts_veth_traffic, "ym"),
+    t!(basic::bad_invocations_fail_clearly, "ym"),
+    t!(heap::list_walked_from_user_space, "ym"),
+    t!(heap::xdp_alloc_free_round_trips, "ym"),
+    t!(heap::heap_sizes_validated, "ym"),
+    t!(heap::big_heap_used_sparsely, "ym"),
+    t!(heap::exhaustion_and_recovery, "ym"),
+    t!(heap::worker_populates_reserve, "ym"),
+    t!(heap::two_cpus_churn, "ym"),
+    t!(heap::hostile_program_is_contained, "ym"),
+    t!(heap::close_releases_everything, "ym"),
+    t!(heap::heap_refused_without_module, "m"),
 ];
 
 fn main() {
@@ -38,10 +43,8 @@ fn main() {
     let trials = TESTS
         .iter()
         .map(|&(name, variants, f)| {
-            Trial::test(name, move || {
-                f().map_err(|e| Failed::from(format!("{e:#}")))
-            })
-            .with_ignored_flag(!variants.contains(variant.as_str()))
+            Trial::test(name, move || f().map_err(|e| Failed::from(format!("{e:#}"))))
+                .with_ignored_flag(!variants.contains(variant.as_str()))
         })
         .collect();
     libtest_mimic::run(&args, trials).exit();

@@ -21,10 +21,7 @@ pub fn variant() -> String {
 
 /// Runs a command and returns its output (whatever its exit status).
 pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd} {args:?}"))
+    Command::new(cmd).args(args).output().with_context(|| format!("running {cmd} {args:?}"))
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -99,33 +96,11 @@ impl VethNs {
         sh("ip", &["netns", "add", &v.ns])?;
         sh(
             "ip",
-            &[
-                "link", "add", &v.outer, "type", "veth", "peer", "name", &v.inner, "netns", &v.ns,
-            ],
+            &["link", "add", &v.outer, "type", "veth", "peer", "name", &v.inner, "netns", &v.ns],
         )?;
-        sh(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}/24", v.outer_ip),
-                "dev",
-                &v.outer,
-            ],
-        )?;
+        sh("ip", &["addr", "add", &format!("{}/24", v.outer_ip), "dev", &v.outer])?;
         sh("ip", &["link", "set", &v.outer, "up"])?;
-        sh(
-            "ip",
-            &[
-                "-n",
-                &v.ns,
-                "addr",
-                "add",
-                &format!("{}/24", v.inner_ip),
-                "dev",
-                &v.inner,
-            ],
-        )?;
+        sh("ip", &["-n", &v.ns, "addr", "add", &format!("{}/24", v.inner_ip), "dev", &v.inner])?;
         sh("ip", &["-n", &v.ns, "link", "set", &v.inner, "up"])?;
         sh("ip", &["-n", &v.ns, "link", "set", "lo", "up"])?;
         Ok(v)
@@ -184,11 +159,7 @@ impl Background {
                 }
             }
         });
-        Ok(Background {
-            child,
-            lines: rx,
-            seen: Vec::new(),
-        })
+        Ok(Background { child, lines: rx, seen: Vec::new() })
     }
 
     /// Waits until a stdout line contains `needle`.
@@ -203,10 +174,9 @@ impl Background {
                         return Ok(line);
                     }
                 }
-                Err(_) => bail!(
-                    "no line containing {needle:?} within {timeout:?}; saw {:?}",
-                    self.seen
-                ),
+                Err(_) => {
+                    bail!("no line containing {needle:?} within {timeout:?}; saw {:?}", self.seen)
+                }
             }
         }
     }

@@ -1,0 +1,135 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The component's entry points, registered with the built-in glue as a
+//! `struct kflex_ops` (see `include/linux/kflex.h`).
+
+use core::ffi::c_int;
+
+use kernel::{bindings, prelude::*};
+
+use crate::{heap::Heap, planner};
+
+/// The heap behind `info`.
+///
+/// # Safety
+///
+/// `info` must belong to a heap whose `heap_init` succeeded and whose
+/// `heap_fini` has not run.
+unsafe fn heap<'a>(info: *mut bindings::kflex_heap_info) -> &'a Heap {
+    // SAFETY: per the contract, `priv_` holds the pinned heap from
+    // `heap_init`, alive until `heap_fini`.
+    unsafe { &*((*info).priv_ as *const Heap) }
+}
+
+unsafe extern "C" fn heap_init(
+    info: *mut bindings::kflex_heap_info,
+    pages: u32,
+    map_extra: u64,
+) -> c_int {
+    match Heap::create(info, pages, map_extra) {
+        Ok(h) => {
+            // SAFETY: the heap is never moved out of its box: the raw
+            // pointer is turned back into a pinned box in `heap_fini`.
+            let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(h) });
+            // SAFETY: `info` is the glue's heap being created.
+            unsafe { (*info).priv_ = raw.cast() };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+unsafe extern "C" fn heap_fini(info: *mut bindings::kflex_heap_info) {
+    // SAFETY: `info` is valid; `priv_` is the pointer stored by `heap_init`.
+    let raw = unsafe { (*info).priv_ } as *mut Heap;
+    if raw.is_null() {
+        return;
+    }
+    // SAFETY: `raw` came from `KBox::into_raw` of a pinned box in
+    // `heap_init`; nothing uses the heap any more (no program, mapping or
+    // statistics reader is left when the glue calls this).
+    let heap = unsafe { Pin::new_unchecked(KBox::from_raw(raw)) };
+    heap.fini();
+    // SAFETY: as above.
+    unsafe { (*info).priv_ = core::ptr::null_mut() };
+    drop(heap);
+}
+
+unsafe extern "C" fn heap_fault(info: *mut bindings::kflex_heap_info, off: u64) -> *mut bindings::page {
+    // SAFETY: the glue calls this for a live heap (a mapping pins it).
+    unsafe { heap(info) }.fault(off)
+}
+
+unsafe extern "C" fn heap_stats(
+    info: *mut bindings::kflex_heap_info,
+    stats: *mut bindings::kflex_heap_stats,
+) {
+    // SAFETY: live heap (the glue holds it on its list); `stats` is a valid
+    // zeroed buffer.
+    unsafe { heap(info).stats(&mut *stats) }
+}
+
+unsafe extern "C" fn alloc(info: *mut bindings::kflex_heap_info, size: u64) -> u64 {
+    // SAFETY: a running program pins its heap.
+    unsafe { heap(info) }.alloc(size)
+}
+
+unsafe extern "C" fn free(info: *mut bindings::kflex_heap_info, uaddr: u64) {
+    // SAFETY: a running program pins its heap.
+    unsafe { heap(info) }.free(uaddr)
+}
+
+unsafe extern "C" fn reserve(info: *mut bindings::kflex_heap_info, bytes: u64) -> c_int {
+    // SAFETY: a running program pins its heap.
+    unsafe { heap(info) }.reserve(bytes)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn plan(
+    insns: *const bindings::bpf_insn,
+    cnt: u32,
+    starts: *const u32,
+    nsub: u32,
+    heap_size: u64,
+    mode: u32,
+    marks: *mut u8,
+    stats: *mut bindings::kflex_plan_stats,
+) -> c_int {
+    if insns.is_null() || starts.is_null() || marks.is_null() || stats.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the verifier passes arrays of `cnt` instructions and marks and
+    // `nsub` subprogram starts, valid for the duration of the call.
+    let (insns, starts, marks, stats) = unsafe {
+        (
+            core::slice::from_raw_parts(insns.cast::<[u8; 8]>(), cnt as usize),
+            core::slice::from_raw_parts(starts, nsub as usize),
+            core::slice::from_raw_parts_mut(marks, cnt as usize),
+            &mut *stats,
+        )
+    };
+    match planner::plan(insns, starts, heap_size, mode, marks) {
+        Ok((accesses, elided)) => {
+            stats.accesses = accesses;
+            stats.elided = elided;
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// Fills an ops table with this component's entry points.
+pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> bindings::kflex_ops {
+    bindings::kflex_ops {
+        owner,
+        version: version.cast(),
+        heap_init: Some(heap_init),
+        heap_fini: Some(heap_fini),
+        heap_fault: Some(heap_fault),
+        heap_stats: Some(heap_stats),
+        alloc: Some(alloc),
+        free: Some(free),
+        reserve: Some(reserve),
+        plan: Some(plan),
+    }
+}

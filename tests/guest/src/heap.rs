@@ -1,0 +1,503 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Extension heap and allocator tests (`tests/bpf/heap_test.bpf.c`).
+
+use std::{
+    collections::HashSet,
+    mem::MaybeUninit,
+    os::fd::{AsFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use libbpf_rs::{
+    libbpf_sys,
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, ProgramInput,
+};
+
+use crate::util::*;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/heap_test.skel.rs"));
+}
+use skel::*;
+
+/// `BPF_F_MMAPABLE | BPF_F_KFLEX`.
+const KFLEX_FLAGS: u32 = (1 << 10) | (1 << 28);
+const GIB: u64 = 1 << 30;
+
+/// Arguments of the syscall programs (`struct args`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct Args {
+    pub size: u64,
+    pub n: u64,
+    pub arg: u64,
+    pub ret: u64,
+}
+
+/// A loaded heap_test skeleton with a heap of `size` bytes.
+pub struct Loaded {
+    pub skel: HeapTestSkel<'static>,
+    pub size: u64,
+    // Boxed so the skeleton's borrow of it stays valid; declared after the
+    // skeleton so that it is dropped after it.
+    _storage: Box<MaybeUninit<libbpf_rs::OpenObject>>,
+}
+
+impl Loaded {
+    pub fn new(size: u64) -> Result<Loaded> {
+        let mut storage = Box::new(MaybeUninit::uninit());
+        // SAFETY: the storage is boxed and dropped after the skeleton (field
+        // order), so extending the borrow to 'static is sound.
+        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            unsafe { &mut *(storage.as_mut() as *mut _) };
+        let mut open = HeapTestSkelBuilder::default().open(storage_ref)?;
+        open.maps.heap.set_max_entries((size / 4096) as u32)?;
+        let skel = open.load().context("loading heap_test")?;
+        Ok(Loaded { skel, _storage: storage, size })
+    }
+
+    /// Runs a syscall program with `args`; returns the updated args.
+    pub fn run(&self, prog: &libbpf_rs::ProgramMut, mut args: Args) -> Result<Args> {
+        // SAFETY: `Args` is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(&mut args as *mut Args as *mut u8, size_of::<Args>())
+        };
+        let input = ProgramInput { context_in: Some(bytes), ..Default::default() };
+        let out = prog
+            .test_run(input)
+            .with_context(|| format!("test_run {}", prog.name().to_string_lossy()))?;
+        ensure!(out.return_value == 0, "program returned {}", out.return_value);
+        Ok(args)
+    }
+
+    pub fn call(&self, prog: &libbpf_rs::ProgramMut, size: u64, n: u64, arg: u64) -> Result<u64> {
+        Ok(self.run(prog, Args { size, n, arg, ret: 0 })?.ret)
+    }
+
+    /// Populates `bytes` ahead (bpf_kflex_reserve).
+    pub fn reserve(&self, bytes: u64) -> Result<()> {
+        let r = self.call(&self.skel.progs.reserve, 0, bytes, 0)? as i64;
+        ensure!(r == 0, "bpf_kflex_reserve({bytes}) = {r}");
+        Ok(())
+    }
+
+    pub fn bss(&self) -> &types::bss {
+        self.skel.maps.bss_data.as_deref().expect("bss")
+    }
+
+    pub fn map_id(&self) -> Result<u32> {
+        Ok(self.skel.maps.heap.info()?.info.id)
+    }
+
+    /// This heap's line of /proc/kflex/heaps.
+    pub fn stats(&self) -> Result<HeapStats> {
+        let id = self.map_id()?;
+        HeapStats::read_all()?
+            .into_iter()
+            .find(|s| s.get("id") == id as u64)
+            .with_context(|| format!("heap {id} not in /proc/kflex/heaps"))
+    }
+
+    /// User address of the heap's first byte, from an allocated pointer.
+    pub fn base_of(&self, ptr: u64) -> u64 {
+        ptr & !(self.size - 1)
+    }
+}
+
+/// One line of /proc/kflex/heaps: "name value" pairs.
+#[derive(Debug, Clone)]
+pub struct HeapStats(pub Vec<(String, u64)>);
+
+impl HeapStats {
+    pub fn read_all() -> Result<Vec<HeapStats>> {
+        let text = std::fs::read_to_string("/proc/kflex/heaps").context("/proc/kflex/heaps")?;
+        text.lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.chunks(2)
+                    .map(|p| match p {
+                        [k, v] => Ok((k.to_string(), v.parse()?)),
+                        _ => bail!("odd line {l:?}"),
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(HeapStats)
+            })
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> u64 {
+        self.0.iter().find(|(k, _)| k == key).map_or(u64::MAX, |(_, v)| *v)
+    }
+
+    pub fn class_bytes_total(&self) -> u64 {
+        self.0.iter().filter(|(k, _)| k.starts_with("class")).map(|(_, v)| v).sum()
+    }
+}
+
+fn read_u64(addr: u64) -> u64 {
+    // SAFETY: callers pass addresses inside the heap mapping of a live
+    // skeleton in this process.
+    unsafe { std::ptr::read_volatile(addr as *const u64) }
+}
+
+fn write_u64(addr: u64, v: u64) {
+    // SAFETY: see `read_u64`.
+    unsafe { std::ptr::write_volatile(addr as *mut u64, v) }
+}
+
+/// A list built by a syscall program is walked from user space through the
+/// mapping; freeing it returns every byte.
+pub fn list_walked_from_user_space() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(1 << 20)?;
+    h.reserve(64 << 10)?;
+    let n = 1000;
+    let built = h.call(&h.skel.progs.build_list, 0, n, 5)?;
+    ensure!(built == n, "built {built} of {n} nodes");
+    let mut p = h.bss().list_head as u64;
+    let base = h.base_of(p);
+    let mut i = n;
+    while p != 0 {
+        ensure!(p >= base && p < base + h.size, "node {p:#x} outside the heap");
+        i -= 1;
+        let value = read_u64(p + 8);
+        ensure!(value == i * 7 + 5, "node {i}: value {value}");
+        p = read_u64(p);
+    }
+    ensure!(i == 0, "list ended {i} nodes early");
+    let st = h.stats()?;
+    ensure!(st.get("class16_bytes") == n * 16, "class16_bytes {}", st.get("class16_bytes"));
+    let freed = h.call(&h.skel.progs.free_list, 0, 0, 0)?;
+    ensure!(freed == n, "freed {freed}");
+    let st = h.stats()?;
+    ensure!(st.class_bytes_total() == 0, "bytes still allocated: {st:?}");
+    ensure!(st.get("allocs") == n && st.get("frees") == n, "{st:?}");
+    Ok(())
+}
+
+/// XDP programs allocate and free (test_run: real XDP context).
+pub fn xdp_alloc_free_round_trips() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(1 << 20)?;
+    h.reserve(64 << 10)?;
+    let pkt = [0u8; 64];
+    let run = |prog: &libbpf_rs::ProgramMut, repeat: u32| -> Result<()> {
+        let input = ProgramInput { data_in: Some(&pkt), repeat, ..Default::default() };
+        let out = prog.test_run(input)?;
+        ensure!(out.return_value == 2, "XDP verdict {}", out.return_value);
+        Ok(())
+    };
+    run(&h.skel.progs.xdp_alloc, 500)?;
+    ensure!(h.bss().xdp_count == 500, "xdp_count {}", h.bss().xdp_count);
+    let mut p = h.bss().xdp_head as u64;
+    let mut seen = 0;
+    while p != 0 {
+        ensure!(read_u64(p + 8) == 64, "node value {}", read_u64(p + 8));
+        p = read_u64(p);
+        seen += 1;
+    }
+    ensure!(seen == 500, "walked {seen} nodes");
+    run(&h.skel.progs.xdp_free, 500)?;
+    ensure!(h.bss().xdp_count == 0, "xdp_count {}", h.bss().xdp_count);
+    let st = h.stats()?;
+    ensure!(st.class_bytes_total() == 0 && st.get("frees") == 500, "{st:?}");
+    Ok(())
+}
+
+/// Creates a KFlex heap map directly; `Err(errno)` on failure.
+fn create_heap(pages: u32) -> std::result::Result<OwnedFd, i32> {
+    let opts = libbpf_sys::bpf_map_create_opts {
+        sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+        map_flags: KFLEX_FLAGS,
+        ..Default::default()
+    };
+    // SAFETY: valid options; a NULL name is allowed.
+    let fd = unsafe {
+        libbpf_sys::bpf_map_create(
+            libbpf_sys::BPF_MAP_TYPE_ARENA,
+            std::ptr::null(),
+            0,
+            0,
+            pages,
+            &opts,
+        )
+    };
+    if fd < 0 {
+        Err(-fd)
+    } else {
+        // SAFETY: a new descriptor this function owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Valid sizes are any power of two from 64 KiB to 256 GiB; others are
+/// refused with an error and a log line saying why.
+pub fn heap_sizes_validated() -> Result<()> {
+    ensure_kflex()?;
+    for (pages, errno, why) in [
+        (24u32, 22, "size is not a power of two"),
+        (8, 22, "size is below 64 KiB"),
+        (1 << 27, 7, "size is above 256 GiB"),
+    ] {
+        match create_heap(pages) {
+            Ok(_) => bail!("heap of {pages} pages accepted"),
+            Err(e) => ensure!(e == errno, "{pages} pages: errno {e}, want {errno}"),
+        }
+        let log = dmesg()?;
+        ensure!(
+            log.contains(&format!("heap of {pages} pages refused: {why}")),
+            "no log line for {pages}"
+        );
+    }
+    for size in [64u64 << 10, 4 * GIB, 64 * GIB, 256 * GIB] {
+        let map = create_heap((size / 4096) as u32)
+            .map_err(|e| anyhow::anyhow!("heap of {size} bytes: errno {e}"))?;
+        // mmap places it at an address aligned to its size.
+        let addr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                std::num::NonZeroUsize::new(size as usize).context("size")?,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.as_fd(),
+                0,
+            )
+        }
+        .with_context(|| format!("mmap of a {size}-byte heap"))?;
+        let a = addr.as_ptr() as u64;
+        ensure!(a % size == 0, "heap of {size} bytes mapped at {a:#x}");
+        // Touch the first and the last page: populated on demand.
+        write_u64(a + 4096, 0x1234);
+        write_u64(a + size - 8, 0x5678);
+        ensure!(read_u64(a + 4096) == 0x1234 && read_u64(a + size - 8) == 0x5678, "readback");
+        // SAFETY: unmapping what was mapped above.
+        unsafe { nix::sys::mman::munmap(addr, size as usize)? };
+    }
+    Ok(())
+}
+
+/// A 64 GiB heap used sparsely: user space and the program share pages
+/// 40 GiB into it; an access to an unpopulated page reads 0, no oops.
+pub fn big_heap_used_sparsely() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(64 * GIB)?;
+    h.reserve(64 << 10)?;
+    ensure!(h.call(&h.skel.progs.alloc_n, 16, 1, 0)? == 1, "first allocation failed");
+    let base = h.base_of(h.bss().ptrs[0] as u64);
+    let far = base + 40 * GIB;
+    write_u64(far, 0xfeed_f00d);
+    ensure!(h.call(&h.skel.progs.peek, 0, 0, far)? == 0xfeed_f00d, "program misread user data");
+    ensure!(h.call(&h.skel.progs.poke, 0, 77, far + 8)? == 77, "poke");
+    ensure!(read_u64(far + 8) == 77, "user space does not see the program's write");
+    // Unpopulated page: the load reads 0 through the exception table.
+    ensure!(h.call(&h.skel.progs.peek, 0, 0, base + 50 * GIB)? == 0, "unpopulated read");
+    let st = h.stats()?;
+    ensure!(st.get("pages_populated") < 1024, "dense population: {st:?}");
+    ensure!(st.get("pages_user") == 1, "pages_user {}", st.get("pages_user"));
+    Ok(())
+}
+
+/// Exhaustion returns NULL and the program goes on; after frees the heap
+/// serves the same amount again.
+pub fn exhaustion_and_recovery() -> Result<()> {
+    ensure_kflex()?;
+    // 64 KiB heaps: 16 pages, page 0 is never used, so 15 pages of objects.
+    for (size, max) in [(16u64, 15 * 256), (100, 15 * 32), (4096, 15), (8192, 7)] {
+        let h = Loaded::new(64 << 10)?;
+        h.reserve(60 << 10)?;
+        let got = h.call(&h.skel.progs.alloc_n, size, 4096, 0)?;
+        ensure!(got > 0 && got <= max, "size {size}: {got} objects (at most {max})");
+        let failed = h.stats()?.get("failed_allocs");
+        ensure!(failed >= 1, "size {size}: no failed allocation counted");
+        h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+        let again = h.call(&h.skel.progs.alloc_n, size, 4096, 0)?;
+        ensure!(again >= got, "size {size}: {again} after frees, {got} before");
+        h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+        let st = h.stats()?;
+        ensure!(st.class_bytes_total() == 0 && st.get("large_bytes") == 0, "size {size}: {st:?}");
+        println!("exhaustion: size {size}: {got} objects, again {again}");
+    }
+    Ok(())
+}
+
+/// Waits until at least `pages` pages are populated.
+fn wait_reserve(h: &Loaded, pages: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.stats()?.get("pages_populated") < pages {
+        ensure!(Instant::now() < deadline, "reserve not populated: {:?}", h.stats()?);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Without bpf_kflex_reserve(), the background worker populates the reserve
+/// and allocations succeed.
+pub fn worker_populates_reserve() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(16 << 20)?;
+    wait_reserve(&h, 32)?;
+    let got = h.call(&h.skel.progs.alloc_n, 64, 1000, 0)?;
+    ensure!(got == 1000, "allocated {got} of 1000 from the background reserve");
+    h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+    Ok(())
+}
+
+/// Two CPUs allocate and free concurrently; afterwards every count matches
+/// and nothing is left allocated.
+pub fn two_cpus_churn() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(64 << 20)?;
+    h.reserve(8 << 20)?;
+    let rounds = 40u64;
+    let fails = std::thread::scope(|s| -> Result<u64> {
+        let workers: Vec<_> = (0..2)
+            .map(|cpu| {
+                let h = &h;
+                s.spawn(move || -> Result<u64> {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu)?;
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                    let mut fails = 0;
+                    for r in 0..rounds {
+                        fails += h.call(&h.skel.progs.churn, 0, 5000, (cpu as u64) << 32 | r)?;
+                    }
+                    Ok(fails)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    })?;
+    let st = h.stats()?;
+    println!("churn: {} allocs, {} frees, {} failed", st.get("allocs"), st.get("frees"), fails);
+    ensure!(st.get("allocs") == st.get("frees"), "allocs != frees: {st:?}");
+    ensure!(st.get("allocs") > rounds * 2 * 1000, "too few allocations: {st:?}");
+    ensure!(st.class_bytes_total() == 0 && st.get("large_bytes") == 0, "leak: {st:?}");
+    for k in ["refused_foreign", "refused_misaligned", "refused_double", "corrupt_links"] {
+        ensure!(st.get(k) == 0, "{k} = {}", st.get(k));
+    }
+    Ok(())
+}
+
+/// A hostile program scribbles over free objects (the global list's links),
+/// frees garbage and frees twice: everything is refused and counted, the
+/// allocator never hands out memory outside the heap or the same object
+/// twice.
+pub fn hostile_program_is_contained() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(1 << 20)?;
+    h.reserve(512 << 10)?;
+    let n = 2000;
+    for (round, forge) in [(0, None), (1, Some(()))] {
+        ensure!(h.call(&h.skel.progs.alloc_n, 16, n, 0)? == n, "round {round}: alloc");
+        let stale: Vec<u64> = h.bss().ptrs[..n as usize].iter().map(|&p| p as u64).collect();
+        let base = h.base_of(stale[0]);
+        h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+        // Restore the stale pointers and scribble through them.
+        let target = match forge {
+            // Links to kernel addresses.
+            None => 0xffff_8880_0000_0000,
+            // Links that all name the same (soon allocated) object.
+            Some(()) => stale[n as usize - 1],
+        };
+        for (i, &p) in stale.iter().enumerate() {
+            // SAFETY: writing the program's own .bss through the skeleton.
+            unsafe { (*(h.bss() as *const types::bss as *mut types::bss)).ptrs[i] = p as _ };
+        }
+        h.call(&h.skel.progs.scribble, if forge.is_some() { 0 } else { 16 }, n, target)?;
+        let before = h.stats()?;
+        // Garbage frees.
+        h.call(&h.skel.progs.free_ptr, 0, 0, 0xffff_8880_1234_0000)?; // kernel address
+        h.call(&h.skel.progs.free_ptr, 0, 0, base + h.size + 4096)?; // past the heap
+        h.call(&h.skel.progs.free_ptr, 0, 0, stale[5] + 1)?; // inside an object
+        h.call(&h.skel.progs.free_ptr, 0, 0, stale[6])?; // already free
+        let after = h.stats()?;
+        ensure!(
+            after.get("refused_foreign") == before.get("refused_foreign") + 2,
+            "foreign: {after:?}"
+        );
+        ensure!(
+            after.get("refused_misaligned") == before.get("refused_misaligned") + 1,
+            "misaligned"
+        );
+        ensure!(after.get("refused_double") == before.get("refused_double") + 1, "double");
+        // Allocate again: every object is in the heap, aligned, distinct.
+        let got = h.call(&h.skel.progs.alloc_n, 16, n, 0)?;
+        ensure!(got == n, "round {round}: re-allocated {got} of {n}");
+        let mut seen = HashSet::new();
+        for &p in &h.bss().ptrs[..n as usize] {
+            let p = p as u64;
+            ensure!(p >= base + 4096 && p < base + h.size, "object {p:#x} outside the heap");
+            ensure!(p % 16 == 0, "misaligned object {p:#x}");
+            ensure!(seen.insert(p), "object {p:#x} handed out twice");
+        }
+        h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+    }
+    let st = h.stats()?;
+    println!("hostile: corrupt_links {}", st.get("corrupt_links"));
+    ensure!(st.get("corrupt_links") >= 2, "corrupted links not detected: {st:?}");
+    ensure!(st.class_bytes_total() == 0, "{st:?}");
+    Ok(())
+}
+
+fn mem_free_kib() -> Result<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo")?;
+    let line = info.lines().find(|l| l.starts_with("MemFree:")).context("MemFree")?;
+    Ok(line.split_whitespace().nth(1).context("MemFree value")?.parse()?)
+}
+
+/// Closing the last reference releases every page (heap statistics and
+/// /proc/meminfo); with the module variant, rmmod is refused while a heap
+/// exists and succeeds after.
+pub fn close_releases_everything() -> Result<()> {
+    ensure_kflex()?;
+    let free0 = mem_free_kib()?;
+    let h = Loaded::new(64 << 20)?;
+    h.reserve(32 << 20)?;
+    let id = h.map_id()?;
+    let st = h.stats()?;
+    ensure!(st.get("pages_populated") >= 8192, "{st:?}");
+    let free1 = mem_free_kib()?;
+    println!("meminfo: MemFree {free0} kB -> {free1} kB with 32 MiB populated");
+    ensure!(free0 > free1 + 30 * 1024, "populating 32 MiB did not show in MemFree");
+    if variant() == "m" {
+        let r = run("rmmod", &["kflex"])?;
+        ensure!(!r.status.success(), "rmmod succeeded while a heap exists");
+        ensure!(kflex_status()?.starts_with("active "), "KFlex gone while in use");
+    }
+    drop(h);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while HeapStats::read_all()?.iter().any(|s| s.get("id") == id as u64) {
+        ensure!(Instant::now() < deadline, "heap {id} still listed after close");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The pages are freed right after the heap leaves the list; freed pages
+    // may sit in per-CPU page lists for a while, hence the slack (a leak
+    // would be all 32 MiB).
+    let mut free2 = mem_free_kib()?;
+    while free2 + 8 * 1024 < free0 && Instant::now() < deadline + Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        free2 = mem_free_kib()?;
+    }
+    println!("meminfo: MemFree {free2} kB after close");
+    ensure!(free2 + 8 * 1024 >= free0, "memory not returned: {free0} kB -> {free2} kB");
+    if variant() == "m" {
+        sh("rmmod", &["kflex"])?;
+        ensure!(kflex_status()? == "absent", "status after rmmod");
+        sh("insmod", &[&kflex_ko()?])?;
+    }
+    Ok(())
+}
+
+/// Without kflex.ko, creating a KFlex heap fails and the log says why.
+pub fn heap_refused_without_module() -> Result<()> {
+    unload_kflex()?;
+    match create_heap(16) {
+        Ok(_) => bail!("heap created without the module"),
+        Err(e) => ensure!(e == 95, "errno {e}, want EOPNOTSUPP"),
+    }
+    ensure!(dmesg()?.contains("heap refused: KFlex is not loaded"), "no log line");
+    ensure_kflex()
+}
