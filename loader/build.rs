@@ -1,8 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Compiles `bpf/*.bpf.c` and generates their libbpf-rs skeletons.
+//! Compiles `bpf/*.bpf.c` (the programs kflex-load attaches) and
+//! `bpf/bench/*.bpf.c` (kflex-bench) into libbpf-rs skeletons; the benchmark
+//! programs are also built for the upstream arena (`*_arena` skeletons).
+
+use std::{env, path::PathBuf};
 
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf");
-    kflex_bpf_build::build(&dir, &[], "");
+    let bpf =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo")).join("../bpf");
+    kflex_bpf_build::build(&bpf, &bpf, &[], "");
+    kflex_bpf_build::build(&bpf.join("bench"), &bpf, &[], "");
+    kflex_bpf_build::build(&bpf.join("bench"), &bpf, &["-DKFLEX_UPSTREAM_ARENA"], "_arena");
 }

@@ -11,6 +11,8 @@
 use kernel::{c_str, prelude::*, str::CStr};
 
 mod heap;
+// Shared with the host crate: not every item is used by the kernel side.
+#[allow(dead_code)]
 mod logic;
 mod ops;
 mod planner;

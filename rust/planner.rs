@@ -1,53 +1,59 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The guard pass as the verifier calls it: decides which heap accesses of
-//! a program get a guard.
-//!
-//! This version guards every heap access (no range analysis yet): it is
-//! sound because a guarded pointer is in `[0, size)` and the guard zones
-//! cover any 16-bit offset.
+//! The guard pass as the verifier calls it: decodes the program, runs the
+//! range analysis of [`crate::logic::guard`] and turns its marks into the
+//! verifier's (register + 1 where a guard must precede the instruction).
 
-use kernel::prelude::*;
+use kernel::{alloc::KVVec, prelude::*};
 
-const BPF_LDX: u8 = 0x01;
-const BPF_ST: u8 = 0x02;
-const BPF_STX: u8 = 0x03;
-const BPF_PROBE_MEM32: u8 = 0xa0;
-const BPF_PROBE_ATOMIC: u8 = 0xe0;
+use crate::logic::guard::{self, BlockState, Insn, Mark, Mode, Params};
 
 /// Guard modes (`kernel.kflex_guard_mode`).
-const MODE_FULL: u32 = 0;
-const MODE_PERF: u32 = 1;
+fn mode(m: u32) -> Result<Mode> {
+    match m {
+        0 => Ok(Mode::Full),
+        1 => Ok(Mode::Performance),
+        2 => Ok(Mode::Unguarded),
+        _ => Err(EINVAL),
+    }
+}
 
-/// Marks guards for `insns` (raw `struct bpf_insn`s). Returns (heap
-/// accesses, guards elided).
+/// Marks guards for `raw` (`struct bpf_insn`s). Returns (heap accesses that
+/// needed a decision, guards elided).
 pub(crate) fn plan(
-    insns: &[[u8; 8]],
-    _starts: &[u32],
+    raw: &[[u8; 8]],
+    starts: &[u32],
     heap_size: u64,
-    mode: u32,
+    mode_nr: u32,
     marks: &mut [u8],
 ) -> Result<(u32, u32)> {
-    if !heap_size.is_power_of_two() || marks.len() != insns.len() {
+    if marks.len() != raw.len() {
         return Err(EINVAL);
     }
-    let (mut accesses, mut elided) = (0u32, 0u32);
-    for (insn, mark) in insns.iter().zip(marks.iter_mut()) {
-        let code = insn[0];
-        let (dst, src) = (insn[1] & 0xf, insn[1] >> 4);
-        let (class, mode_bits) = (code & 0x07, code & 0xe0);
-        let reg = match (class, mode_bits) {
-            (BPF_LDX, BPF_PROBE_MEM32) => src,
-            (BPF_ST | BPF_STX, BPF_PROBE_MEM32) | (BPF_STX, BPF_PROBE_ATOMIC) => dst,
-            _ => continue,
-        };
-        accesses += 1;
-        let load = class == BPF_LDX;
-        if mode == MODE_FULL || (mode == MODE_PERF && !load) {
-            *mark = reg + 1;
-        } else {
-            elided += 1;
-        }
+    let params = Params { heap_size, mode: mode(mode_nr)? };
+    let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    for r in raw {
+        insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
     }
-    Ok((accesses, elided))
+    let mut subprogs = KVVec::with_capacity(starts.len(), GFP_KERNEL)?;
+    for s in starts {
+        subprogs.push(*s as usize, GFP_KERNEL)?;
+    }
+    let nblocks = guard::blocks_needed(&insns, &subprogs);
+    let mut blocks = KVVec::from_elem(BlockState::EMPTY, nblocks, GFP_KERNEL)?;
+    let mut out = KVVec::from_elem(0u8, raw.len(), GFP_KERNEL)?;
+    let stats = guard::run(&insns, &subprogs, &params, &mut blocks, &mut out).map_err(|e| {
+        pr_warn!("guard pass refused the program: {:?}\n", e);
+        EINVAL
+    })?;
+    for (m, o) in marks.iter_mut().zip(out.iter()) {
+        *m = match Mark::decode(*o) {
+            Some(Mark::Guard(reg)) => reg + 1,
+            _ => 0,
+        };
+    }
+    if stats.fallback {
+        pr_info!("guard pass: analysis budget exhausted, per-block analysis used\n");
+    }
+    Ok((stats.accesses, stats.elided))
 }

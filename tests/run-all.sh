@@ -10,14 +10,20 @@ export KFLEX_VMLINUX_DIR=${KFLEX_VMLINUX_DIR:-$KFLEX_CACHE/include}
 
 passed=0
 failed=0
-# Adds the counts from libtest "test result:" lines in file $1.
+# Adds the counts of the libtest "test result:" lines in file $1 to the
+# totals; sets last_passed and last_failed to this file's counts.
 count() {
-	local p f
-	p=$(grep -aE '^test result: ' "$1" | sed -E 's/.* ([0-9]+) passed.*/\1/' | paste -sd+ | bc)
-	f=$(grep -aE '^test result: ' "$1" | sed -E 's/.* ([0-9]+) failed.*/\1/' | paste -sd+ | bc)
-	passed=$((passed + ${p:-0}))
-	failed=$((failed + ${f:-0}))
-	echo "${p:-0} ${f:-0}"
+	local line p f
+	last_passed=0
+	last_failed=0
+	while read -r line; do
+		p=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$line")
+		f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")
+		last_passed=$((last_passed + p))
+		last_failed=$((last_failed + f))
+	done < <(tr -d '\r' <"$1" | grep -aE '^test result: ')
+	passed=$((passed + last_passed))
+	failed=$((failed + last_failed))
 }
 
 logdir=$(mktemp -d /tmp/kflex-test.XXXXXX)
@@ -25,11 +31,21 @@ logdir=$(mktemp -d /tmp/kflex-test.XXXXXX)
 kflex_log "host tests (cargo test)"
 (cd "$KFLEX_REPO" && cargo test --workspace --locked 2>&1) | tee "$logdir/host.log"
 hrc=${PIPESTATUS[0]}
-read -r hp hf < <(count "$logdir/host.log")
-if [ "$hrc" -ne 0 ] && [ "$hf" -eq 0 ]; then
+count "$logdir/host.log"
+if [ "$hrc" -ne 0 ] && [ "$last_failed" -eq 0 ]; then
 	echo "kflex: cargo test failed before running tests" >&2
 	failed=$((failed + 1))
 fi
+
+kflex_log "formatting and lints (cargo fmt --check, cargo clippy -D warnings)"
+for check in "cargo fmt --all --check" "cargo clippy --workspace --all-targets --locked -q -- -D warnings"; do
+	if (cd "$KFLEX_REPO" && $check); then
+		passed=$((passed + 1))
+	else
+		echo "kflex: FAILED: $check" >&2
+		failed=$((failed + 1))
+	fi
+done
 
 guest_bin=$CARGO_TARGET_DIR/release/kflex-guest-tests
 for v in y m; do
@@ -38,8 +54,8 @@ for v in y m; do
 	"$KFLEX_REPO/tests/vm.sh" --variant "$v" --timeout 1500 --dir "$logdir/guest-$v" -- \
 		"$guest_bin" --test-threads=1 --color never ${KFLEX_TEST_FILTER:-}
 	grc=$?
-	read -r gp gf < <(count "$logdir/guest-$v/console.log")
-	if [ "$grc" -ne 0 ] && [ "$gf" -eq 0 ]; then
+	count "$logdir/guest-$v/console.log"
+	if [ "$grc" -ne 0 ] && [ "$last_failed" -eq 0 ]; then
 		# The tests passed but the guest did not end cleanly (kernel splat,
 		# timeout, crash): that is a failure of its own.
 		echo "kflex: guest run ($v) failed outside the tests (see above)" >&2

@@ -14,13 +14,12 @@ use std::{
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// Builds the programs of `src_dir`, with `bpf/` of the repository (for
-/// `kflex.h`) and `vmlinux.h` on the include path. Extra clang arguments
-/// (e.g. `-DKFLEX_UPSTREAM_ARENA`) are applied to every program; `suffix`
-/// is appended to the skeleton names.
-pub fn build(src_dir: &Path, extra_args: &[&str], suffix: &str) {
+/// Builds the programs of `src_dir`, with `repo_bpf` (the repository's
+/// `bpf/`, for `kflex.h`) and `vmlinux.h` on the include path. Extra clang
+/// arguments (e.g. `-DKFLEX_UPSTREAM_ARENA`) are applied to every program;
+/// `suffix` is appended to the skeleton names.
+pub fn build(src_dir: &Path, repo_bpf: &Path, extra_args: &[&str], suffix: &str) {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
-    let repo_bpf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf");
     println!("cargo:rerun-if-env-changed=KFLEX_VMLINUX_DIR");
     println!("cargo:rerun-if-changed={}", src_dir.display());
     println!("cargo:rerun-if-changed={}", repo_bpf.join("kflex.h").display());

@@ -35,7 +35,7 @@ pub fn parse(text: &str) -> Result<Vec<Heap>> {
     let mut heaps = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
-        if words.len() % 2 != 0 || words.first() != Some(&"id") {
+        if !words.len().is_multiple_of(2) || words.first() != Some(&"id") {
             bail!("{HEAPS_PATH} line {}: unexpected format: {line:?}", n + 1);
         }
         let fields = words

@@ -7,9 +7,6 @@
 //! and detaches. The offload modes (`--kmemcached`, `--kmemcache`,
 //! `--kredis`) are refused with a message naming what they still need.
 
-mod heapstats;
-mod status;
-
 use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
 
 use anyhow::{bail, Context, Result};
@@ -20,11 +17,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use status::Status;
-
-mod xdp_count {
-    include!(concat!(env!("OUT_DIR"), "/xdp_count.skel.rs"));
-}
+use kflex_load::{heapstats, skel::xdp_count, status, status::Status};
 
 /// Attach KFlex BPF offloads (KFlex: fast, flexible and practical kernel extensions).
 #[derive(Parser, Debug)]

@@ -36,6 +36,9 @@ pub const SPILL: usize = 256;
 /// Capacity of one class's per-CPU cache.
 pub const CACHE_CAP: usize = HIGH + 1;
 
+// A spill leaves the cache below HIGH again.
+const _: () = assert!(HIGH + 1 - SPILL < HIGH);
+
 /// Smallest class holding `size` bytes; `None` for 0 or above 4096 (whole
 /// pages).
 pub fn class_of(size: u64) -> Option<usize> {
@@ -163,7 +166,7 @@ pub fn locate(off: u64, class: usize) -> Result<ObjRef, Refusal> {
     let page = off / PAGE_SIZE;
     let in_page = off % PAGE_SIZE;
     let size = class_size(class);
-    if in_page % size != 0 {
+    if !in_page.is_multiple_of(size) {
         return Err(Refusal::Misaligned);
     }
     let index = (in_page / size) as usize;
@@ -301,8 +304,7 @@ mod tests {
         assert_eq!(refill_amount(LOW), 0);
         assert_eq!(spill_amount(HIGH), 0);
         assert_eq!(spill_amount(HIGH + 1), SPILL);
-        // A spill leaves room below HIGH, a refill never overflows the cache.
-        assert!(HIGH + 1 - SPILL < HIGH);
+        // A refill never overflows the cache.
         for c in 0..CACHE_CAP {
             assert!(c + refill_amount(c) <= CACHE_CAP);
         }

@@ -5,3 +5,4 @@
 
 pub mod alloc;
 pub mod geometry;
+pub mod guard;

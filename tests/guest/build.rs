@@ -3,7 +3,9 @@
 //! Compiles the test programs `tests/bpf/*.bpf.c` and generates their
 //! libbpf-rs skeletons.
 
+use std::{env, path::PathBuf};
+
 fn main() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf");
-    kflex_bpf_build::build(&dir, &[], "");
+    let dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    kflex_bpf_build::build(&dir.join("../bpf"), &dir.join("../../bpf"), &[], "");
 }

@@ -59,12 +59,28 @@ pub fn ensure_kflex() -> Result<()> {
     Ok(())
 }
 
-/// Unloads kflex.ko if loaded (module variant only).
+/// Unloads kflex.ko if loaded (module variant only), once the heaps of
+/// earlier tests are gone (their release is deferred by the kernel).
 pub fn unload_kflex() -> Result<()> {
     if variant() == "m" && kflex_status()?.starts_with("active ") {
+        wait_no_heaps()?;
         sh("rmmod", &["kflex"])?;
     }
     Ok(())
+}
+
+/// Waits (up to 10 s) until no KFlex heap exists.
+pub fn wait_no_heaps() -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match fs::read_to_string("/proc/kflex/heaps") {
+            Ok(t) if !t.trim().is_empty() => {
+                ensure!(std::time::Instant::now() < deadline, "heaps still exist: {t}");
+                thread::sleep(Duration::from_millis(50));
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// The kernel log.
