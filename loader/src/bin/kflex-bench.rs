@@ -120,13 +120,15 @@ impl AllocSkels {
     }
 }
 
-/// A benchmark: name, baseline name, and how to run one repetition
-/// (returns ns per operation).
+/// Runs one repetition of a benchmark; returns ns per operation.
+type RunFn = Box<dyn Fn(&Setup) -> Result<f64>>;
+
+/// A benchmark: name, baseline name, and how to run it.
 struct Case {
     name: String,
     baseline: Option<String>,
     ops: u64,
-    run: Box<dyn Fn(&Setup) -> Result<f64>>,
+    run: RunFn,
 }
 
 /// Everything loaded once per run.
