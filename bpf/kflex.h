@@ -41,10 +41,17 @@ extern void __arena *bpf_kflex_alloc(void *heap, __u64 size) __ksym __weak;
 extern void bpf_kflex_free(void *heap, void __arena *ptr) __ksym __weak;
 extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
 
+#ifdef KFLEX_UPSTREAM_ARENA
+/* Upstream arena: the BPF free-list allocator (sleepable programs only). */
+#include "arena_alloc.h"
+#define kflex_malloc(heap, size) arena_fl_alloc(&(heap), (size))
+#define kflex_free(heap, ptr) arena_fl_free(&(heap), (ptr))
+#else
 /* Allocate `size` bytes from `heap`: NULL when exhausted. Any context. */
 #define kflex_malloc(heap, size) bpf_kflex_alloc(&(heap), (size))
 /* Free an object of `heap`; bad pointers are refused and counted. */
 #define kflex_free(heap, ptr) bpf_kflex_free(&(heap), (ptr))
+#endif
 
 /* Counters shared by the packet counter and user space. */
 struct kflex_counters {

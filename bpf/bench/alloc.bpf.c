@@ -7,9 +7,6 @@
  */
 #include "vmlinux.h"
 #include "kflex.h"
-#ifdef KFLEX_UPSTREAM_ARENA
-#include "arena_alloc.h"
-#endif
 
 KFLEX_HEAP(heap, 1 << 28);
 
@@ -29,20 +26,14 @@ static __always_inline void __arena *bench_alloc(__u64 kind, __u64 size)
 #ifdef KFLEX_UPSTREAM_ARENA
 	if (kind == 1)
 		return arena_bump_alloc(&heap, size);
-	return arena_fl_alloc(&heap, size);
-#else
-	return kflex_malloc(heap, size);
 #endif
+	return kflex_malloc(heap, size);
 }
 
 static __always_inline void bench_free(__u64 kind, void __arena *p)
 {
-#ifdef KFLEX_UPSTREAM_ARENA
 	if (kind != 1)
-		arena_fl_free(&heap, p);
-#else
-	kflex_free(heap, p);
-#endif
+		kflex_free(heap, p);
 }
 
 SEC("syscall")
