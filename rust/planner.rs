@@ -2,19 +2,37 @@
 
 //! The guard pass as the verifier calls it: decodes the program, runs the
 //! range analysis of [`crate::logic::guard`] and turns its marks into the
-//! verifier's (register + 1 where a guard must precede the instruction).
+//! verifier's: register + 1 where a guard must precede the instruction.
+//!
+//! Casts to the kernel view are not the pass's business: the JIT always
+//! translates them (`dst = src & mask`, the heap offset of a user address),
+//! in every mode, as the upstream arena does with a 32-bit move.
 
 use kernel::{alloc::KVVec, prelude::*};
 
 use crate::logic::guard::{self, BlockState, Insn, Mark, Mode, Params};
 
-/// Guard modes (`kernel.kflex_guard_mode`).
-fn mode(m: u32) -> Result<Mode> {
+/// Guard modes (`kernel.kflex_guard_mode`): 0 full (guards with range
+/// analysis), 1 performance (no guards on loads), 2 unguarded (no guards on
+/// accesses; measurement only), 3 all (a guard on every access, no
+/// elision; measurement only). Returns the pass's mode and whether elision
+/// is disabled.
+fn mode(m: u32) -> Result<(Mode, bool)> {
     match m {
-        0 => Ok(Mode::Full),
-        1 => Ok(Mode::Performance),
-        2 => Ok(Mode::Unguarded),
+        0 => Ok((Mode::Full, false)),
+        1 => Ok((Mode::Performance, false)),
+        2 => Ok((Mode::Unguarded, false)),
+        3 => Ok((Mode::Full, true)),
         _ => Err(EINVAL),
+    }
+}
+
+/// The register holding the address of heap access `insn`.
+fn address_reg(insn: &Insn) -> u8 {
+    if insn.code & 0x07 == 0x01 {
+        insn.src
+    } else {
+        insn.dst
     }
 }
 
@@ -30,7 +48,8 @@ pub(crate) fn plan(
     if marks.len() != raw.len() {
         return Err(EINVAL);
     }
-    let params = Params { heap_size, mode: mode(mode_nr)? };
+    let (pass_mode, no_elision) = mode(mode_nr)?;
+    let params = Params { heap_size, mode: pass_mode };
     let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
     for r in raw {
         insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
@@ -46,14 +65,16 @@ pub(crate) fn plan(
         pr_warn!("guard pass refused the program: {:?}\n", e);
         EINVAL
     })?;
-    for (m, o) in marks.iter_mut().zip(out.iter()) {
+    for ((m, o), insn) in marks.iter_mut().zip(out.iter()).zip(insns.iter()) {
         *m = match Mark::decode(*o) {
             Some(Mark::Guard(reg)) => reg + 1,
+            Some(Mark::Elided) if no_elision => address_reg(insn) + 1,
             _ => 0,
         };
     }
     if stats.fallback {
         pr_info!("guard pass: analysis budget exhausted, per-block analysis used\n");
     }
-    Ok((stats.accesses, stats.elided))
+    let elided = if no_elision { 0 } else { stats.elided };
+    Ok((stats.accesses, elided))
 }

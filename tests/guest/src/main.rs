@@ -6,6 +6,7 @@
 //! for one variant are ignored in the other.
 
 mod basic;
+mod guards;
 mod heap;
 mod util;
 
@@ -35,6 +36,8 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::hostile_program_is_contained, "ym"),
     t!(heap::close_releases_everything, "ym"),
     t!(heap::heap_refused_without_module, "m"),
+    t!(guards::hostile_accesses_confined, "ym"),
+    t!(guards::stats_line_and_modes, "ym"),
 ];
 
 fn main() {
