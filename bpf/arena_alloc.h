@@ -71,7 +71,7 @@ static __always_inline __u64 arena_class_size(int class)
 }
 
 /* Free-list allocation of `size` bytes from `heap`. */
-static __noinline void __arena *arena_fl_alloc(void *heap, __u64 size)
+static __noinline __attribute__((unused)) void __arena *arena_fl_alloc(void *heap, __u64 size)
 {
 	struct arena_obj __arena *o;
 	char __arena *page;
@@ -112,7 +112,7 @@ static __noinline void __arena *arena_fl_alloc(void *heap, __u64 size)
 	return (char __arena *)o + 8;
 }
 
-static __noinline void arena_fl_free(void *heap, void __arena *ptr)
+static __noinline __attribute__((unused)) void arena_fl_free(void *heap, void __arena *ptr)
 {
 	struct arena_obj __arena *o;
 	__u64 class;
@@ -132,7 +132,7 @@ static __noinline void arena_fl_free(void *heap, void __arena *ptr)
 }
 
 /* Bump allocation: objects are 8-byte aligned and never reused. */
-static __noinline void __arena *arena_bump_alloc(void *heap, __u64 size)
+static __noinline __attribute__((unused)) void __arena *arena_bump_alloc(void *heap, __u64 size)
 {
 	char __arena *p;
 

@@ -46,12 +46,23 @@ extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
 #include "arena_alloc.h"
 #define kflex_malloc(heap, size) arena_fl_alloc(&(heap), (size))
 #define kflex_free(heap, ptr) arena_fl_free(&(heap), (ptr))
+#define kflex_reserve(heap, bytes) 0
 #else
 /* Allocate `size` bytes from `heap`: NULL when exhausted. Any context. */
 #define kflex_malloc(heap, size) bpf_kflex_alloc(&(heap), (size))
 /* Free an object of `heap`; bad pointers are refused and counted. */
 #define kflex_free(heap, ptr) bpf_kflex_free(&(heap), (ptr))
+/* Populate `heap` so that `bytes` more can be allocated without waiting for
+ * the background refill; sleepable programs only. 0 or -ENOMEM. */
+#define kflex_reserve(heap, bytes) bpf_kflex_reserve(&(heap), (bytes))
 #endif
+
+/*
+ * The verifier associates a program with its heap when the program names
+ * the heap map. A program that dereferences heap pointers without calling a
+ * heap kfunc (say, it only walks a structure) must name it with this.
+ */
+#define kflex_use_heap(heap) asm volatile("" : : "r"(&(heap)))
 
 /* Counters shared by the packet counter and user space. */
 struct kflex_counters {

@@ -4,6 +4,7 @@
 //! heap statistics, benchmark plumbing and the BPF skeletons.
 
 pub mod bench;
+pub mod guardbench;
 pub mod heapstats;
 pub mod status;
 
@@ -19,5 +20,11 @@ pub mod skel {
     }
     pub mod alloc_arena {
         include!(concat!(env!("OUT_DIR"), "/alloc_arena.skel.rs"));
+    }
+    pub mod guards {
+        include!(concat!(env!("OUT_DIR"), "/guards.skel.rs"));
+    }
+    pub mod guards_arena {
+        include!(concat!(env!("OUT_DIR"), "/guards_arena.skel.rs"));
     }
 }

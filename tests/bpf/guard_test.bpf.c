@@ -19,7 +19,7 @@ struct gargs {
 	__u64 ret;
 };
 
-#define use_heap() kflex_free(heap, (void __arena *)0)
+#define use_heap() kflex_use_heap(heap)
 
 /* Load a pointer from the heap (at ptr) and store the marker through it. */
 SEC("syscall")

@@ -24,11 +24,7 @@ struct args {
 	__u64 ret;	/* result */
 };
 
-/*
- * A program that uses heap pointers must reference its heap (that is how
- * the verifier associates it): freeing NULL does nothing else.
- */
-#define use_heap() kflex_free(heap, (void __arena *)0)
+#define use_heap() kflex_use_heap(heap)
 
 /* Roots the tests read through the skeleton's .bss. */
 struct node __arena *list_head;

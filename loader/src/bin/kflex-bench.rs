@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use kflex_load::{
-    bench,
+    bench, guardbench,
     skel::{alloc, alloc_arena},
     status::{Status, STATUS_PATH},
 };
@@ -178,13 +178,21 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(f) = &cli.filter {
         cases.retain(|c| c.name.contains(f.as_str()));
     }
+    let guard_names: Vec<String> = ["chase", "scatter"]
+        .iter()
+        .flat_map(|c| guardbench::VARIANTS.iter().map(move |(v, _)| format!("guards/{c}/{v}")))
+        .filter(|n| cli.filter.as_deref().is_none_or(|f| n.contains(f)))
+        .collect();
     if cli.list {
         for c in &cases {
             println!("{}", c.name);
         }
+        for n in &guard_names {
+            println!("{n}");
+        }
         return Ok(());
     }
-    if cases.is_empty() {
+    if cases.is_empty() && guard_names.is_empty() {
         bail!("no benchmark matches the filter (see --list)");
     }
     if cli.reps == 0 || cli.ops < 256 {
@@ -196,8 +204,16 @@ fn run(cli: Cli) -> Result<()> {
         );
     }
     Status::read_from(Path::new(STATUS_PATH))?.require_active()?;
-    let setup = Setup { alloc: AllocSkels::load()? };
     let mut results = Vec::new();
+    if !guard_names.is_empty() {
+        let n = guard_names.len();
+        let mut i = 0;
+        results = guardbench::run(cli.ops, cli.reps, cli.filter.as_deref(), |r| {
+            i += 1;
+            eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
+        })?;
+    }
+    let setup = Setup { alloc: AllocSkels::load()? };
     let total = cases.len();
     for (i, c) in cases.iter().enumerate() {
         eprint!("[{}/{total}] {} ...", i + 1, c.name);
