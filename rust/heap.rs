@@ -314,13 +314,14 @@ impl Heap {
 
     /// Descriptor of page `page` if its chunk exists.
     fn desc(&self, page: u64) -> Option<&PageDesc> {
-        let chunk = self.dir.get((page / self.chunk_pages) as usize)?;
+        // `chunk_pages` is a power of two (both operands of its `min` are).
+        let chunk = self.dir.get((page >> self.chunk_pages.trailing_zeros()) as usize)?;
         let p = chunk.load(Ordering::Acquire);
         if p.is_null() {
             return None;
         }
         // SAFETY: chunks hold `chunk_pages` descriptors and live until `fini`.
-        Some(unsafe { &*p.add((page % self.chunk_pages) as usize) })
+        Some(unsafe { &*p.add((page & (self.chunk_pages - 1)) as usize) })
     }
 
     /// Descriptor of `page`, allocating its chunk. Process context, under

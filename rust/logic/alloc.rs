@@ -16,6 +16,9 @@
 
 use super::geometry::PAGE_SIZE;
 
+/// log2 of [`PAGE_SIZE`].
+pub const PAGE_SHIFT: u32 = PAGE_SIZE.trailing_zeros();
+
 /// Object sizes of the size classes.
 pub const CLASS_SIZES: [u32; NR_CLASSES] = [16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096];
 /// Number of size classes.
@@ -150,7 +153,7 @@ impl ObjRef {
 
     /// Heap offset of the object of class `class`.
     pub fn offset(self, class: usize) -> u64 {
-        self.page * PAGE_SIZE + self.index as u64 * class_size(class)
+        (self.page << PAGE_SHIFT) + self.index as u64 * class_size(class)
     }
 }
 
@@ -161,15 +164,38 @@ pub fn user_offset(uaddr: u64, user_start: u64, size: u64) -> Option<u64> {
     (off < size).then_some(off)
 }
 
+/// `ceil(2^32 / size)` per class: `(x * MAGIC) >> 32 == x / size` for every
+/// `x < 4096` (checked exhaustively by the tests), which spares the
+/// allocator's hot paths a division.
+const MAGIC: [u64; NR_CLASSES] = {
+    let mut m = [0u64; NR_CLASSES];
+    let mut i = 0;
+    while i < NR_CLASSES {
+        let size = CLASS_SIZES[i] as u64;
+        m[i] = (1u64 << 32).div_ceil(size);
+        i += 1;
+    }
+    m
+};
+
+/// `x / class_size(class)` for `x < PAGE_SIZE`.
+fn div_class(x: u64, class: usize) -> u64 {
+    match MAGIC.get(class) {
+        Some(m) => (x * m) >> 32,
+        None => x / PAGE_SIZE,
+    }
+}
+
 /// Locates the object at heap offset `off` in a page of class `class`.
 pub fn locate(off: u64, class: usize) -> Result<ObjRef, Refusal> {
-    let page = off / PAGE_SIZE;
-    let in_page = off % PAGE_SIZE;
+    let page = off >> PAGE_SHIFT;
+    let in_page = off & (PAGE_SIZE - 1);
     let size = class_size(class);
-    if !in_page.is_multiple_of(size) {
+    let index = div_class(in_page, class);
+    if index * size != in_page {
         return Err(Refusal::Misaligned);
     }
-    let index = (in_page / size) as usize;
+    let index = index as usize;
     if index >= objs_per_page(class) {
         // The tail of a 96- or 192-byte class page holds no object.
         return Err(Refusal::Misaligned);
@@ -275,6 +301,15 @@ mod tests {
         let o = ObjRef { page: 5, index: 130 };
         assert_eq!(o.bit(), (2, 1 << 2));
         assert_eq!(o.offset(0), 5 * 4096 + 130 * 16);
+    }
+
+    #[test]
+    fn division_by_magic_is_exact() {
+        for c in 0..NR_CLASSES {
+            for x in 0..PAGE_SIZE {
+                assert_eq!(div_class(x, c), x / class_size(c), "class {c}, x {x}");
+            }
+        }
     }
 
     #[test]
