@@ -505,3 +505,33 @@ pub fn heap_refused_without_module() -> Result<()> {
     ensure!(dmesg()?.contains("heap refused: KFlex is not loaded"), "no log line");
     ensure_kflex()
 }
+
+/// Pages populated for a heap are charged to the memory cgroup of the
+/// process that created it.
+pub fn charged_to_creator_memcg() -> Result<()> {
+    ensure_kflex()?;
+    wait_no_heaps()?;
+    let cg = "/sys/fs/cgroup/kflex-memcg-test";
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    let _ = std::fs::create_dir(cg);
+    let current = || -> Result<u64> {
+        Ok(std::fs::read_to_string(format!("{cg}/memory.current"))?.trim().parse()?)
+    };
+    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
+        .context("moving the test into a memory cgroup")?;
+    let result = (|| -> Result<()> {
+        let before = current()?;
+        let h = Loaded::new(64 << 20)?;
+        // bpf_kflex_reserve() populates from this task; the worker uses the
+        // same path (bpf_map_alloc_pages charges the map's memory cgroup).
+        h.reserve(16 << 20)?;
+        wait_reserve(&h, 4096)?;
+        let after = current()?;
+        println!("memcg: memory.current {before} -> {after} bytes with 16 MiB populated");
+        ensure!(after >= before + (16 << 20), "heap pages not charged: {before} -> {after}");
+        drop(h);
+        Ok(())
+    })();
+    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
+    result
+}

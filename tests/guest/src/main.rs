@@ -36,6 +36,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::hostile_program_is_contained, "ym"),
     t!(heap::close_releases_everything, "ym"),
     t!(heap::heap_refused_without_module, "m"),
+    t!(heap::charged_to_creator_memcg, "ym"),
     t!(guards::hostile_accesses_confined, "ym"),
     t!(guards::stats_line_and_modes, "ym"),
 ];
