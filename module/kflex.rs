@@ -11,9 +11,11 @@
 use kernel::{c_str, prelude::*, str::CStr};
 
 mod heap;
-// Shared with the host crate: not every item is used by the kernel side.
-#[allow(dead_code)]
+// Shared with the host crate (hence `pub` items), not all used here.
+#[allow(dead_code, unreachable_pub)]
 mod logic;
+#[cfg(CONFIG_KFLEX_BENCH)]
+mod native;
 mod ops;
 mod planner;
 

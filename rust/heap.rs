@@ -910,6 +910,33 @@ impl Heap {
         Ok(())
     }
 
+    /// Kernel pointer to `len` bytes at heap offset `off`, if they lie in
+    /// pages the allocator handed out (so the access cannot fault). For
+    /// in-kernel users of heap memory (the native benchmark baseline).
+    pub(crate) fn object_ptr(&self, off: u64, len: u64) -> Option<*mut u8> {
+        let end = off.checked_add(len)?;
+        if off == 0 || len == 0 || end > self.size {
+            return None;
+        }
+        for page in [off / PAGE_SIZE, (end - 1) / PAGE_SIZE] {
+            match self.desc(page)?.kind() {
+                PageKind::Class(_) | PageKind::LargeHead | PageKind::LargeTail => {}
+                _ => return None,
+            }
+        }
+        Some((self.kern_base + off) as *mut u8)
+    }
+
+    /// Heap offset of user address `uaddr`, if inside the heap.
+    pub(crate) fn offset_of(&self, uaddr: u64) -> Option<u64> {
+        user_offset(uaddr, self.user_start(), self.size)
+    }
+
+    /// User address of heap offset `off`.
+    pub(crate) fn user_addr(&self, off: u64) -> u64 {
+        self.user_start() + off
+    }
+
     /// Fills the statistics.
     pub(crate) fn stats(&self, st: &mut bindings::kflex_heap_stats) {
         st.size = self.size;

@@ -118,6 +118,29 @@ unsafe extern "C" fn plan(
     }
 }
 
+#[cfg(CONFIG_KFLEX_BENCH)]
+unsafe extern "C" fn native(
+    info: *mut bindings::kflex_heap_info,
+    req: *mut bindings::kflex_native_req,
+    key: *const u8,
+) -> c_int {
+    if req.is_null() || key.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the glue checked the sizes of both buffers (the request and a
+    // 32-byte key), which the verifier vouches for; a running program pins
+    // its heap.
+    let (heap, req, key) =
+        unsafe { (heap(info), &mut *req, &*(key as *const [u8; crate::native::KEY])) };
+    match crate::native::run(heap, req.root, req.ds, req.op, key) {
+        Ok(found) => {
+            req.result = found as u64;
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
 /// Fills an ops table with this component's entry points.
 pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> bindings::kflex_ops {
     bindings::kflex_ops {
@@ -131,5 +154,9 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         free: Some(free),
         reserve: Some(reserve),
         plan: Some(plan),
+        #[cfg(CONFIG_KFLEX_BENCH)]
+        native: Some(native),
+        #[cfg(not(CONFIG_KFLEX_BENCH))]
+        native: None,
     }
 }

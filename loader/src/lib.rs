@@ -27,4 +27,7 @@ pub mod skel {
     pub mod guards_arena {
         include!(concat!(env!("OUT_DIR"), "/guards_arena.skel.rs"));
     }
+    pub mod native {
+        include!(concat!(env!("OUT_DIR"), "/native.skel.rs"));
+    }
 }

@@ -8,6 +8,7 @@
 mod basic;
 mod guards;
 mod heap;
+mod native;
 mod util;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -39,6 +40,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::charged_to_creator_memcg, "ym"),
     t!(guards::hostile_accesses_confined, "ym"),
     t!(guards::stats_line_and_modes, "ym"),
+    t!(native::native_structures_match_model, "ym"),
 ];
 
 fn main() {

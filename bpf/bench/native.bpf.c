@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Drives the native data structures of the KFlex component (the "KMod"
+ * baseline, CONFIG_KFLEX_BENCH) over the same heap and keys as the BPF data
+ * structures: one bpf_kflex_bench_native() call per operation.
+ */
+#include "vmlinux.h"
+#include "kflex.h"
+
+#ifndef KFLEX_UPSTREAM_ARENA
+
+KFLEX_HEAP(heap, 1 << 28);
+
+/* Keys of the workload (32 bytes each), filled by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8[32]);
+} nat_keys SEC(".maps");
+
+struct kflex_native_req___bpf {
+	__u64 root;
+	__u32 ds;
+	__u32 op;
+	__u64 result;
+};
+
+extern int bpf_kflex_bench_native(void *heap, void *req, __u32 req__sz, const void *key,
+				  __u32 key__sz) __ksym __weak;
+
+struct nat_args {
+	__u64 ds;	/* 0 list, 1 rbtree, 2 skiplist */
+	__u64 op;	/* 0 update, 1 lookup, 2 delete */
+	__u64 first;	/* first key index */
+	__u64 count;	/* operations */
+	__u64 found;	/* out: keys found or inserted */
+	__u64 errors;	/* out: failed operations */
+};
+
+/* Root objects of the three structures (user addresses in the heap). */
+__u64 nat_roots[3];
+
+SEC("syscall")
+int nat_init(struct nat_args *a)
+{
+	__u64 i;
+
+	if (kflex_reserve(heap, 4 << 20))
+		return 1;
+	bpf_for(i, 0, 3) {
+		void __arena *r = kflex_malloc(heap, 512);
+		__u64 j;
+
+		if (!r)
+			return 1;
+		bpf_for(j, 0, 64)
+			((__u64 __arena *)r)[j] = 0;
+		nat_roots[i] = (__u64)r;
+	}
+	return 0;
+}
+
+SEC("syscall")
+int nat_run(struct nat_args *a)
+{
+	struct kflex_native_req___bpf req = {};
+	__u64 i, found = 0, errors = 0;
+	__u32 idx;
+	void *key;
+
+	if (a->ds > 2)
+		return 1;
+	req.root = nat_roots[a->ds];
+	req.ds = a->ds;
+	req.op = a->op;
+	bpf_for(i, 0, a->count) {
+		idx = a->first + i;
+		key = bpf_map_lookup_elem(&nat_keys, &idx);
+		if (!key)
+			break;
+		if (bpf_kflex_bench_native(&heap, &req, sizeof(req), key, 32))
+			errors++;
+		else
+			found += req.result;
+	}
+	a->found = found;
+	a->errors = errors;
+	return 0;
+}
+
+#endif /* !KFLEX_UPSTREAM_ARENA */
+
+char LICENSE[] SEC("license") = "GPL";

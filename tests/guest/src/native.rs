@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The native data structures of the KFlex component (the benchmarks'
+//! "KMod" baseline, `bpf_kflex_bench_native()`): random operations checked
+//! against a model, then the structures walked from user space through the
+//! heap mapping and their invariants checked.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    mem::MaybeUninit,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use kflex_load::skel::native::*;
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    AsRawLibbpf, MapCore, MapFlags, ProgramInput,
+};
+
+use crate::{heap::HeapStats, util::*};
+
+type Key = [u8; 32];
+
+/// `struct nat_args`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct NatArgs {
+    ds: u64,
+    op: u64,
+    first: u64,
+    count: u64,
+    found: u64,
+    errors: u64,
+}
+
+struct Loaded {
+    skel: NativeSkel<'static>,
+    base: u64,
+    _storage: Box<MaybeUninit<libbpf_rs::OpenObject>>,
+}
+
+impl Loaded {
+    fn new(keys: &[Key]) -> Result<Loaded> {
+        let mut storage = Box::new(MaybeUninit::uninit());
+        // SAFETY: the storage is boxed and dropped after the skeleton.
+        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            unsafe { &mut *(storage.as_mut() as *mut _) };
+        let mut open = NativeSkelBuilder::default().open(storage_ref)?;
+        open.maps.nat_keys.set_max_entries(keys.len() as u32)?;
+        let skel = open.load().context("loading native.bpf.c (CONFIG_KFLEX_BENCH?)")?;
+        for (i, k) in keys.iter().enumerate() {
+            skel.maps.nat_keys.update(&(i as u32).to_ne_bytes(), k, MapFlags::ANY)?;
+        }
+        let mut len = 0u64;
+        // SAFETY: a loaded map of a live skeleton: libbpf's heap mapping.
+        let base = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map__initial_value(
+                skel.maps.heap.as_libbpf_object().as_ptr(),
+                &mut len,
+            )
+        } as u64;
+        ensure!(base != 0, "heap not mapped");
+        let l = Loaded { skel, base, _storage: storage };
+        l.run(&mut NatArgs::default(), true)?;
+        Ok(l)
+    }
+
+    fn run(&self, a: &mut NatArgs, init: bool) -> Result<()> {
+        // SAFETY: `NatArgs` is plain old data.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(a as *mut NatArgs as *mut u8, size_of::<NatArgs>())
+        };
+        let prog = if init { &self.skel.progs.nat_init } else { &self.skel.progs.nat_run };
+        let out = prog.test_run(ProgramInput { context_in: Some(bytes), ..Default::default() })?;
+        ensure!(out.return_value == 0, "program returned {}", out.return_value);
+        Ok(())
+    }
+
+    /// One operation; returns whether the key was found or inserted.
+    fn op(&self, ds: u64, op: u64, idx: usize) -> Result<bool> {
+        let mut a = NatArgs { ds, op, first: idx as u64, count: 1, ..Default::default() };
+        self.run(&mut a, false)?;
+        ensure!(a.errors == 0, "ds {ds} op {op} key {idx}: the kfunc failed");
+        Ok(a.found == 1)
+    }
+
+    fn root(&self, ds: usize) -> u64 {
+        self.skel.maps.bss_data.as_deref().expect("bss").nat_roots[ds]
+    }
+
+    fn word(&self, user: u64, off: u64) -> u64 {
+        // SAFETY: inside this process's mapping of the heap (checked by the
+        // callers against the heap's range).
+        unsafe { ((user + off) as *const u64).read_volatile() }
+    }
+
+    fn key(&self, user: u64) -> Key {
+        // SAFETY: as in `word`.
+        unsafe { (user as *const Key).read_volatile() }
+    }
+
+    /// User address of heap offset `off` (links are heap offsets).
+    fn at(&self, off: u64) -> u64 {
+        self.base + off
+    }
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn keys(n: usize, rng: &mut Rng) -> Vec<Key> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut k = [0u8; 32];
+        for c in k.chunks_mut(8) {
+            c.copy_from_slice(&rng.next().to_le_bytes());
+        }
+        if seen.insert(k) {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Walks the list from user space: prev links match, keys = model.
+fn check_list(l: &Loaded, model: &BTreeSet<Key>) -> Result<()> {
+    let (mut n, mut prev, mut got) = (l.word(l.root(0), 0), 0, BTreeSet::new());
+    while n != 0 {
+        ensure!(l.word(l.at(n), 8) == prev, "list: bad prev link at {n:#x}");
+        ensure!(got.insert(l.key(l.at(n) + 16)), "list: key twice");
+        prev = n;
+        n = l.word(l.at(n), 0);
+        ensure!(got.len() <= model.len(), "list longer than the model (cycle?)");
+    }
+    ensure!(got == *model, "list: {} keys, model {}", got.len(), model.len());
+    Ok(())
+}
+
+/// Checks the subtree at `n`: order, parent links, no red-red; returns its
+/// black height.
+fn check_rb(
+    l: &Loaded,
+    n: u64,
+    parent: u64,
+    lo: Option<Key>,
+    hi: Option<Key>,
+    keys: &mut Vec<Key>,
+) -> Result<u32> {
+    if n == 0 {
+        return Ok(1);
+    }
+    ensure!(keys.len() < 1 << 20, "rbtree: too many nodes (cycle?)");
+    let u = l.at(n);
+    let (left, right, up, black) = (l.word(u, 0), l.word(u, 8), l.word(u, 16), l.word(u, 24));
+    let k = l.key(u + 32);
+    ensure!(up == parent, "rbtree: bad parent link at {n:#x}");
+    ensure!(lo.is_none_or(|lo| k > lo) && hi.is_none_or(|hi| k < hi), "rbtree: order broken");
+    if black == 0 {
+        for c in [left, right] {
+            ensure!(c == 0 || l.word(l.at(c), 24) != 0, "rbtree: red node with a red child");
+        }
+    }
+    let bl = check_rb(l, left, n, lo, Some(k), keys)?;
+    keys.push(k);
+    let br = check_rb(l, right, n, Some(k), hi, keys)?;
+    ensure!(bl == br, "rbtree: black heights {bl} != {br}");
+    Ok(bl + (black != 0) as u32)
+}
+
+/// Every level of the skiplist is sorted; level 0 holds exactly the model.
+fn check_skiplist(l: &Loaded, model: &BTreeSet<Key>) -> Result<()> {
+    let root = l.root(2);
+    let top = l.word(root, 16);
+    ensure!(top <= 32, "skiplist: level {top}");
+    let mut level0 = Vec::new();
+    for lvl in (0..top).rev() {
+        let mut n = l.word(root, 32 + 8 * lvl);
+        let mut last: Option<Key> = None;
+        let mut steps = 0;
+        while n != 0 {
+            let u = l.at(n);
+            let k = l.key(u);
+            ensure!(last.is_none_or(|p| k > p), "skiplist: level {lvl} not sorted");
+            ensure!(
+                l.word(u, 96) > lvl,
+                "skiplist: node of level {} on level {lvl}",
+                l.word(u, 96)
+            );
+            ensure!(lvl > 0 || model.contains(&k), "skiplist: stray key");
+            if lvl == 0 {
+                level0.push(k);
+            }
+            last = Some(k);
+            n = l.word(u, 104 + 8 * lvl);
+            steps += 1;
+            ensure!(steps <= model.len(), "skiplist: level {lvl} longer than the model");
+        }
+    }
+    ensure!(level0.len() == model.len(), "skiplist: {} keys, model {}", level0.len(), model.len());
+    Ok(())
+}
+
+/// Random operations on the native list, rbtree and skiplist match a model;
+/// the structures' invariants hold; deleting everything frees every node.
+pub fn native_structures_match_model() -> Result<()> {
+    ensure_kflex()?;
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let nkeys = 300;
+    let keys = keys(nkeys, &mut rng);
+    let l = Loaded::new(&keys)?;
+    for ds in 0..3u64 {
+        let mut model = BTreeSet::new();
+        for _ in 0..3000 {
+            let idx = (rng.next() % nkeys as u64) as usize;
+            let op = match rng.next() % 10 {
+                0..=4 => 0,
+                5..=7 => 1,
+                _ => 2,
+            };
+            let got = l.op(ds, op, idx)?;
+            let want = match op {
+                0 => model.insert(keys[idx]),
+                1 => model.contains(&keys[idx]),
+                _ => model.remove(&keys[idx]),
+            };
+            ensure!(got == want, "ds {ds}: op {op} on key {idx}: kernel {got}, model {want}");
+        }
+        match ds {
+            0 => check_list(&l, &model)?,
+            1 => {
+                let mut walked = Vec::new();
+                let top = l.word(l.root(1), 8);
+                if top != 0 {
+                    ensure!(l.word(l.at(top), 24) != 0, "rbtree: red root");
+                }
+                check_rb(&l, top, 0, None, None, &mut walked)?;
+                ensure!(walked.iter().copied().collect::<BTreeSet<_>>() == model, "rbtree keys");
+                ensure!(walked.len() == model.len(), "rbtree: duplicate keys");
+            }
+            _ => check_skiplist(&l, &model)?,
+        }
+        println!("native ds {ds}: {} keys after 3000 operations, invariants hold", model.len());
+        for k in model.clone() {
+            let idx = keys.iter().position(|x| *x == k).context("key")?;
+            ensure!(l.op(ds, 2, idx)?, "ds {ds}: delete of a present key failed");
+        }
+    }
+    let id = l.skel.maps.heap.info()?.info.id;
+    let st = HeapStats::read_all()?
+        .into_iter()
+        .find(|s| s.get("id") == id as u64)
+        .context("heap statistics")?;
+    // Only the three 512-byte roots are left.
+    if st.class_bytes_total() != 3 * 512 {
+        bail!("nodes left after deleting everything: {st:?}");
+    }
+    Ok(())
+}
