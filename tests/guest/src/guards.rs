@@ -5,12 +5,10 @@
 //! with an immediate (64 KiB), a 32-bit move (4 GiB) and an `and` with the
 //! mask register (64 GiB); the per-program statistics line and the modes.
 
-use std::mem::MaybeUninit;
-
 use anyhow::{ensure, Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    AsRawLibbpf, ProgramInput, ProgramMut,
+    ProgramInput, ProgramMut,
 };
 
 use crate::util::*;
@@ -36,31 +34,16 @@ struct Loaded {
     skel: GuardTestSkel<'static>,
     size: u64,
     base: u64,
-    _storage: Box<MaybeUninit<libbpf_rs::OpenObject>>,
 }
 
 impl Loaded {
     fn new(size: u64) -> Result<Loaded> {
-        let mut storage = Box::new(MaybeUninit::uninit());
-        // SAFETY: the storage is boxed and dropped after the skeleton.
-        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-            unsafe { &mut *(storage.as_mut() as *mut _) };
-        let mut open = GuardTestSkelBuilder::default().open(storage_ref)?;
+        let mut open = GuardTestSkelBuilder::default().open(skel_storage())?;
         open.maps.heap.set_max_entries((size / 4096) as u32)?;
         let skel = open.load().context("loading guard_test")?;
-        // libbpf leaves the size 0 for arenas.
-        let mut len = 0u64;
-        // SAFETY: a loaded map of a live skeleton; libbpf returns the address
-        // of its mapping of the arena.
-        let base = unsafe {
-            libbpf_rs::libbpf_sys::bpf_map__initial_value(
-                skel.maps.heap.as_libbpf_object().as_ptr(),
-                &mut len,
-            )
-        } as u64;
-        ensure!(base != 0, "heap not mapped");
+        let base = heap_base(&skel.maps.heap)?;
         ensure!(base.is_multiple_of(size), "heap of {size} bytes mapped at {base:#x}");
-        Ok(Loaded { skel, size, base, _storage: storage })
+        Ok(Loaded { skel, size, base })
     }
 
     fn run(&self, prog: &ProgramMut, mut a: Gargs) -> Result<Gargs> {

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashSet,
-    mem::MaybeUninit,
     os::fd::{AsFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -41,22 +40,14 @@ pub struct Args {
 pub struct Loaded {
     pub skel: HeapTestSkel<'static>,
     pub size: u64,
-    // Boxed so the skeleton's borrow of it stays valid; declared after the
-    // skeleton so that it is dropped after it.
-    _storage: Box<MaybeUninit<libbpf_rs::OpenObject>>,
 }
 
 impl Loaded {
     pub fn new(size: u64) -> Result<Loaded> {
-        let mut storage = Box::new(MaybeUninit::uninit());
-        // SAFETY: the storage is boxed and dropped after the skeleton (field
-        // order), so extending the borrow to 'static is sound.
-        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-            unsafe { &mut *(storage.as_mut() as *mut _) };
-        let mut open = HeapTestSkelBuilder::default().open(storage_ref)?;
+        let mut open = HeapTestSkelBuilder::default().open(skel_storage())?;
         open.maps.heap.set_max_entries((size / 4096) as u32)?;
         let skel = open.load().context("loading heap_test")?;
-        Ok(Loaded { skel, _storage: storage, size })
+        Ok(Loaded { skel, size })
     }
 
     /// Runs a syscall program with `args`; returns the updated args.

@@ -5,16 +5,13 @@
 //! against a model, then the structures walked from user space through the
 //! heap mapping and their invariants checked.
 
-use std::{
-    collections::{BTreeSet, HashSet},
-    mem::MaybeUninit,
-};
+use std::collections::{BTreeSet, HashSet};
 
 use anyhow::{bail, ensure, Context, Result};
 use kflex_load::skel::native::*;
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    AsRawLibbpf, MapCore, MapFlags, ProgramInput,
+    MapCore, MapFlags, ProgramInput,
 };
 
 use crate::{heap::HeapStats, util::*};
@@ -36,31 +33,18 @@ struct NatArgs {
 struct Loaded {
     skel: NativeSkel<'static>,
     base: u64,
-    _storage: Box<MaybeUninit<libbpf_rs::OpenObject>>,
 }
 
 impl Loaded {
     fn new(keys: &[Key]) -> Result<Loaded> {
-        let mut storage = Box::new(MaybeUninit::uninit());
-        // SAFETY: the storage is boxed and dropped after the skeleton.
-        let storage_ref: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-            unsafe { &mut *(storage.as_mut() as *mut _) };
-        let mut open = NativeSkelBuilder::default().open(storage_ref)?;
+        let mut open = NativeSkelBuilder::default().open(skel_storage())?;
         open.maps.nat_keys.set_max_entries(keys.len() as u32)?;
         let skel = open.load().context("loading native.bpf.c (CONFIG_KFLEX_BENCH?)")?;
         for (i, k) in keys.iter().enumerate() {
             skel.maps.nat_keys.update(&(i as u32).to_ne_bytes(), k, MapFlags::ANY)?;
         }
-        let mut len = 0u64;
-        // SAFETY: a loaded map of a live skeleton: libbpf's heap mapping.
-        let base = unsafe {
-            libbpf_rs::libbpf_sys::bpf_map__initial_value(
-                skel.maps.heap.as_libbpf_object().as_ptr(),
-                &mut len,
-            )
-        } as u64;
-        ensure!(base != 0, "heap not mapped");
-        let l = Loaded { skel, base, _storage: storage };
+        let base = heap_base(&skel.maps.heap)?;
+        let l = Loaded { skel, base };
         l.run(&mut NatArgs::default(), true)?;
         Ok(l)
     }

@@ -215,3 +215,23 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// Storage for a skeleton's open object. Leaked: a test loads a handful of
+/// skeletons, and the skeleton may then live as long as the test needs.
+pub fn skel_storage() -> &'static mut std::mem::MaybeUninit<libbpf_rs::OpenObject> {
+    Box::leak(Box::new(std::mem::MaybeUninit::uninit()))
+}
+
+/// User address at which libbpf mapped heap `map` in this process.
+pub fn heap_base(map: &libbpf_rs::MapMut) -> Result<u64> {
+    use libbpf_rs::AsRawLibbpf;
+    // libbpf leaves the size 0 for arenas.
+    let mut len = 0u64;
+    // SAFETY: a loaded map of a live skeleton; libbpf returns the address of
+    // its mapping of the arena (or NULL).
+    let base = unsafe {
+        libbpf_rs::libbpf_sys::bpf_map__initial_value(map.as_libbpf_object().as_ptr(), &mut len)
+    } as u64;
+    ensure!(base != 0, "heap not mapped");
+    Ok(base)
+}
