@@ -4,6 +4,7 @@
 //! heap statistics, benchmark plumbing and the BPF skeletons.
 
 pub mod bench;
+pub mod ds;
 pub mod guardbench;
 pub mod heapstats;
 pub mod status;
@@ -21,6 +22,32 @@ pub mod skel {
     pub mod alloc_arena {
         include!(concat!(env!("OUT_DIR"), "/alloc_arena.skel.rs"));
     }
+
+    /// Declares the skeleton modules of the data-structure programs.
+    macro_rules! ds_skels {
+        ($($name:ident),* $(,)?) => {
+            $(pub mod $name {
+                include!(concat!(env!("OUT_DIR"), "/", stringify!($name), ".skel.rs"));
+            })*
+        };
+    }
+
+    // Heap structures, for a KFlex heap and for the upstream arena; the
+    // kernel baselines (BPF maps, graph kfuncs) only once.
+    ds_skels!(
+        ds_list,
+        ds_list_arena,
+        ds_rbtree,
+        ds_rbtree_arena,
+        ds_hmap,
+        ds_hmap_arena,
+        ds_skiplist,
+        ds_skiplist_arena,
+        ds_sketch,
+        ds_sketch_arena,
+        ds_maps,
+        ds_graph,
+    );
     pub mod guards {
         include!(concat!(env!("OUT_DIR"), "/guards.skel.rs"));
     }

@@ -1,21 +1,45 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! `kflex-bench`: KFlex benchmarks, run inside a guest
-//! (`make vm CMD='kflex-bench'`). Prints a table (or `--json`); timings are
-//! only meaningful as ratios between variants of the same run.
+//! (`make vm CMD='kflex-bench'`, `make bench`). Prints a table (or
+//! `--json`); timings are only meaningful as ratios between variants of the
+//! same run.
+//!
+//! Two groups:
+//! - `alloc/...`: the heap allocator against the BPF allocators of the
+//!   upstream arena;
+//! - `ds/<structure>/<op>/<dist>/<variant>`: the data structures of
+//!   `bpf/ds/` (list, rbtree, hashmap, skiplist, cms, cs), each operation a
+//!   separate program driven in batches by BPF_PROG_TEST_RUN, on the KFlex
+//!   heap (in every guard mode the kernel offers), on the upstream arena and
+//!   on the kernel's own alternative; the ratio is to `kflex` (full guards
+//!   with elision). `ds/hashmap-2cpu/...` runs the hash map on two CPUs.
+//!
+//! Also prints the guard table: per structure and operation, the heap
+//! accesses the guard pass decided on and how many guards it elided (from
+//! the kernel log), next to Table 3 of the KFlex paper.
 
 use std::{
+    any::Any,
+    collections::{BTreeMap, HashMap},
     io::Write as _,
     mem::MaybeUninit,
+    os::fd::{AsFd, OwnedFd},
     path::Path,
+    sync::Barrier,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use kflex_load::{
-    bench, guardbench,
-    skel::{alloc, alloc_arena},
+    bench,
+    ds::{self, Args as DsArgs, Dist, KeySet, Ops, WorkMaps},
+    load_ds_skel,
+    skel::{
+        alloc, alloc_arena, ds_graph, ds_hmap, ds_hmap_arena, ds_list, ds_list_arena, ds_maps,
+        ds_rbtree, ds_rbtree_arena, ds_sketch, ds_sketch_arena, ds_skiplist, ds_skiplist_arena,
+    },
     status::{Status, STATUS_PATH},
 };
 use libbpf_rs::{
@@ -30,21 +54,46 @@ struct Cli {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON to this file (the table still goes to stdout).
+    #[arg(long, value_name = "PATH")]
+    json_file: Option<String>,
     /// Only run benchmarks whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// Operations per repetition.
-    #[arg(long, default_value_t = 10_000)]
+    /// Operations per repetition (per phase for the data structures).
+    #[arg(long, default_value_t = 100_000)]
     ops: u64,
-    /// Repetitions per benchmark (the median is reported).
+    /// Keys in the data-structure key set.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Repetitions per benchmark (the median is reported), after one
+    /// warm-up repetition.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Data-structure operations per BPF_PROG_TEST_RUN call.
+    #[arg(long, default_value_t = 10_000)]
+    batch: u64,
+    /// Nodes a list lookup looks at, at most, from the front.
+    #[arg(long, default_value_t = 128)]
+    list_walk: u64,
+    /// Zipf exponent of the skewed workload.
+    #[arg(long, default_value_t = 0.99)]
+    zipf: f64,
+    /// Seed of the key set and the key streams.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Only print the guard table (loads the KFlex programs, runs nothing).
+    #[arg(long)]
+    guards: bool,
     /// List the benchmarks and exit.
     #[arg(long)]
     list: bool,
 }
 
-/// Arguments of the benchmark programs (`struct bench_args`).
+// ---------------------------------------------------------------------------
+// Allocator benchmarks.
+
+/// Arguments of the allocator benchmark programs (`struct bench_args`).
 #[repr(C)]
 #[derive(Default, Clone, Copy)]
 struct Args {
@@ -121,19 +170,14 @@ impl AllocSkels {
 }
 
 /// Runs one repetition of a benchmark; returns ns per operation.
-type RunFn = Box<dyn Fn(&Setup) -> Result<f64>>;
+type RunFn = Box<dyn Fn(&AllocSkels) -> Result<f64>>;
 
-/// A benchmark: name, baseline name, and how to run it.
+/// An allocator benchmark: name, baseline name, and how to run it.
 struct Case {
     name: String,
     baseline: Option<String>,
     ops: u64,
     run: RunFn,
-}
-
-/// Everything loaded once per run.
-struct Setup {
-    alloc: AllocSkels,
 }
 
 fn alloc_cases(ops: u64) -> Vec<Case> {
@@ -152,8 +196,8 @@ fn alloc_cases(ops: u64) -> Vec<Case> {
                     name,
                     baseline,
                     ops,
-                    run: Box::new(move |s: &Setup| {
-                        let prog = s.alloc.prog(v, batches);
+                    run: Box::new(move |s: &AllocSkels| {
+                        let prog = s.prog(v, batches);
                         let (a, t) = run_prog(prog, Args { size, n: ops, kind, ret: 0 })?;
                         ensure!(a.ret == 0, "{} allocations failed", a.ret);
                         Ok(t.as_nanos() as f64 / ops as f64)
@@ -165,63 +209,19 @@ fn alloc_cases(ops: u64) -> Vec<Case> {
     cases
 }
 
-fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("kflex-bench: error: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    let mut cases = alloc_cases(cli.ops);
-    if let Some(f) = &cli.filter {
-        cases.retain(|c| c.name.contains(f.as_str()));
-    }
-    let guard_names: Vec<String> = ["chase", "scatter"]
-        .iter()
-        .flat_map(|c| guardbench::VARIANTS.iter().map(move |(v, _)| format!("guards/{c}/{v}")))
-        .filter(|n| cli.filter.as_deref().is_none_or(|f| n.contains(f)))
-        .collect();
-    if cli.list {
-        for c in &cases {
-            println!("{}", c.name);
-        }
-        for n in &guard_names {
-            println!("{n}");
-        }
+fn run_alloc(cases: &[Case], reps: usize, results: &mut Vec<bench::Result>) -> Result<()> {
+    if cases.is_empty() {
         return Ok(());
     }
-    if cases.is_empty() && guard_names.is_empty() {
-        bail!("no benchmark matches the filter (see --list)");
-    }
-    if cli.reps == 0 || cli.ops < 256 {
-        bail!("--reps must be at least 1 and --ops at least 256");
-    }
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "kflex-bench must run as root (it loads BPF programs); try `make vm CMD=kflex-bench`"
-        );
-    }
-    Status::read_from(Path::new(STATUS_PATH))?.require_active()?;
-    let mut results = Vec::new();
-    if !guard_names.is_empty() {
-        let n = guard_names.len();
-        let mut i = 0;
-        results = guardbench::run(cli.ops, cli.reps, cli.filter.as_deref(), |r| {
-            i += 1;
-            eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
-        })?;
-    }
-    let setup = Setup { alloc: AllocSkels::load()? };
+    let skels = AllocSkels::load()?;
     let total = cases.len();
     for (i, c) in cases.iter().enumerate() {
         eprint!("[{}/{total}] {} ...", i + 1, c.name);
         let _ = std::io::stderr().flush();
-        (c.run)(&setup).with_context(|| format!("{} (warm-up)", c.name))?;
-        let mut samples = Vec::with_capacity(cli.reps);
-        for _ in 0..cli.reps {
-            samples.push((c.run)(&setup).with_context(|| c.name.clone())?);
+        (c.run)(&skels).with_context(|| format!("{} (warm-up)", c.name))?;
+        let mut samples = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            samples.push((c.run)(&skels).with_context(|| c.name.clone())?);
         }
         let ns = bench::median(&mut samples);
         eprintln!(" {ns:.1} ns/op");
@@ -232,18 +232,980 @@ fn run(cli: Cli) -> Result<()> {
             baseline: c.baseline.clone(),
         });
     }
-    if cli.json {
-        let uname = nix::sys::utsname::uname()?;
-        let ctx = serde_json::json!({
-            "kernel": uname.release().to_string_lossy(),
-            "kflex": std::fs::read_to_string(STATUS_PATH).unwrap_or_default().trim(),
-            "ops": cli.ops,
-            "reps": cli.reps,
-            "note": "TCG guest: compare ratios within one run only",
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Data-structure benchmarks.
+
+/// The data structures of `bpf/ds/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Structure {
+    List,
+    Rbtree,
+    Hashmap,
+    Skiplist,
+    Cms,
+    Cs,
+}
+
+const STRUCTURES: [Structure; 6] = [
+    Structure::List,
+    Structure::Rbtree,
+    Structure::Hashmap,
+    Structure::Skiplist,
+    Structure::Cms,
+    Structure::Cs,
+];
+
+const OPS: [&str; 3] = ["update", "lookup", "delete"];
+
+impl Structure {
+    fn name(self) -> &'static str {
+        match self {
+            Structure::List => "list",
+            Structure::Rbtree => "rbtree",
+            Structure::Hashmap => "hashmap",
+            Structure::Skiplist => "skiplist",
+            Structure::Cms => "cms",
+            Structure::Cs => "cs",
+        }
+    }
+
+    /// Prefix of the structure's program names.
+    fn prefix(self) -> &'static str {
+        match self {
+            Structure::List => "list",
+            Structure::Rbtree => "rbt",
+            Structure::Hashmap => "hmap",
+            Structure::Skiplist => "skl",
+            Structure::Cms => "cms",
+            Structure::Cs => "cs",
+        }
+    }
+
+    /// The kernel alternative: variant name, and whether its operations
+    /// mean the same as the heap structure's (so results must agree).
+    fn kernel_alternative(self) -> Option<(&'static str, bool)> {
+        match self {
+            Structure::List => Some(("bpf-graph", true)),
+            Structure::Rbtree => Some(("bpf-graph", false)),
+            Structure::Hashmap => Some(("bpf-hash", true)),
+            Structure::Skiplist => None,
+            Structure::Cms | Structure::Cs => Some(("bpf-array", true)),
+        }
+    }
+
+    /// Guards / elided of Table 3 of the KFlex paper (update, lookup,
+    /// delete).
+    fn paper(self) -> Option<[(u32, u32); 3]> {
+        match self {
+            Structure::List => Some([(4, 4), (1, 1), (2, 2)]),
+            Structure::Hashmap => Some([(10, 8), (2, 0), (4, 3)]),
+            Structure::Rbtree => Some([(16, 16), (2, 2), (31, 27)]),
+            Structure::Skiplist => Some([(15, 10), (3, 2), (9, 4)]),
+            Structure::Cms | Structure::Cs => None,
+        }
+    }
+}
+
+/// How the programs of a variant are built and loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// KFlex heap loaded in guard mode `kernel.kflex_guard_mode`.
+    KFlex(u32),
+    /// Upstream arena (`*_arena` skeletons).
+    Arena,
+    /// The kernel's own alternative.
+    Kernel,
+}
+
+const MODE_SYSCTL: &str = "/proc/sys/kernel/kflex_guard_mode";
+
+fn mode_name(m: u32) -> &'static str {
+    match m {
+        0 => "kflex",
+        1 => "kflex-perf",
+        2 => "kflex-noguard",
+        _ => "kflex-noelide",
+    }
+}
+
+fn variant_name(s: Structure, v: Variant) -> &'static str {
+    match v {
+        Variant::KFlex(m) => mode_name(m),
+        Variant::Arena => "arena",
+        Variant::Kernel => s.kernel_alternative().map_or("kernel", |k| k.0),
+    }
+}
+
+/// The guard modes the kernel offers (0 full with elision, 1 performance,
+/// 2 unguarded, 3 full without elision): mode 0 always, the others when the
+/// sysctl exists and accepts them.
+fn guard_modes() -> Vec<u32> {
+    let Ok(orig) = std::fs::read_to_string(MODE_SYSCTL) else {
+        return vec![0];
+    };
+    let mut modes = vec![0];
+    for m in 1..=3 {
+        if std::fs::write(MODE_SYSCTL, format!("{m}\n")).is_ok() {
+            modes.push(m);
+        }
+    }
+    let _ = std::fs::write(MODE_SYSCTL, orig);
+    modes
+}
+
+/// Sets the guard mode for programs loaded from now on (mode 0 without the
+/// sysctl).
+fn set_guard_mode(m: u32) -> Result<()> {
+    if m == 0 && !Path::new(MODE_SYSCTL).exists() {
+        return Ok(());
+    }
+    std::fs::write(MODE_SYSCTL, format!("{m}\n"))
+        .with_context(|| format!("setting {MODE_SYSCTL} to {m}"))
+}
+
+/// Sizes of a run.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    ops: u64,
+    keys: u64,
+    batch: u64,
+    list_walk: u64,
+}
+
+impl Sizes {
+    /// Heap bytes: room for every key (nodes up to 512 bytes) and at least
+    /// 256 MiB, a power of two.
+    fn heap_bytes(self) -> u64 {
+        (self.ops.max(self.keys) * 512).max(256 << 20).next_power_of_two()
+    }
+
+    /// Bytes to populate ahead on a KFlex heap.
+    fn reserve(self) -> u64 {
+        (self.ops.min(self.keys) * 256 + (4 << 20)).min(self.heap_bytes() / 2)
+    }
+
+    /// log2 of the hash map's buckets: at least one bucket per key.
+    fn bucket_order(self) -> u64 {
+        self.keys.max(2).next_power_of_two().trailing_zeros() as u64
+    }
+}
+
+/// One loaded implementation of a structure.
+struct Impl {
+    variant: Variant,
+    name: &'static str,
+    ops: Ops,
+    /// Operations mean the same as on the heap structure.
+    same_semantics: bool,
+    /// The skeleton (maps and programs stay alive with it).
+    _skel: Box<dyn Any>,
+}
+
+fn fd(p: &ProgramMut<'_>) -> Result<Option<OwnedFd>> {
+    Ok(Some(ds::prog_fd(p)?))
+}
+
+/// Sets the heap's size in an opened skeleton.
+macro_rules! heap_size {
+    ($open:ident, $bytes:expr) => {
+        $open.maps.ds_heap.set_max_entries(($bytes >> 12) as u32)?;
+    };
+}
+
+/// Loads structure `s` built for variant `v` (the guard mode must be set).
+fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
+    let hb = sz.heap_bytes();
+    macro_rules! heap_impl {
+        ($builder:path, $init:ident, $update:ident, $lookup:ident, $delete:ident, $clear:ident) => {{
+            let sk = load_ds_skel!($builder, work, |open| {
+                heap_size!(open, hb);
+            })?;
+            let ops = Ops {
+                init: fd(&sk.progs.$init)?,
+                update: fd(&sk.progs.$update)?,
+                lookup: fd(&sk.progs.$lookup)?,
+                delete: fd(&sk.progs.$delete)?,
+                clear: fd(&sk.progs.$clear)?,
+            };
+            (ops, Box::new(sk) as Box<dyn Any>)
+        }};
+    }
+    macro_rules! kernel_impl {
+        ($builder:path, $update:ident, $delete:ident, $clear:ident $(, $lookup:ident)?) => {{
+            let keys = sz.keys;
+            let sk = load_ds_skel!($builder, work, |open| {
+                maybe_size_bhash(&mut open.maps, keys)?;
+            })?;
+            #[allow(unused_mut)]
+            let mut ops = Ops {
+                init: None,
+                update: fd(&sk.progs.$update)?,
+                lookup: None,
+                delete: fd(&sk.progs.$delete)?,
+                clear: fd(&sk.progs.$clear)?,
+            };
+            $(ops.lookup = fd(&sk.progs.$lookup)?;)?
+            (ops, Box::new(sk) as Box<dyn Any>)
+        }};
+    }
+    let (ops, skel) = match (s, v) {
+        (Structure::List, Variant::KFlex(_)) => heap_impl!(
+            ds_list::DsListSkelBuilder,
+            list_init,
+            list_update,
+            list_lookup,
+            list_delete,
+            list_clear
+        ),
+        (Structure::List, Variant::Arena) => heap_impl!(
+            ds_list_arena::DsListArenaSkelBuilder,
+            list_init,
+            list_update,
+            list_lookup,
+            list_delete,
+            list_clear
+        ),
+        (Structure::Rbtree, Variant::KFlex(_)) => heap_impl!(
+            ds_rbtree::DsRbtreeSkelBuilder,
+            rbt_init,
+            rbt_update,
+            rbt_lookup,
+            rbt_delete,
+            rbt_clear
+        ),
+        (Structure::Rbtree, Variant::Arena) => heap_impl!(
+            ds_rbtree_arena::DsRbtreeArenaSkelBuilder,
+            rbt_init,
+            rbt_update,
+            rbt_lookup,
+            rbt_delete,
+            rbt_clear
+        ),
+        (Structure::Hashmap, Variant::KFlex(_)) => heap_impl!(
+            ds_hmap::DsHmapSkelBuilder,
+            hmap_init,
+            hmap_update,
+            hmap_lookup,
+            hmap_delete,
+            hmap_clear
+        ),
+        (Structure::Hashmap, Variant::Arena) => heap_impl!(
+            ds_hmap_arena::DsHmapArenaSkelBuilder,
+            hmap_init,
+            hmap_update,
+            hmap_lookup,
+            hmap_delete,
+            hmap_clear
+        ),
+        (Structure::Skiplist, Variant::KFlex(_)) => heap_impl!(
+            ds_skiplist::DsSkiplistSkelBuilder,
+            skl_init,
+            skl_update,
+            skl_lookup,
+            skl_delete,
+            skl_clear
+        ),
+        (Structure::Skiplist, Variant::Arena) => heap_impl!(
+            ds_skiplist_arena::DsSkiplistArenaSkelBuilder,
+            skl_init,
+            skl_update,
+            skl_lookup,
+            skl_delete,
+            skl_clear
+        ),
+        (Structure::Cms, Variant::KFlex(_)) => heap_impl!(
+            ds_sketch::DsSketchSkelBuilder,
+            cms_init,
+            cms_update,
+            cms_lookup,
+            cms_delete,
+            cms_clear
+        ),
+        (Structure::Cms, Variant::Arena) => heap_impl!(
+            ds_sketch_arena::DsSketchArenaSkelBuilder,
+            cms_init,
+            cms_update,
+            cms_lookup,
+            cms_delete,
+            cms_clear
+        ),
+        (Structure::Cs, Variant::KFlex(_)) => heap_impl!(
+            ds_sketch::DsSketchSkelBuilder,
+            cs_init,
+            cs_update,
+            cs_lookup,
+            cs_delete,
+            cs_clear
+        ),
+        (Structure::Cs, Variant::Arena) => heap_impl!(
+            ds_sketch_arena::DsSketchArenaSkelBuilder,
+            cs_init,
+            cs_update,
+            cs_lookup,
+            cs_delete,
+            cs_clear
+        ),
+        (Structure::List, Variant::Kernel) => {
+            kernel_impl!(ds_graph::DsGraphSkelBuilder, glist_update, glist_delete, glist_clear)
+        }
+        (Structure::Rbtree, Variant::Kernel) => {
+            kernel_impl!(ds_graph::DsGraphSkelBuilder, grbt_update, grbt_delete, grbt_clear)
+        }
+        (Structure::Hashmap, Variant::Kernel) => kernel_impl!(
+            ds_maps::DsMapsSkelBuilder,
+            bhash_update,
+            bhash_delete,
+            bhash_clear,
+            bhash_lookup
+        ),
+        (Structure::Cms, Variant::Kernel) => kernel_impl!(
+            ds_maps::DsMapsSkelBuilder,
+            acms_update,
+            acms_delete,
+            acms_clear,
+            acms_lookup
+        ),
+        (Structure::Cs, Variant::Kernel) => {
+            kernel_impl!(ds_maps::DsMapsSkelBuilder, acs_update, acs_delete, acs_clear, acs_lookup)
+        }
+        (Structure::Skiplist, Variant::Kernel) => return Ok(None),
+    };
+    let same_semantics = match v {
+        Variant::Kernel => s.kernel_alternative().is_some_and(|k| k.1),
+        _ => true,
+    };
+    Ok(Some(Impl { variant: v, name: variant_name(s, v), ops, same_semantics, _skel: skel }))
+}
+
+/// Sizes the BPF hash map of the ds_maps skeleton to the key set (other
+/// skeletons have no such map).
+trait MaybeBhash {
+    fn size_bhash(&mut self, keys: u64) -> Result<()>;
+}
+
+impl MaybeBhash for ds_maps::OpenDsMapsMaps<'_> {
+    fn size_bhash(&mut self, keys: u64) -> Result<()> {
+        self.bhash.set_max_entries(keys.max(1) as u32)?;
+        Ok(())
+    }
+}
+
+impl MaybeBhash for ds_graph::OpenDsGraphMaps<'_> {
+    fn size_bhash(&mut self, _keys: u64) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn maybe_size_bhash(maps: &mut impl MaybeBhash, keys: u64) -> Result<()> {
+    maps.size_bhash(keys)
+}
+
+/// The guard pass's counts per program, from the kernel log: the last
+/// `kflex: prog=<name> range_analysis_call=<N> elided=<M>` line of each.
+fn guard_lines() -> Result<HashMap<String, (u32, u32)>> {
+    let out = std::process::Command::new("dmesg").output().context("running dmesg")?;
+    ensure!(out.status.success(), "dmesg failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(parse_guard_lines(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_guard_lines(log: &str) -> HashMap<String, (u32, u32)> {
+    let mut m = HashMap::new();
+    for line in log.lines() {
+        let Some(rest) = line.split("kflex: prog=").nth(1) else { continue };
+        let mut w = rest.split_whitespace();
+        let (Some(name), Some(n), Some(e)) = (w.next(), w.next(), w.next()) else { continue };
+        let n = n.strip_prefix("range_analysis_call=").and_then(|x| x.parse().ok());
+        let e = e.strip_prefix("elided=").and_then(|x| x.parse().ok());
+        if let (Some(n), Some(e)) = (n, e) {
+            m.insert(name.to_string(), (n, e));
+        }
+    }
+    m
+}
+
+/// One row of the guard table.
+#[derive(Debug, Clone)]
+struct GuardRow {
+    structure: Structure,
+    op: &'static str,
+    ours: Option<(u32, u32)>,
+    paper: Option<(u32, u32)>,
+}
+
+fn guard_rows(s: Structure, log: &HashMap<String, (u32, u32)>) -> Vec<GuardRow> {
+    OPS.iter()
+        .enumerate()
+        .map(|(i, op)| GuardRow {
+            structure: s,
+            op,
+            ours: log.get(&format!("{}_{op}", s.prefix())).copied(),
+            paper: s.paper().map(|p| p[i]),
+        })
+        .collect()
+}
+
+fn fmt_pair(p: Option<(u32, u32)>) -> String {
+    p.map_or("-".into(), |(n, e)| format!("{n}/{e}"))
+}
+
+fn guard_table(rows: &[GuardRow]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "Guards (KFlex heap, guard mode 0): heap accesses decided / guards elided");
+    let _ = writeln!(
+        out,
+        "{:<10} {:<7} {:>10} {:>8} {:>8}  {:>10}",
+        "structure", "op", "ours", "guards", "elided%", "paper"
+    );
+    for r in rows {
+        let (g, pct) = match r.ours {
+            Some((n, e)) if n > 0 => {
+                ((n - e).to_string(), format!("{:.0}%", 100.0 * e as f64 / n as f64))
+            }
+            Some((n, e)) => ((n - e).to_string(), "-".into()),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {:<7} {:>10} {:>8} {:>8}  {:>10}",
+            r.structure.name(),
+            r.op,
+            fmt_pair(r.ours),
+            g,
+            pct,
+            fmt_pair(r.paper)
+        );
+    }
+    out
+}
+
+fn guards_json(rows: &[GuardRow]) -> serde_json::Value {
+    rows.iter()
+        .map(|r| {
+            serde_json::json!({
+                "structure": r.structure.name(),
+                "op": r.op,
+                "accesses": r.ours.map(|o| o.0),
+                "elided": r.ours.map(|o| o.1),
+                "paper_guards": r.paper.map(|p| p.0),
+                "paper_elided": r.paper.map(|p| p.1),
+            })
+        })
+        .collect()
+}
+
+/// Phases of one repetition: update, lookup, delete on their own key
+/// streams (at 0, ops, 2 ops in the workload maps).
+#[derive(Default, Clone, Copy, Debug)]
+struct Phase {
+    ns_per_op: f64,
+    hits: u64,
+    sum: u64,
+}
+
+/// Runs one repetition of the three phases on `cpus` CPUs (1 or 2).
+fn run_rep(s: Structure, imp: &Impl, sz: Sizes, cpus: usize) -> Result<[Option<Phase>; 3]> {
+    let ops = &imp.ops;
+    if let Some(init) = &ops.init {
+        let arg = if matches!(imp.variant, Variant::KFlex(_)) { sz.reserve() } else { 0 };
+        let flags = if s == Structure::Hashmap { sz.bucket_order() } else { 0 };
+        let a = DsArgs { arg, flags, ..Default::default() };
+        let (r, _) = ds::run(init.as_fd(), a).context("init")?;
+        ensure!(r.fails == 0, "init failed: {}", r.fails as i64);
+    }
+    let mut out = [None; 3];
+    for (i, prog) in [&ops.update, &ops.lookup, &ops.delete].into_iter().enumerate() {
+        let Some(prog) = prog else { continue };
+        let arg = if s == Structure::List { sz.list_walk } else { 0 };
+        let start = i as u64 * sz.ops;
+        let (r, t) = if cpus == 1 {
+            ds::run_batched(prog.as_fd(), start, sz.ops, sz.batch, 0, arg)?
+        } else {
+            run_parallel(prog, start, sz, arg, cpus)?
+        };
+        ensure!(r.done == sz.ops, "{}: {} of {} operations done", OPS[i], r.done, sz.ops);
+        if i == 0 {
+            ensure!(r.fails == 0, "update: {} allocations failed", r.fails);
+        }
+        out[i] = Some(Phase {
+            ns_per_op: t.as_nanos() as f64 / sz.ops as f64,
+            hits: r.hits,
+            sum: r.sum,
         });
-        println!("{}", bench::json(&results, ctx));
-    } else {
-        print!("{}", bench::table(&results));
+    }
+    let (r, _) =
+        ds::run(ops.clear.as_ref().context("no clear program")?.as_fd(), DsArgs::default())
+            .context("clear")?;
+    ensure!(r.done == 1, "clear stopped early");
+    Ok(out)
+}
+
+/// Runs `sz.ops` operations from `start` split over `cpus` threads, one
+/// pinned to each CPU; returns the summed results and the wall time.
+fn run_parallel(
+    prog: &OwnedFd,
+    start: u64,
+    sz: Sizes,
+    arg: u64,
+    cpus: usize,
+) -> Result<(DsArgs, Duration)> {
+    let per = sz.ops.div_ceil(cpus as u64);
+    let barrier = Barrier::new(cpus + 1);
+    let fd = prog.as_fd();
+    let (parts, time) = std::thread::scope(|sc| -> Result<(Vec<DsArgs>, Duration)> {
+        let workers: Vec<_> = (0..cpus)
+            .map(|c| {
+                let barrier = &barrier;
+                sc.spawn(move || -> Result<DsArgs> {
+                    let pinned = pin_to(c);
+                    barrier.wait();
+                    pinned?;
+                    let from = c as u64 * per;
+                    let n = per.min(sz.ops.saturating_sub(from));
+                    Ok(ds::run_batched(fd, start + from, n, sz.batch, 0, arg)?.0)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let parts: Vec<Result<DsArgs>> =
+            workers.into_iter().map(|w| w.join().expect("worker panicked")).collect();
+        let time = t.elapsed();
+        Ok((parts.into_iter().collect::<Result<Vec<_>>>()?, time))
+    })?;
+    let mut total = DsArgs::default();
+    for p in parts {
+        total.hits += p.hits;
+        total.sum = total.sum.wrapping_add(p.sum);
+        total.fails += p.fails;
+        total.done += p.done;
+    }
+    Ok((total, time))
+}
+
+fn pin_to(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to CPU {cpu}"))
+}
+
+/// A data-structure benchmark unit: one structure, distribution and CPU
+/// count, run for every variant.
+#[derive(Clone, Copy, Debug)]
+struct Unit {
+    s: Structure,
+    dist: Dist,
+    cpus: usize,
+}
+
+impl Unit {
+    fn group(self) -> String {
+        if self.cpus > 1 {
+            format!("{}-{}cpu", self.s.name(), self.cpus)
+        } else {
+            self.s.name().to_string()
+        }
+    }
+
+    fn result_name(self, op: &str, variant: &str) -> String {
+        format!("ds/{}/{op}/{}/{variant}", self.group(), self.dist.name())
+    }
+
+    /// Variants measured: on two CPUs only the hash map's KFlex, arena and
+    /// BPF-map variants (the others are single-CPU structures).
+    fn variants(self, modes: &[u32]) -> Vec<Variant> {
+        let mut v: Vec<Variant> = if self.cpus > 1 {
+            vec![Variant::KFlex(0)]
+        } else {
+            modes.iter().map(|&m| Variant::KFlex(m)).collect()
+        };
+        v.push(Variant::Arena);
+        if self.s.kernel_alternative().is_some() {
+            v.push(Variant::Kernel);
+        }
+        v
+    }
+
+    /// Result names this unit can produce.
+    fn names(self, modes: &[u32]) -> Vec<String> {
+        let mut names = Vec::new();
+        for v in self.variants(modes) {
+            for op in OPS {
+                if v == Variant::Kernel && op == "lookup" && !has_kernel_lookup(self.s) {
+                    continue;
+                }
+                names.push(self.result_name(op, variant_name(self.s, v)));
+            }
+        }
+        names
+    }
+}
+
+fn has_kernel_lookup(s: Structure) -> bool {
+    !matches!(s, Structure::List | Structure::Rbtree)
+}
+
+fn units(zipf: f64) -> Vec<Unit> {
+    let mut u = Vec::new();
+    for s in STRUCTURES {
+        for dist in [Dist::Uniform, Dist::Zipf(zipf)] {
+            u.push(Unit { s, dist, cpus: 1 });
+        }
+    }
+    for dist in [Dist::Uniform, Dist::Zipf(zipf)] {
+        u.push(Unit { s: Structure::Hashmap, dist, cpus: 2 });
+    }
+    u
+}
+
+/// Fills the workload maps with the three key streams of `dist`.
+fn fill(work: &mut WorkMaps, keys: &mut KeySet, dist: Dist, ops: u64) -> Result<()> {
+    for phase in 0..3u64 {
+        let stream = keys.draw(dist, ops as usize, phase + 1);
+        work.set_keys((phase * ops) as usize, &stream)?;
     }
     Ok(())
+}
+
+/// State shared by the data-structure benchmarks of one run.
+struct DsRun<'a> {
+    cli: &'a Cli,
+    sz: Sizes,
+    modes: Vec<u32>,
+    work: WorkMaps,
+    keys: KeySet,
+    /// Names selected by the filter.
+    wanted: Vec<String>,
+    results: Vec<bench::Result>,
+    guards: Vec<GuardRow>,
+    notes: Vec<String>,
+}
+
+impl DsRun<'_> {
+    /// Runs every unit of structure `s` (loading its variants once).
+    fn run_structure(&mut self, s: Structure, units: &[Unit]) -> Result<()> {
+        let mine: Vec<Unit> = units
+            .iter()
+            .copied()
+            .filter(|u| u.s == s && u.names(&self.modes).iter().any(|n| self.wanted.contains(n)))
+            .collect();
+        if mine.is_empty() {
+            return Ok(());
+        }
+        // KFlex in guard mode 0 first: its load prints the guard counts.
+        let mut variants: Vec<Variant> = Vec::new();
+        for u in &mine {
+            for v in u.variants(&self.modes) {
+                if !variants.contains(&v) {
+                    variants.push(v);
+                }
+            }
+        }
+        let mut impls = Vec::new();
+        for &v in &variants {
+            eprintln!("loading {} ({})", s.name(), variant_name(s, v));
+            if let Variant::KFlex(m) = v {
+                set_guard_mode(m)?;
+            }
+            let loaded = load_impl(s, v, &self.work, self.sz);
+            set_guard_mode(0)?;
+            let Some(imp) = loaded.with_context(|| format!("{} ({})", s.name(), v.name(s)))? else {
+                continue;
+            };
+            if v == Variant::KFlex(0) {
+                self.guards.extend(guard_rows(s, &guard_lines()?));
+            }
+            impls.push(imp);
+        }
+        for u in mine {
+            fill(&mut self.work, &mut self.keys, u.dist, self.sz.ops)?;
+            self.run_unit(u, &impls)?;
+        }
+        Ok(())
+    }
+
+    fn run_unit(&mut self, u: Unit, impls: &[Impl]) -> Result<()> {
+        let variants = u.variants(&self.modes);
+        // Per variant, per phase: samples and the (hits, sum) of the
+        // repetitions, which must not change from one to the next.
+        let mut reference: [Option<(u64, u64)>; 3] = [None; 3];
+        for imp in impls.iter().filter(|i| variants.contains(&i.variant)) {
+            let names: Vec<String> = OPS.iter().map(|op| u.result_name(op, imp.name)).collect();
+            if !names.iter().any(|n| self.wanted.contains(n)) {
+                continue;
+            }
+            eprint!("{} ...", u.result_name("*", imp.name));
+            let _ = std::io::stderr().flush();
+            let mut samples: [Vec<f64>; 3] = Default::default();
+            let mut seen: [Option<(u64, u64)>; 3] = [None; 3];
+            for rep in 0..=self.cli.reps {
+                let phases = run_rep(u.s, imp, self.sz, u.cpus)
+                    .with_context(|| u.result_name("*", imp.name))?;
+                for (i, p) in phases.iter().enumerate() {
+                    let Some(p) = p else { continue };
+                    // On several CPUs, which of two updates of a key comes
+                    // last is a race: the values (and lookup sums) vary,
+                    // the counts do not.
+                    let got = (p.hits, if u.cpus > 1 { 0 } else { p.sum });
+                    match seen[i] {
+                        Some(prev) => ensure!(
+                            prev == got,
+                            "{}: results changed between repetitions: {prev:?} then {got:?}",
+                            names[i]
+                        ),
+                        None => seen[i] = Some(got),
+                    }
+                    if rep > 0 {
+                        samples[i].push(p.ns_per_op);
+                    }
+                }
+            }
+            // Same operations, same results: every variant must agree with
+            // the first one measured (KFlex). A BPF hash map's update does
+            // not say whether the key was new, so only its other phases
+            // are compared.
+            for i in 0..3 {
+                let Some(got) = seen[i] else { continue };
+                if !imp.same_semantics || (imp.variant == Variant::Kernel && i == 0) {
+                    continue;
+                }
+                match reference[i] {
+                    Some(r) => ensure!(
+                        r == got,
+                        "{}: (hits, sum) {got:?} differ from the KFlex heap's {r:?}",
+                        names[i]
+                    ),
+                    None => reference[i] = Some(got),
+                }
+            }
+            let mut line = String::new();
+            for (i, name) in names.iter().enumerate() {
+                if samples[i].is_empty() || !self.wanted.contains(name) {
+                    continue;
+                }
+                let ns = bench::median(&mut samples[i]);
+                line.push_str(&format!(" {}={ns:.1}", OPS[i]));
+                let base = u.result_name(OPS[i], "kflex");
+                self.results.push(bench::Result {
+                    name: name.clone(),
+                    ns_per_op: ns,
+                    ops: self.sz.ops,
+                    baseline: (*name != base).then_some(base),
+                });
+            }
+            eprintln!("{line} ns/op");
+        }
+        Ok(())
+    }
+}
+
+impl Variant {
+    fn name(self, s: Structure) -> &'static str {
+        variant_name(s, self)
+    }
+}
+
+fn ds_notes(sz: Sizes, cli: &Cli) -> Vec<String> {
+    vec![
+        format!(
+            "ds: {} keys of 32 B, values of 64 B; per repetition {} updates, then {} lookups, \
+             then {} deletes, each phase on its own key stream (uniform, or Zipf({})), seed {}; \
+             {} operations per BPF_PROG_TEST_RUN; median of {} repetitions after a warm-up",
+            sz.keys, sz.ops, sz.ops, sz.ops, cli.zipf, cli.seed, sz.batch, cli.reps
+        ),
+        format!(
+            "list: update pushes to the front, lookup looks at most {} nodes from the front, \
+             delete pops the back",
+            sz.list_walk
+        ),
+        "rbtree/bpf-graph: 6.12's bpf_rbtree cannot search: update inserts without looking \
+         for the key (duplicates stay), delete removes the smallest key, no lookup"
+            .into(),
+        "hashmap/bpf-hash: preallocated BPF_MAP_TYPE_HASH; cms, cs/bpf-array: the same \
+         sketch code on a BPF array"
+            .into(),
+        "kflex-perf: no guards on loads; kflex-noguard: no guards (measurement only); \
+         kflex-noelide: a guard on every access"
+            .into(),
+        "hashmap-2cpu: each phase split over two threads pinned to CPUs 0 and 1 (bucket \
+         locks; lookups lock-free)"
+            .into(),
+    ]
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("kflex-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if cli.reps == 0 || cli.ops < 256 {
+        bail!("--reps must be at least 1 and --ops at least 256");
+    }
+    ensure!(cli.keys >= 1 && cli.keys <= 1 << 24, "--keys must be 1 to 2^24");
+    ensure!(cli.ops <= 1 << 24, "--ops must be at most 2^24");
+    ensure!(cli.batch >= 1, "--batch must be at least 1");
+    ensure!(cli.zipf > 0.0, "--zipf must be positive");
+    let sz = Sizes { ops: cli.ops, keys: cli.keys, batch: cli.batch, list_walk: cli.list_walk };
+    let listing = cli.list && !nix::unistd::geteuid().is_root();
+    // Guard modes are probed (as root) so that --list names the variants
+    // this kernel offers.
+    let modes = if listing { vec![0] } else { guard_modes() };
+    let mut alloc = alloc_cases(cli.ops);
+    let units = units(cli.zipf);
+    let mut ds_names: Vec<String> = units.iter().flat_map(|u| u.names(&modes)).collect();
+    if let Some(f) = &cli.filter {
+        alloc.retain(|c| c.name.contains(f.as_str()));
+        ds_names.retain(|n| n.contains(f.as_str()));
+    }
+    if cli.guards {
+        alloc.clear();
+        ds_names.clear();
+    }
+    if cli.list {
+        for n in alloc.iter().map(|c| &c.name).chain(&ds_names) {
+            println!("{n}");
+        }
+        return Ok(());
+    }
+    if alloc.is_empty() && ds_names.is_empty() && !cli.guards {
+        bail!("no benchmark matches the filter (see --list)");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "kflex-bench must run as root (it loads BPF programs); try `make vm CMD=kflex-bench`"
+        );
+    }
+    Status::read_from(Path::new(STATUS_PATH))?.require_active()?;
+    pin_to(0)?;
+
+    let mut results = Vec::new();
+    run_alloc(&alloc, cli.reps, &mut results)?;
+
+    let mut guards = Vec::new();
+    let mut notes = Vec::new();
+    if cli.guards {
+        let work = WorkMaps::new(256)?;
+        let small = Sizes { ops: 256, keys: 256, ..sz };
+        for s in STRUCTURES {
+            if s == Structure::Cs {
+                // Loaded with the count-min sketch (same skeleton).
+                guards.extend(guard_rows(s, &guard_lines()?));
+                continue;
+            }
+            set_guard_mode(0)?;
+            let imp = load_impl(s, Variant::KFlex(0), &work, small)?;
+            guards.extend(guard_rows(s, &guard_lines()?));
+            drop(imp);
+        }
+        print!("{}", guard_table(&guards));
+        return Ok(());
+    }
+    if !ds_names.is_empty() {
+        let work = WorkMaps::new((3 * cli.ops) as usize)?;
+        let mut r = DsRun {
+            cli: &cli,
+            sz,
+            modes,
+            work,
+            keys: KeySet::new(cli.seed, cli.keys),
+            wanted: ds_names,
+            results: Vec::new(),
+            guards: Vec::new(),
+            notes: ds_notes(sz, &cli),
+        };
+        for s in STRUCTURES {
+            r.run_structure(s, &units)?;
+        }
+        results.extend(r.results);
+        guards = r.guards;
+        notes = r.notes;
+    }
+    // One guard row per structure and operation (a structure loaded for
+    // several units reports once).
+    let mut seen = BTreeMap::new();
+    guards.retain(|g| seen.insert((g.structure, g.op), ()).is_none());
+
+    let uname = nix::sys::utsname::uname()?;
+    let ctx = serde_json::json!({
+        "kernel": uname.release().to_string_lossy(),
+        "kflex": std::fs::read_to_string(STATUS_PATH).unwrap_or_default().trim(),
+        "ops": cli.ops,
+        "keys": cli.keys,
+        "reps": cli.reps,
+        "batch": cli.batch,
+        "seed": cli.seed,
+        "zipf": cli.zipf,
+        "notes": notes,
+        "guards": guards_json(&guards),
+        "note": "TCG guest: compare ratios within one run only",
+    });
+    let json = bench::json(&results, ctx);
+    if let Some(path) = &cli.json_file {
+        std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {path}"))?;
+    }
+    if cli.json {
+        println!("{json}");
+    } else {
+        print!("{}", bench::table(&results));
+        if !notes.is_empty() {
+            println!();
+            for n in &notes {
+                println!("note: {n}");
+            }
+        }
+        if !guards.is_empty() {
+            println!();
+            print!("{}", guard_table(&guards));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_lines_parse() {
+        let log = "[    1.0] kflex: prog=list_update range_analysis_call=15 elided=15\n\
+                   [    2.0] other line\n\
+                   [    3.0] kflex: prog=list_update range_analysis_call=9 elided=2\n\
+                   [    4.0] kflex: prog=rbt_lookup range_analysis_call=13 elided=x\n";
+        let m = parse_guard_lines(log);
+        assert_eq!(m.get("list_update"), Some(&(9, 2)));
+        assert_eq!(m.get("rbt_lookup"), None);
+        let rows = guard_rows(Structure::List, &m);
+        assert_eq!(rows[0].ours, Some((9, 2)));
+        assert_eq!(rows[0].paper, Some((4, 4)));
+        assert_eq!(rows[1].ours, None);
+        let t = guard_table(&rows);
+        assert!(t.contains("9/2") && t.contains("4/4") && t.contains("22%"), "{t}");
+    }
+
+    #[test]
+    fn names_and_variants() {
+        let u = Unit { s: Structure::Rbtree, dist: Dist::Zipf(0.99), cpus: 1 };
+        let names = u.names(&[0, 1]);
+        assert!(names.contains(&"ds/rbtree/update/zipf/kflex".to_string()));
+        assert!(names.contains(&"ds/rbtree/lookup/zipf/kflex-perf".to_string()));
+        assert!(names.contains(&"ds/rbtree/delete/zipf/bpf-graph".to_string()));
+        assert!(!names.contains(&"ds/rbtree/lookup/zipf/bpf-graph".to_string()));
+        let u2 = Unit { s: Structure::Hashmap, dist: Dist::Uniform, cpus: 2 };
+        let n2 = u2.names(&[0, 1, 2]);
+        assert!(n2.contains(&"ds/hashmap-2cpu/lookup/uniform/bpf-hash".to_string()));
+        assert!(!n2.iter().any(|n| n.contains("kflex-perf")));
+        let sz = Sizes { ops: 100_000, keys: 100_000, batch: 1, list_walk: 1 };
+        assert_eq!(sz.bucket_order(), 17);
+        assert_eq!(sz.heap_bytes(), 64 << 20 << 2);
+        assert!(sz.reserve() < sz.heap_bytes());
+    }
 }

@@ -1,0 +1,537 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Data-structure workloads, shared by `kflex-bench` and the guest tests:
+//! the user-space mirror of `bpf/ds/ds.h` (keys, values, hashes, checksums,
+//! `struct ds_args`), seeded key streams (uniform and Zipf) and the two
+//! maps that carry them to the programs (`ds_keys`, `ds_results`).
+//!
+//! Keep the functions here bit-for-bit in sync with `bpf/ds/*.h`: the tests
+//! recompute what the programs store and compare.
+
+use std::{
+    num::NonZeroUsize,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    ptr::NonNull,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use libbpf_rs::{libbpf_sys, MapHandle, MapType, OpenMapMut};
+
+/// A 32-byte key, as four words.
+pub type Key = [u64; 4];
+/// A 64-byte value, as eight words.
+pub type Val = [u64; 8];
+
+/// `DS_RECORD`: write every operation's result to `ds_results`.
+pub const RECORD: u64 = 1;
+
+const M1: u64 = 0xff51_afd7_ed55_8ccd;
+const M2: u64 = 0xc4ce_b9fe_1a85_ec53;
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+const SKL_SEED: u64 = 0x5bd1_e995_5bd1_e995;
+
+/// `ds_mix`.
+pub fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(M1);
+    x ^= x >> 33;
+    x = x.wrapping_mul(M2);
+    x ^= x >> 33;
+    x
+}
+
+/// `ds_hash`.
+pub fn hash(k: &Key) -> u64 {
+    let mut h = GOLDEN;
+    for (i, w) in k.iter().enumerate() {
+        h = (h ^ w).wrapping_mul(M1);
+        if i < 3 {
+            h ^= h >> 32;
+        }
+    }
+    mix(h)
+}
+
+/// `ds_make_val`: the value an update of `k` at workload index `idx` stores.
+pub fn make_val(k: &Key, idx: u64) -> Val {
+    let s = (idx + 1).wrapping_mul(GOLDEN);
+    std::array::from_fn(|j| k[j & 3] ^ s.wrapping_add(j as u64))
+}
+
+/// `DS_CSUM`: what a lookup reports for a value (never 0).
+pub fn csum(v: &Val) -> u64 {
+    v.iter().enumerate().fold(0u64, |a, (j, w)| a.wrapping_add(w.wrapping_mul(2 * j as u64 + 1)))
+        | 1
+}
+
+/// `DS_KEY_CSUM`: what a list pop reports for the key it removed.
+pub fn key_csum(k: &Key) -> u64 {
+    k.iter().enumerate().fold(0u64, |a, (j, w)| a.wrapping_add(w.wrapping_mul(2 * j as u64 + 1)))
+        | 1
+}
+
+/// `sl_height`: height of a skiplist node for key hash `h`.
+pub fn sl_height(h: u64) -> u64 {
+    let x = mix(h ^ SKL_SEED) | (1 << 62);
+    (1 + x.trailing_zeros() as u64 / 2).min(32)
+}
+
+/// The sketches of `bpf/ds/sketch.h`, computed in user space.
+pub mod sketch {
+    use super::{hash, mix, Key, GOLDEN};
+
+    pub const ROWS: usize = 4;
+    pub const COLS: usize = 512;
+
+    /// `sk_row_hash`.
+    pub fn row_hash(h: u64, row: usize) -> u64 {
+        mix(h.wrapping_add((row as u64 + 1).wrapping_mul(GOLDEN)))
+    }
+
+    /// `sk_sign`.
+    pub fn sign(m: u64) -> i64 {
+        if m >> 63 != 0 {
+            -1
+        } else {
+            1
+        }
+    }
+
+    /// A count-min sketch (`count_sketch == false`) or a count sketch.
+    #[derive(Clone)]
+    pub struct Sketch {
+        pub c: Vec<[i32; COLS]>,
+        pub count_sketch: bool,
+    }
+
+    impl Sketch {
+        pub fn new(count_sketch: bool) -> Sketch {
+            Sketch { c: vec![[0; COLS]; ROWS], count_sketch }
+        }
+
+        /// Counts `k` `d` times (d = -1 uncounts it).
+        pub fn add(&mut self, k: &Key, d: i32) {
+            let h = hash(k);
+            for r in 0..ROWS {
+                let m = row_hash(h, r);
+                let s = if self.count_sketch { sign(m) as i32 } else { 1 };
+                let c = &mut self.c[r][(m as usize) & (COLS - 1)];
+                *c = c.wrapping_add(s.wrapping_mul(d));
+            }
+        }
+
+        /// The estimate a lookup reports.
+        pub fn query(&self, k: &Key) -> i64 {
+            let h = hash(k);
+            let mut v = [0i64; ROWS];
+            for (r, x) in v.iter_mut().enumerate() {
+                let m = row_hash(h, r);
+                let c = self.c[r][(m as usize) & (COLS - 1)] as i64;
+                *x = if self.count_sketch { c * sign(m) } else { c };
+            }
+            if !self.count_sketch {
+                return v.into_iter().min().unwrap_or(0);
+            }
+            v.sort_unstable();
+            (v[1] + v[2]) >> 1
+        }
+    }
+}
+
+/// `struct ds_args`, the context of every data-structure program.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Args {
+    pub start: u64,
+    pub count: u64,
+    pub flags: u64,
+    pub arg: u64,
+    pub hits: u64,
+    pub sum: u64,
+    pub fails: u64,
+    pub done: u64,
+}
+
+/// Runs a syscall program once with `args` (BPF_PROG_TEST_RUN); returns
+/// the arguments as the program left them and the wall time of the call.
+/// Takes the program's descriptor so that threads can share it.
+pub fn run(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
+    // SAFETY: zeroed options are valid; `args` outlives the call and is
+    // plain old data of the size given.
+    let mut opts = unsafe { std::mem::zeroed::<libbpf_sys::bpf_test_run_opts>() };
+    opts.sz = size_of::<libbpf_sys::bpf_test_run_opts>() as _;
+    opts.ctx_in = &mut args as *mut Args as *const _;
+    opts.ctx_size_in = size_of::<Args>() as u32;
+    let t = Instant::now();
+    // SAFETY: see above; the descriptor is a live program.
+    let r = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    let elapsed = t.elapsed();
+    if r < 0 {
+        return Err(std::io::Error::from_raw_os_error(-r)).context("BPF_PROG_TEST_RUN");
+    }
+    ensure!(opts.retval == 0, "program returned {}", opts.retval as i32);
+    Ok((args, elapsed))
+}
+
+/// Runs `count` operations from `start` in batches of `batch`: returns the
+/// summed results (hits, sum, fails, done) and the total time. Fails if a
+/// batch stops early (loop budget spent or lock not taken).
+pub fn run_batched(
+    prog: BorrowedFd<'_>,
+    start: u64,
+    count: u64,
+    batch: u64,
+    flags: u64,
+    arg: u64,
+) -> Result<(Args, Duration)> {
+    let mut total = Args { start, count, flags, arg, ..Default::default() };
+    let mut time = Duration::ZERO;
+    let mut off = 0;
+    while off < count {
+        let n = batch.min(count - off);
+        let a = Args { start: start + off, count: n, flags, arg, ..Default::default() };
+        let (r, t) = run(prog, a)?;
+        ensure!(
+            r.done == n,
+            "batch at {} stopped after {} of {n} operations (loop budget or lock)",
+            start + off,
+            r.done
+        );
+        total.hits += r.hits;
+        total.sum = total.sum.wrapping_add(r.sum);
+        total.fails += r.fails;
+        total.done += r.done;
+        time += t;
+        off += n;
+    }
+    Ok((total, time))
+}
+
+/// Seeded random numbers (splitmix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(GOLDEN);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n) (n > 0; the bias of the modulo is below 2^-40 for
+    /// the n used here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Zipf distribution over ranks 0..n: P(rank r) proportional to
+/// 1 / (r + 1)^s. Sampled by inverting the cumulative distribution
+/// (binary search in a table of n partial sums).
+#[derive(Clone, Debug)]
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: usize, s: f64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n);
+        let mut sum = 0.0;
+        for r in 0..n {
+            sum += 1.0 / ((r + 1) as f64).powf(s);
+            cdf.push(sum);
+        }
+        for c in &mut cdf {
+            *c /= sum;
+        }
+        Zipf { cdf }
+    }
+
+    pub fn sample(&self, rng: &mut Rng) -> usize {
+        let u = rng.next_f64();
+        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len().saturating_sub(1))
+    }
+}
+
+/// How operation keys are drawn from the key set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Dist {
+    Uniform,
+    Zipf(f64),
+}
+
+impl Dist {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dist::Uniform => "uniform",
+            Dist::Zipf(_) => "zipf",
+        }
+    }
+}
+
+/// Key number `id` of the key set of `seed`.
+pub fn key_of(seed: u64, id: u64) -> Key {
+    let mut r = Rng::new(seed ^ id.wrapping_mul(0xa076_1d64_78bd_642f));
+    std::array::from_fn(|_| r.next_u64())
+}
+
+/// A stream of keys drawn with `dist` from the `nkeys` keys of `seed`.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    pub seed: u64,
+    pub nkeys: u64,
+    /// Zipf rank -> key id: a seeded permutation, so that popular keys are
+    /// spread over the key space rather than being the first ids.
+    perm: Vec<u64>,
+    zipf: Option<(f64, Zipf)>,
+}
+
+impl KeySet {
+    pub fn new(seed: u64, nkeys: u64) -> KeySet {
+        let mut perm: Vec<u64> = (0..nkeys).collect();
+        let mut r = Rng::new(seed ^ 0x7065_726d);
+        for i in (1..perm.len()).rev() {
+            let j = r.below(i as u64 + 1) as usize;
+            perm.swap(i, j);
+        }
+        KeySet { seed, nkeys, perm, zipf: None }
+    }
+
+    /// `n` keys drawn with `dist`, from the random stream `stream`.
+    pub fn draw(&mut self, dist: Dist, n: usize, stream: u64) -> Vec<Key> {
+        let mut r = Rng::new(self.seed ^ stream.wrapping_mul(0xe703_7ed1_a0b4_28db) ^ 0x1);
+        match dist {
+            Dist::Uniform => {
+                (0..n).map(|_| key_of(self.seed, r.below(self.nkeys.max(1)))).collect()
+            }
+            Dist::Zipf(s) => {
+                if self.zipf.as_ref().is_none_or(|(z, _)| *z != s) {
+                    self.zipf = Some((s, Zipf::new(self.nkeys as usize, s)));
+                }
+                let z = &self.zipf.as_ref().expect("just set").1;
+                (0..n).map(|_| key_of(self.seed, self.perm[z.sample(&mut r)])).collect()
+            }
+        }
+    }
+}
+
+/// A shared memory mapping of an mmapable array map.
+struct Mapping {
+    ptr: NonNull<std::ffi::c_void>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(map: &MapHandle, bytes: usize) -> Result<Mapping> {
+        let len = bytes.div_ceil(4096) * 4096;
+        // SAFETY: mapping a BPF array map created with BPF_F_MMAPABLE; the
+        // mapping is unmapped in Drop.
+        let ptr = unsafe {
+            nix::sys::mman::mmap(
+                None,
+                NonZeroUsize::new(len).context("empty map")?,
+                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                nix::sys::mman::MapFlags::MAP_SHARED,
+                map.as_fd(),
+                0,
+            )
+        }
+        .context("mmap of a workload map")?;
+        Ok(Mapping { ptr, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, self.len) };
+    }
+}
+
+/// The workload maps (`ds_keys`, `ds_results`), created once and shared by
+/// every skeleton (`reuse`), written and read through their mappings.
+pub struct WorkMaps {
+    keys: MapHandle,
+    results: MapHandle,
+    kmap: Mapping,
+    rmap: Mapping,
+    cap: usize,
+}
+
+impl WorkMaps {
+    /// Maps for `cap` operations.
+    pub fn new(cap: usize) -> Result<WorkMaps> {
+        ensure!(cap > 0 && cap <= u32::MAX as usize, "bad capacity {cap}");
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_MMAPABLE,
+            ..Default::default()
+        };
+        let keys = MapHandle::create(MapType::Array, Some("ds_keys"), 4, 32, cap as u32, &opts)
+            .context("creating ds_keys")?;
+        let results =
+            MapHandle::create(MapType::Array, Some("ds_results"), 4, 8, cap as u32, &opts)
+                .context("creating ds_results")?;
+        let kmap = Mapping::new(&keys, cap * 32)?;
+        let rmap = Mapping::new(&results, cap * 8)?;
+        Ok(WorkMaps { keys, results, kmap, rmap, cap })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Makes an opened skeleton use these maps (before it is loaded).
+    pub fn reuse(&self, keys: &mut OpenMapMut<'_>, results: &mut OpenMapMut<'_>) -> Result<()> {
+        keys.reuse_fd(self.keys.as_fd()).context("reusing ds_keys")?;
+        results.reuse_fd(self.results.as_fd()).context("reusing ds_results")?;
+        Ok(())
+    }
+
+    /// Writes `keys` from index `at`.
+    pub fn set_keys(&mut self, at: usize, keys: &[Key]) -> Result<()> {
+        if at + keys.len() > self.cap {
+            bail!("{} keys at {at} exceed the capacity {}", keys.len(), self.cap);
+        }
+        // SAFETY: in bounds (checked); the mapping holds `cap` keys of 32
+        // bytes and is only written here.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.kmap.ptr.as_ptr().cast::<Key>().add(at), keys.len())
+        };
+        dst.copy_from_slice(keys);
+        Ok(())
+    }
+
+    /// Results of operations `at .. at + n`.
+    pub fn results(&self, at: usize, n: usize) -> Result<Vec<u64>> {
+        ensure!(at + n <= self.cap, "results {at}+{n} beyond the capacity {}", self.cap);
+        // SAFETY: in bounds; volatile reads of memory the kernel writes.
+        Ok((at..at + n)
+            .map(|i| unsafe {
+                std::ptr::read_volatile(self.rmap.ptr.as_ptr().cast::<u64>().add(i))
+            })
+            .collect())
+    }
+}
+
+/// The programs of one data structure in one build, by operation (absent
+/// where the build has no such program).
+#[derive(Debug, Default)]
+pub struct Ops {
+    pub init: Option<OwnedFd>,
+    pub update: Option<OwnedFd>,
+    pub lookup: Option<OwnedFd>,
+    pub delete: Option<OwnedFd>,
+    pub clear: Option<OwnedFd>,
+}
+
+/// A descriptor of a loaded program that outlives the borrow of its skeleton.
+pub fn prog_fd(p: &libbpf_rs::ProgramMut<'_>) -> Result<OwnedFd> {
+    Ok(p.as_fd().try_clone_to_owned()?)
+}
+
+/// Opens and loads a data-structure skeleton whose workload maps are those
+/// of `$work` (a [`WorkMaps`]); `$open` may adjust the opened skeleton
+/// first (heap size, map sizes). Evaluates to `anyhow::Result<Skel<'static>>`.
+/// The skeleton's open-object storage is leaked (a few bytes per load).
+#[macro_export]
+macro_rules! load_ds_skel {
+    ($builder:path, $work:expr, |$open:ident| $body:block) => {
+        (|| -> anyhow::Result<_> {
+            use anyhow::Context as _;
+            use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
+            let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+            let builder: $builder = Default::default();
+            let mut $open = builder.open(storage).context("opening the skeleton")?;
+            $work.reuse(&mut $open.maps.ds_keys, &mut $open.maps.ds_results)?;
+            $body
+            $open.load().context(concat!("loading ", stringify!($builder)))
+        })()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_stable() {
+        // Fixed points that the BPF side must reproduce (recomputed by the
+        // guest tests against the programs).
+        assert_eq!(mix(0), 0);
+        let k = key_of(1, 2);
+        assert_eq!(k, key_of(1, 2));
+        assert_ne!(k, key_of(1, 3));
+        assert_ne!(hash(&k), hash(&key_of(1, 3)));
+        let v = make_val(&k, 7);
+        assert_eq!(v[5], k[1] ^ 8u64.wrapping_mul(GOLDEN).wrapping_add(5));
+        assert_eq!(csum(&v) & 1, 1);
+    }
+
+    #[test]
+    fn heights_follow_quarter_probability() {
+        let mut r = Rng::new(3);
+        let n = 100_000;
+        let mut counts = [0u64; 33];
+        for _ in 0..n {
+            counts[sl_height(r.next_u64()) as usize] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        // P(1) = 3/4, P(2) = 3/16.
+        assert!((counts[1] as f64 / n as f64 - 0.75).abs() < 0.01, "{counts:?}");
+        assert!((counts[2] as f64 / n as f64 - 0.1875).abs() < 0.01, "{counts:?}");
+        assert_eq!(sl_height(0), sl_height(0));
+    }
+
+    #[test]
+    fn zipf_is_skewed_and_reproducible() {
+        let z = Zipf::new(1000, 0.99);
+        let mut r = Rng::new(5);
+        let mut hist = vec![0u64; 1000];
+        for _ in 0..100_000 {
+            hist[z.sample(&mut r)] += 1;
+        }
+        // Rank 0 is about twice as likely as rank 1 and far above rank 999.
+        let ratio = hist[0] as f64 / hist[1] as f64;
+        assert!((1.8..2.2).contains(&ratio), "{ratio}");
+        assert!(hist[0] > 50 * hist[999].max(1), "{} {}", hist[0], hist[999]);
+        let mut a = KeySet::new(9, 1000);
+        let mut b = KeySet::new(9, 1000);
+        assert_eq!(a.draw(Dist::Zipf(0.99), 100, 1), b.draw(Dist::Zipf(0.99), 100, 1));
+        assert_ne!(a.draw(Dist::Uniform, 100, 1), a.draw(Dist::Uniform, 100, 2));
+    }
+
+    #[test]
+    fn sketches() {
+        let mut cms = sketch::Sketch::new(false);
+        let mut cs = sketch::Sketch::new(true);
+        let keys: Vec<Key> = (0..2000).map(|i| key_of(4, i)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            for _ in 0..(i % 3) {
+                cms.add(k, 1);
+                cs.add(k, 1);
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            // Count-min never underestimates.
+            assert!(cms.query(k) >= (i % 3) as i64);
+        }
+        for k in &keys {
+            cms.add(k, -((keys.iter().position(|x| x == k).unwrap() % 3) as i32));
+        }
+        assert!(cms.c.iter().all(|r| r.iter().all(|&c| c == 0)));
+        assert!(cs.query(&keys[0]).abs() < 100);
+    }
+}
