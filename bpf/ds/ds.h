@@ -32,12 +32,8 @@ struct ds_val {
 #ifdef DS_HEAP
 #define ds_alloc(size) kflex_malloc(DS_HEAP, (size))
 #define ds_free(ptr) kflex_free(DS_HEAP, (ptr))
-/*
- * A program that dereferences heap pointers must reference its heap map,
- * even when it neither allocates nor frees: this costs no instruction
- * beyond loading the map's address.
- */
-#define ds_use_heap() asm volatile("" : : "r"(&DS_HEAP))
+/* For programs that dereference heap pointers but never allocate. */
+#define ds_use_heap() kflex_use_heap(DS_HEAP)
 #endif
 
 /*
@@ -242,14 +238,7 @@ struct ds_args {
 
 /* Populate `bytes` of a KFlex heap ahead (nothing to do on the arena). */
 #ifdef DS_HEAP
-static __always_inline long ds_reserve(__u64 bytes)
-{
-#ifdef KFLEX_UPSTREAM_ARENA
-	return 0;
-#else
-	return bytes ? bpf_kflex_reserve(&DS_HEAP, bytes) : 0;
-#endif
-}
+#define ds_reserve(bytes) ((bytes) ? kflex_reserve(DS_HEAP, (bytes)) : 0)
 #endif
 
 #endif /* __KFLEX_DS_H */

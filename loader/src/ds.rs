@@ -153,16 +153,16 @@ pub struct Args {
     pub done: u64,
 }
 
-/// Runs a syscall program once with `args` (BPF_PROG_TEST_RUN); returns
-/// the arguments as the program left them and the wall time of the call.
-/// Takes the program's descriptor so that threads can share it.
-pub fn run(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
-    // SAFETY: zeroed options are valid; `args` outlives the call and is
+/// Runs a syscall program once with context `ctx` (BPF_PROG_TEST_RUN),
+/// which the program may update; returns the wall time of the call and
+/// fails unless the program returned 0. `T` must be plain old data.
+pub fn run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<Duration> {
+    // SAFETY: zeroed options are valid; `ctx` outlives the call and is
     // plain old data of the size given.
     let mut opts = unsafe { std::mem::zeroed::<libbpf_sys::bpf_test_run_opts>() };
     opts.sz = size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-    opts.ctx_in = &mut args as *mut Args as *const _;
-    opts.ctx_size_in = size_of::<Args>() as u32;
+    opts.ctx_in = ctx as *mut T as *const _;
+    opts.ctx_size_in = size_of::<T>() as u32;
     let t = Instant::now();
     // SAFETY: see above; the descriptor is a live program.
     let r = unsafe { libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
@@ -171,7 +171,15 @@ pub fn run(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
         return Err(std::io::Error::from_raw_os_error(-r)).context("BPF_PROG_TEST_RUN");
     }
     ensure!(opts.retval == 0, "program returned {}", opts.retval as i32);
-    Ok((args, elapsed))
+    Ok(elapsed)
+}
+
+/// Runs a data-structure program once with `args`; returns the arguments
+/// as the program left them and the wall time of the call. Takes the
+/// program's descriptor so that threads can share it.
+pub fn run(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
+    let t = run_ctx(prog, &mut args)?;
+    Ok((args, t))
 }
 
 /// Runs `count` operations from `start` in batches of `batch`: returns the
@@ -398,6 +406,17 @@ impl WorkMaps {
         keys.reuse_fd(self.keys.as_fd()).context("reusing ds_keys")?;
         results.reuse_fd(self.results.as_fd()).context("reusing ds_results")?;
         Ok(())
+    }
+
+    /// Keys `at .. at + n`.
+    pub fn keys(&self, at: usize, n: usize) -> Result<Vec<Key>> {
+        ensure!(at + n <= self.cap, "keys {at}+{n} beyond the capacity {}", self.cap);
+        // SAFETY: in bounds; the mapping holds `cap` keys.
+        Ok((at..at + n)
+            .map(|i| unsafe {
+                std::ptr::read_volatile(self.kmap.ptr.as_ptr().cast::<Key>().add(i))
+            })
+            .collect())
     }
 
     /// Writes `keys` from index `at`.

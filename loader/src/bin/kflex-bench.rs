@@ -5,15 +5,19 @@
 //! `--json`); timings are only meaningful as ratios between variants of the
 //! same run.
 //!
-//! Two groups:
+//! Three groups:
 //! - `alloc/...`: the heap allocator against the BPF allocators of the
 //!   upstream arena;
+//! - `guards/...`: the cost of guards in each guard mode
+//!   (`kflex_load::guardbench`);
 //! - `ds/<structure>/<op>/<dist>/<variant>`: the data structures of
 //!   `bpf/ds/` (list, rbtree, hashmap, skiplist, cms, cs), each operation a
 //!   separate program driven in batches by BPF_PROG_TEST_RUN, on the KFlex
-//!   heap (in every guard mode the kernel offers), on the upstream arena and
-//!   on the kernel's own alternative; the ratio is to `kflex` (full guards
-//!   with elision). `ds/hashmap-2cpu/...` runs the hash map on two CPUs.
+//!   heap (in every guard mode the kernel offers), on the upstream arena, on
+//!   the kernel's own alternative and, for the rbtree and the skiplist, as
+//!   native code in the kernel (`bpf_kflex_bench_native()`, the paper's
+//!   "KMod"); the ratio is to `kflex` (full guards with elision).
+//!   `ds/hashmap-2cpu/...` runs the hash map on two CPUs.
 //!
 //! Also prints the guard table: per structure and operation, the heap
 //! accesses the guard pass decided on and how many guards it elided (from
@@ -35,10 +39,11 @@ use clap::Parser;
 use kflex_load::{
     bench,
     ds::{self, Args as DsArgs, Dist, KeySet, Ops, WorkMaps},
-    load_ds_skel,
+    guardbench, load_ds_skel,
     skel::{
         alloc, alloc_arena, ds_graph, ds_hmap, ds_hmap_arena, ds_list, ds_list_arena, ds_maps,
         ds_rbtree, ds_rbtree_arena, ds_sketch, ds_sketch_arena, ds_skiplist, ds_skiplist_arena,
+        native,
     },
     status::{Status, STATUS_PATH},
 };
@@ -82,9 +87,10 @@ struct Cli {
     /// Seed of the key set and the key streams.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Only print the guard table (loads the KFlex programs, runs nothing).
+    /// Only print the guard table of the data structures (loads their
+    /// KFlex programs, runs nothing).
     #[arg(long)]
-    guards: bool,
+    guard_table: bool,
     /// List the benchmarks and exit.
     #[arg(long)]
     list: bool,
@@ -318,6 +324,8 @@ enum Variant {
     Arena,
     /// The kernel's own alternative.
     Kernel,
+    /// Native code in the kernel over the same heap (rbtree, skiplist).
+    Native,
 }
 
 const MODE_SYSCTL: &str = "/proc/sys/kernel/kflex_guard_mode";
@@ -336,6 +344,7 @@ fn variant_name(s: Structure, v: Variant) -> &'static str {
         Variant::KFlex(m) => mode_name(m),
         Variant::Arena => "arena",
         Variant::Kernel => s.kernel_alternative().map_or("kernel", |k| k.0),
+        Variant::Native => "native",
     }
 }
 
@@ -393,13 +402,32 @@ impl Sizes {
     }
 }
 
+/// What the results of a variant are checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compare {
+    /// Hits and lookup checksums must equal the KFlex heap's.
+    HitsAndSums,
+    /// Hits must (values differ: native code stores other values).
+    Hits,
+    /// Different operations: nothing to compare.
+    Nothing,
+}
+
+/// How a variant runs.
+enum Kind {
+    /// Data-structure programs (struct ds_args), loaded once.
+    Programs(Ops),
+    /// `native.bpf.c`, loaded afresh for every repetition (its structures
+    /// have no clear operation); data structure number for nat_run.
+    Native(u64),
+}
+
 /// One loaded implementation of a structure.
 struct Impl {
     variant: Variant,
     name: &'static str,
-    ops: Ops,
-    /// Operations mean the same as on the heap structure.
-    same_semantics: bool,
+    kind: Kind,
+    compare: Compare,
     /// The skeleton (maps and programs stay alive with it).
     _skel: Box<dyn Any>,
 }
@@ -450,6 +478,24 @@ fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Opt
             $(ops.lookup = fd(&sk.progs.$lookup)?;)?
             (ops, Box::new(sk) as Box<dyn Any>)
         }};
+    }
+    if v == Variant::Native {
+        let ds = match s {
+            Structure::Rbtree => 1,
+            Structure::Skiplist => 2,
+            _ => return Ok(None),
+        };
+        // Check once that the kernel has the native structures.
+        let sk = load_native(work, sz)?;
+        drop(sk);
+        let kind = Kind::Native(ds);
+        return Ok(Some(Impl {
+            variant: v,
+            name: "native",
+            kind,
+            compare: Compare::Hits,
+            _skel: Box::new(()),
+        }));
     }
     let (ops, skel) = match (s, v) {
         (Structure::List, Variant::KFlex(_)) => heap_impl!(
@@ -571,13 +617,86 @@ fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Opt
         (Structure::Cs, Variant::Kernel) => {
             kernel_impl!(ds_maps::DsMapsSkelBuilder, acs_update, acs_delete, acs_clear, acs_lookup)
         }
-        (Structure::Skiplist, Variant::Kernel) => return Ok(None),
+        (Structure::Skiplist, Variant::Kernel) | (_, Variant::Native) => return Ok(None),
     };
-    let same_semantics = match v {
-        Variant::Kernel => s.kernel_alternative().is_some_and(|k| k.1),
-        _ => true,
+    let compare = match v {
+        // A BPF hash map's update does not say whether the key was new.
+        Variant::Kernel if s == Structure::Hashmap => Compare::Hits,
+        Variant::Kernel if !s.kernel_alternative().is_some_and(|k| k.1) => Compare::Nothing,
+        _ => Compare::HitsAndSums,
     };
-    Ok(Some(Impl { variant: v, name: variant_name(s, v), ops, same_semantics, _skel: skel }))
+    Ok(Some(Impl {
+        variant: v,
+        name: variant_name(s, v),
+        kind: Kind::Programs(ops),
+        compare,
+        _skel: skel,
+    }))
+}
+
+/// `struct nat_args` of `bpf/bench/native.bpf.c`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct NatArgs {
+    ds: u64,
+    op: u64,
+    first: u64,
+    count: u64,
+    found: u64,
+    errors: u64,
+}
+
+/// Loads `native.bpf.c`, copies the workload's keys into its key array and
+/// runs its nat_init.
+fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>> {
+    use libbpf_rs::{MapCore as _, MapFlags};
+
+    let n = (3 * sz.ops) as usize;
+    let storage = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = native::NativeSkelBuilder::default().open(storage)?;
+    open.maps.nat_keys.set_max_entries(n as u32)?;
+    open.maps.heap.set_max_entries((sz.heap_bytes() >> 12) as u32)?;
+    let sk = open
+        .load()
+        .context("loading native.bpf.c (needs a kernel built with CONFIG_KFLEX_BENCH)")?;
+    let idx: Vec<u8> = (0..n as u32).flat_map(u32::to_ne_bytes).collect();
+    let keys: Vec<u8> =
+        work.keys(0, n)?.iter().flat_map(|k| k.iter().flat_map(|w| w.to_ne_bytes())).collect();
+    sk.maps
+        .nat_keys
+        .update_batch(&idx, &keys, n as u32, MapFlags::ANY, MapFlags::ANY)
+        .context("copying the keys to nat_keys")?;
+    let mut a = NatArgs::default();
+    ds::run_ctx(sk.progs.nat_init.as_fd(), &mut a).context("nat_init")?;
+    Ok(sk)
+}
+
+/// One repetition of the three phases on the native structure `nds`.
+fn run_native_rep(nds: u64, work: &WorkMaps, sz: Sizes) -> Result<[Option<Phase>; 3]> {
+    let sk = load_native(work, sz)?;
+    let prog = sk.progs.nat_run.as_fd();
+    let mut out = [None; 3];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let start = i as u64 * sz.ops;
+        let (mut found, mut time, mut off) = (0, Duration::ZERO, 0);
+        while off < sz.ops {
+            let n = sz.batch.min(sz.ops - off);
+            let mut a = NatArgs {
+                ds: nds,
+                op: i as u64,
+                first: start + off,
+                count: n,
+                ..Default::default()
+            };
+            time += ds::run_ctx(prog, &mut a)?;
+            ensure!(a.errors == 0, "{}: {} native operations failed", OPS[i], a.errors);
+            found += a.found;
+            off += n;
+        }
+        *slot =
+            Some(Phase { ns_per_op: time.as_nanos() as f64 / sz.ops as f64, hits: found, sum: 0 });
+    }
+    Ok(out)
 }
 
 /// Sizes the BPF hash map of the ds_maps skeleton to the key set (other
@@ -708,8 +827,17 @@ struct Phase {
 }
 
 /// Runs one repetition of the three phases on `cpus` CPUs (1 or 2).
-fn run_rep(s: Structure, imp: &Impl, sz: Sizes, cpus: usize) -> Result<[Option<Phase>; 3]> {
-    let ops = &imp.ops;
+fn run_rep(
+    s: Structure,
+    imp: &Impl,
+    work: &WorkMaps,
+    sz: Sizes,
+    cpus: usize,
+) -> Result<[Option<Phase>; 3]> {
+    let ops = match &imp.kind {
+        Kind::Programs(ops) => ops,
+        Kind::Native(nds) => return run_native_rep(*nds, work, sz),
+    };
     if let Some(init) = &ops.init {
         let arg = if matches!(imp.variant, Variant::KFlex(_)) { sz.reserve() } else { 0 };
         let flags = if s == Structure::Hashmap { sz.bucket_order() } else { 0 };
@@ -828,6 +956,9 @@ impl Unit {
         if self.s.kernel_alternative().is_some() {
             v.push(Variant::Kernel);
         }
+        if self.cpus == 1 && matches!(self.s, Structure::Rbtree | Structure::Skiplist) {
+            v.push(Variant::Native);
+        }
         v
     }
 
@@ -944,7 +1075,7 @@ impl DsRun<'_> {
             let mut samples: [Vec<f64>; 3] = Default::default();
             let mut seen: [Option<(u64, u64)>; 3] = [None; 3];
             for rep in 0..=self.cli.reps {
-                let phases = run_rep(u.s, imp, self.sz, u.cpus)
+                let phases = run_rep(u.s, imp, &self.work, self.sz, u.cpus)
                     .with_context(|| u.result_name("*", imp.name))?;
                 for (i, p) in phases.iter().enumerate() {
                     let Some(p) = p else { continue };
@@ -967,20 +1098,29 @@ impl DsRun<'_> {
             }
             // Same operations, same results: every variant must agree with
             // the first one measured (KFlex). A BPF hash map's update does
-            // not say whether the key was new, so only its other phases
-            // are compared.
+            // not say whether the key was new, so its updates are not
+            // compared.
             for i in 0..3 {
                 let Some(got) = seen[i] else { continue };
-                if !imp.same_semantics || (imp.variant == Variant::Kernel && i == 0) {
+                let skip = imp.compare == Compare::Nothing
+                    || (imp.variant == Variant::Kernel && u.s == Structure::Hashmap && i == 0);
+                if skip {
                     continue;
                 }
                 match reference[i] {
+                    None => reference[i] = Some(got),
+                    Some(r) if imp.compare == Compare::Hits => ensure!(
+                        r.0 == got.0,
+                        "{}: {} hits, the KFlex heap had {}",
+                        names[i],
+                        got.0,
+                        r.0
+                    ),
                     Some(r) => ensure!(
                         r == got,
                         "{}: (hits, sum) {got:?} differ from the KFlex heap's {r:?}",
                         names[i]
                     ),
-                    None => reference[i] = Some(got),
                 }
             }
             let mut line = String::new();
@@ -1035,6 +1175,9 @@ fn ds_notes(sz: Sizes, cli: &Cli) -> Vec<String> {
         "hashmap-2cpu: each phase split over two threads pinned to CPUs 0 and 1 (bucket \
          locks; lookups lock-free)"
             .into(),
+        "native: the rbtree and skiplist of the KFlex component in Rust over the same heap, \
+         one bpf_kflex_bench_native() call per operation (validated accesses)"
+            .into(),
     ]
 }
 
@@ -1060,23 +1203,29 @@ fn run(cli: Cli) -> Result<()> {
     // this kernel offers.
     let modes = if listing { vec![0] } else { guard_modes() };
     let mut alloc = alloc_cases(cli.ops);
+    let mut guard_names: Vec<String> = ["chase", "scatter"]
+        .iter()
+        .flat_map(|c| guardbench::VARIANTS.iter().map(move |(v, _)| format!("guards/{c}/{v}")))
+        .collect();
     let units = units(cli.zipf);
     let mut ds_names: Vec<String> = units.iter().flat_map(|u| u.names(&modes)).collect();
     if let Some(f) = &cli.filter {
         alloc.retain(|c| c.name.contains(f.as_str()));
+        guard_names.retain(|n| n.contains(f.as_str()));
         ds_names.retain(|n| n.contains(f.as_str()));
     }
-    if cli.guards {
+    if cli.guard_table {
         alloc.clear();
+        guard_names.clear();
         ds_names.clear();
     }
     if cli.list {
-        for n in alloc.iter().map(|c| &c.name).chain(&ds_names) {
+        for n in alloc.iter().map(|c| &c.name).chain(&guard_names).chain(&ds_names) {
             println!("{n}");
         }
         return Ok(());
     }
-    if alloc.is_empty() && ds_names.is_empty() && !cli.guards {
+    if alloc.is_empty() && guard_names.is_empty() && ds_names.is_empty() && !cli.guard_table {
         bail!("no benchmark matches the filter (see --list)");
     }
     if !nix::unistd::geteuid().is_root() {
@@ -1088,11 +1237,19 @@ fn run(cli: Cli) -> Result<()> {
     pin_to(0)?;
 
     let mut results = Vec::new();
+    if !guard_names.is_empty() {
+        let n = guard_names.len();
+        let mut i = 0;
+        results = guardbench::run(cli.ops, cli.reps, cli.filter.as_deref(), |r| {
+            i += 1;
+            eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
+        })?;
+    }
     run_alloc(&alloc, cli.reps, &mut results)?;
 
     let mut guards = Vec::new();
     let mut notes = Vec::new();
-    if cli.guards {
+    if cli.guard_table {
         let work = WorkMaps::new(256)?;
         let small = Sizes { ops: 256, keys: 256, ..sz };
         for s in STRUCTURES {
