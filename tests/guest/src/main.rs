@@ -6,6 +6,7 @@
 //! for one variant are ignored in the other.
 
 mod basic;
+mod ds;
 mod guards;
 mod heap;
 mod native;
@@ -41,6 +42,13 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(guards::hostile_accesses_confined, "ym"),
     t!(guards::stats_line_and_modes, "ym"),
     t!(native::native_structures_match_model, "ym"),
+    t!(ds::list_matches_model, "ym"),
+    t!(ds::rbtree_matches_model, "ym"),
+    t!(ds::hashmap_matches_model, "ym"),
+    t!(ds::hashmap_two_cpus, "ym"),
+    t!(ds::skiplist_matches_model, "ym"),
+    t!(ds::sketches_match_model, "ym"),
+    t!(ds::baselines_match_models, "ym"),
 ];
 
 fn main() {
