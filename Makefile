@@ -8,6 +8,7 @@
 #   make demo    all of the above, then the demo in a guest
 #   make test    all of the above, then host tests and guest tests
 #   make vm CMD='...'   run CMD as root in a guest (no CMD: interactive shell)
+#   make bench   kflex-bench in a guest: table and JSON in bench/results/
 
 SHELL := /bin/bash
 KFLEX_CACHE ?= $(HOME)/.cache/kflex
@@ -17,7 +18,7 @@ export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
 export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
 VARIANT ?= y
 
-.PHONY: all setup kernel kernel-y kernel-m tools demo test vm check clean-cache
+.PHONY: all setup kernel kernel-y kernel-m tools demo test vm bench check clean-cache
 
 all: tools
 
@@ -42,6 +43,19 @@ test: tools
 
 vm: tools
 	@tests/vm.sh --variant $(VARIANT) --timeout $(or $(TIMEOUT),3600) $(if $(CMD),-- bash -c '$(CMD)')
+
+# Every benchmark in one guest run (BENCH_ARGS are passed to kflex-bench,
+# e.g. BENCH_ARGS='--filter ds/ --ops 20000'). Progress goes to the console;
+# the table (with the guard table) and the JSON land in bench/results/.
+BENCH_RUN := bench/results/run.tmp
+bench: tools
+	@mkdir -p bench/results
+	@rm -rf $(BENCH_RUN)
+	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/$(BENCH_RUN) -- \
+		bash -c 'kflex-bench $(BENCH_ARGS) --json-file /run/kflex/kflex-bench.json >/run/kflex/kflex-bench.txt'
+	@cp $(BENCH_RUN)/kflex-bench.txt $(BENCH_RUN)/kflex-bench.json bench/results/
+	@cat bench/results/kflex-bench.txt
+	@echo "written: bench/results/kflex-bench.txt bench/results/kflex-bench.json"
 
 # Formatting and lints of the userspace crates.
 check:

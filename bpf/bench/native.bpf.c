@@ -46,7 +46,8 @@ int nat_init(struct nat_args *a)
 {
 	__u64 i;
 
-	if (kflex_reserve(heap, 4 << 20))
+	/* Populate ahead: `count` bytes if given (benchmarks), else 4 MiB. */
+	if (kflex_reserve(heap, a->count ? a->count : 4 << 20))
 		return 1;
 	bpf_for(i, 0, 3) {
 		void __arena *r = kflex_malloc(heap, 512);

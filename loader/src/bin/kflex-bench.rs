@@ -65,9 +65,14 @@ struct Cli {
     /// Only run benchmarks whose name contains this.
     #[arg(long)]
     filter: Option<String>,
-    /// Operations per repetition (per phase for the data structures).
+    /// Data-structure operations per phase and repetition.
     #[arg(long, default_value_t = 100_000)]
     ops: u64,
+    /// Operations per repetition of the allocator and guard benchmarks
+    /// (the arena bump allocator never frees: keep it well below the
+    /// guest's memory / 4 KiB).
+    #[arg(long, default_value_t = 10_000)]
+    alloc_ops: u64,
     /// Keys in the data-structure key set.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
@@ -666,7 +671,9 @@ fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>
         .nat_keys
         .update_batch(&idx, &keys, n as u32, MapFlags::ANY, MapFlags::ANY)
         .context("copying the keys to nat_keys")?;
-    let mut a = NatArgs::default();
+    // nat_init populates `count` bytes of the heap ahead, as the heap
+    // structures' init programs do.
+    let mut a = NatArgs { count: sz.reserve(), ..Default::default() };
     ds::run_ctx(sk.progs.nat_init.as_fd(), &mut a).context("nat_init")?;
     Ok(sk)
 }
@@ -1028,11 +1035,24 @@ impl DsRun<'_> {
         if mine.is_empty() {
             return Ok(());
         }
-        // KFlex in guard mode 0 first: its load prints the guard counts.
+        // The variants some wanted result needs, and always KFlex in guard
+        // mode 0, the reference the others are compared with, first: its
+        // load prints the guard counts.
+        for u in &mine {
+            for op in OPS {
+                let name = u.result_name(op, "kflex");
+                if !self.wanted.contains(&name) {
+                    self.wanted.push(name);
+                }
+            }
+        }
         let mut variants: Vec<Variant> = Vec::new();
         for u in &mine {
             for v in u.variants(&self.modes) {
-                if !variants.contains(&v) {
+                let needed = OPS
+                    .iter()
+                    .any(|op| self.wanted.contains(&u.result_name(op, variant_name(s, v))));
+                if needed && !variants.contains(&v) {
                     variants.push(v);
                 }
             }
@@ -1190,8 +1210,8 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if cli.reps == 0 || cli.ops < 256 {
-        bail!("--reps must be at least 1 and --ops at least 256");
+    if cli.reps == 0 || cli.ops < 256 || cli.alloc_ops < 256 {
+        bail!("--reps must be at least 1, --ops and --alloc-ops at least 256");
     }
     ensure!(cli.keys >= 1 && cli.keys <= 1 << 24, "--keys must be 1 to 2^24");
     ensure!(cli.ops <= 1 << 24, "--ops must be at most 2^24");
@@ -1202,7 +1222,7 @@ fn run(cli: Cli) -> Result<()> {
     // Guard modes are probed (as root) so that --list names the variants
     // this kernel offers.
     let modes = if listing { vec![0] } else { guard_modes() };
-    let mut alloc = alloc_cases(cli.ops);
+    let mut alloc = alloc_cases(cli.alloc_ops);
     let mut guard_names: Vec<String> = ["chase", "scatter"]
         .iter()
         .flat_map(|c| guardbench::VARIANTS.iter().map(move |(v, _)| format!("guards/{c}/{v}")))
@@ -1240,7 +1260,7 @@ fn run(cli: Cli) -> Result<()> {
     if !guard_names.is_empty() {
         let n = guard_names.len();
         let mut i = 0;
-        results = guardbench::run(cli.ops, cli.reps, cli.filter.as_deref(), |r| {
+        results = guardbench::run(cli.alloc_ops, cli.reps, cli.filter.as_deref(), |r| {
             i += 1;
             eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
         })?;
@@ -1296,6 +1316,7 @@ fn run(cli: Cli) -> Result<()> {
         "kernel": uname.release().to_string_lossy(),
         "kflex": std::fs::read_to_string(STATUS_PATH).unwrap_or_default().trim(),
         "ops": cli.ops,
+        "alloc_ops": cli.alloc_ops,
         "keys": cli.keys,
         "reps": cli.reps,
         "batch": cli.batch,
