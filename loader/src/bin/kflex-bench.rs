@@ -78,7 +78,7 @@ struct Cli {
     keys: u64,
     /// Repetitions per benchmark (the median is reported), after one
     /// warm-up repetition.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Data-structure operations per BPF_PROG_TEST_RUN call.
     #[arg(long, default_value_t = 10_000)]
@@ -1082,19 +1082,22 @@ impl DsRun<'_> {
 
     fn run_unit(&mut self, u: Unit, impls: &[Impl]) -> Result<()> {
         let variants = u.variants(&self.modes);
-        // Per variant, per phase: samples and the (hits, sum) of the
+        let run: Vec<&Impl> = impls
+            .iter()
+            .filter(|i| variants.contains(&i.variant))
+            .filter(|i| OPS.iter().any(|op| self.wanted.contains(&u.result_name(op, i.name))))
+            .collect();
+        // Per variant and phase: time samples, and the (hits, sum) of the
         // repetitions, which must not change from one to the next.
-        let mut reference: [Option<(u64, u64)>; 3] = [None; 3];
-        for imp in impls.iter().filter(|i| variants.contains(&i.variant)) {
-            let names: Vec<String> = OPS.iter().map(|op| u.result_name(op, imp.name)).collect();
-            if !names.iter().any(|n| self.wanted.contains(n)) {
-                continue;
-            }
-            eprint!("{} ...", u.result_name("*", imp.name));
-            let _ = std::io::stderr().flush();
-            let mut samples: [Vec<f64>; 3] = Default::default();
-            let mut seen: [Option<(u64, u64)>; 3] = [None; 3];
-            for rep in 0..=self.cli.reps {
+        let mut samples: Vec<[Vec<f64>; 3]> = vec![Default::default(); run.len()];
+        let mut seen: Vec<[Option<(u64, u64)>; 3]> = vec![[None; 3]; run.len()];
+        // Repetitions go round the variants, so that drift in the guest
+        // (translation caches, memory) spreads over all of them.
+        for rep in 0..=self.cli.reps {
+            eprint!("{} rep {rep}/{}:", u.result_name("*", "*"), self.cli.reps);
+            for (v, imp) in run.iter().enumerate() {
+                eprint!(" {}", imp.name);
+                let _ = std::io::stderr().flush();
                 let phases = run_rep(u.s, imp, &self.work, self.sz, u.cpus)
                     .with_context(|| u.result_name("*", imp.name))?;
                 for (i, p) in phases.iter().enumerate() {
@@ -1103,25 +1106,29 @@ impl DsRun<'_> {
                     // last is a race: the values (and lookup sums) vary,
                     // the counts do not.
                     let got = (p.hits, if u.cpus > 1 { 0 } else { p.sum });
-                    match seen[i] {
+                    match seen[v][i] {
                         Some(prev) => ensure!(
                             prev == got,
                             "{}: results changed between repetitions: {prev:?} then {got:?}",
-                            names[i]
+                            u.result_name(OPS[i], imp.name)
                         ),
-                        None => seen[i] = Some(got),
+                        None => seen[v][i] = Some(got),
                     }
                     if rep > 0 {
-                        samples[i].push(p.ns_per_op);
+                        samples[v][i].push(p.ns_per_op);
                     }
                 }
             }
-            // Same operations, same results: every variant must agree with
-            // the first one measured (KFlex). A BPF hash map's update does
-            // not say whether the key was new, so its updates are not
-            // compared.
+            eprintln!();
+        }
+        // Same operations, same results: every variant must agree with the
+        // first one (KFlex). A BPF hash map's update does not say whether
+        // the key was new, so its updates are not compared.
+        let mut reference: [Option<(u64, u64)>; 3] = [None; 3];
+        for (v, imp) in run.iter().enumerate() {
             for i in 0..3 {
-                let Some(got) = seen[i] else { continue };
+                let Some(got) = seen[v][i] else { continue };
+                let name = u.result_name(OPS[i], imp.name);
                 let skip = imp.compare == Compare::Nothing
                     || (imp.variant == Variant::Kernel && u.s == Structure::Hashmap && i == 0);
                 if skip {
@@ -1129,36 +1136,34 @@ impl DsRun<'_> {
                 }
                 match reference[i] {
                     None => reference[i] = Some(got),
-                    Some(r) if imp.compare == Compare::Hits => ensure!(
-                        r.0 == got.0,
-                        "{}: {} hits, the KFlex heap had {}",
-                        names[i],
-                        got.0,
-                        r.0
-                    ),
+                    Some(r) if imp.compare == Compare::Hits => {
+                        ensure!(r.0 == got.0, "{name}: {} hits, the KFlex heap had {}", got.0, r.0)
+                    }
                     Some(r) => ensure!(
                         r == got,
-                        "{}: (hits, sum) {got:?} differ from the KFlex heap's {r:?}",
-                        names[i]
+                        "{name}: (hits, sum) {got:?} differ from the KFlex heap's {r:?}"
                     ),
                 }
             }
+        }
+        for (v, imp) in run.iter().enumerate() {
             let mut line = String::new();
-            for (i, name) in names.iter().enumerate() {
-                if samples[i].is_empty() || !self.wanted.contains(name) {
+            for (i, op) in OPS.iter().enumerate() {
+                let name = u.result_name(op, imp.name);
+                if samples[v][i].is_empty() || !self.wanted.contains(&name) {
                     continue;
                 }
-                let ns = bench::median(&mut samples[i]);
-                line.push_str(&format!(" {}={ns:.1}", OPS[i]));
-                let base = u.result_name(OPS[i], "kflex");
+                let ns = bench::median(&mut samples[v][i]);
+                line.push_str(&format!(" {op}={ns:.1}"));
+                let base = u.result_name(op, "kflex");
                 self.results.push(bench::Result {
                     name: name.clone(),
                     ns_per_op: ns,
                     ops: self.sz.ops,
-                    baseline: (*name != base).then_some(base),
+                    baseline: (name != base).then_some(base),
                 });
             }
-            eprintln!("{line} ns/op");
+            eprintln!("{}:{line} ns/op", u.result_name("*", imp.name));
         }
         Ok(())
     }
