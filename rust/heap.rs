@@ -61,6 +61,7 @@ struct PageDesc {
 }
 
 impl PageDesc {
+    #[inline]
     fn kind(&self) -> PageKind {
         PageKind::decode(self.state.load(Ordering::Acquire))
     }
@@ -313,6 +314,7 @@ impl Heap {
     }
 
     /// Descriptor of page `page` if its chunk exists.
+    #[inline]
     fn desc(&self, page: u64) -> Option<&PageDesc> {
         // `chunk_pages` is a power of two (both operands of its `min` are).
         let chunk = self.dir.get((page >> self.chunk_pages.trailing_zeros()) as usize)?;
@@ -823,7 +825,12 @@ impl Heap {
         }
     }
 
-    fn free_object(&self, off: u64, class: usize, desc: &PageDesc) -> core::result::Result<(), Refusal> {
+    fn free_object(
+        &self,
+        off: u64,
+        class: usize,
+        desc: &PageDesc,
+    ) -> core::result::Result<(), Refusal> {
         let obj = locate(off, class)?;
         let (w, b) = obj.bit();
         let word = desc.free.get(w).ok_or(Refusal::Foreign)?;
@@ -913,16 +920,21 @@ impl Heap {
     /// Kernel pointer to `len` bytes at heap offset `off`, if they lie in
     /// pages the allocator handed out (so the access cannot fault). For
     /// in-kernel users of heap memory (the native benchmark baseline).
+    #[inline]
     pub(crate) fn object_ptr(&self, off: u64, len: u64) -> Option<*mut u8> {
         let end = off.checked_add(len)?;
         if off == 0 || len == 0 || end > self.size {
             return None;
         }
-        for page in [off / PAGE_SIZE, (end - 1) / PAGE_SIZE] {
-            match self.desc(page)?.kind() {
-                PageKind::Class(_) | PageKind::LargeHead | PageKind::LargeTail => {}
-                _ => return None,
-            }
+        let handed_out = |page: u64| {
+            matches!(
+                self.desc(page).map(PageDesc::kind),
+                Some(PageKind::Class(_) | PageKind::LargeHead | PageKind::LargeTail)
+            )
+        };
+        let (first, last) = (off / PAGE_SIZE, (end - 1) / PAGE_SIZE);
+        if !handed_out(first) || (last != first && !handed_out(last)) {
+            return None;
         }
         Some((self.kern_base + off) as *mut u8)
     }

@@ -42,38 +42,74 @@ const ROOT_SIZE: u64 = ROOT_SKL_NEXT + 8 * MAX_LEVEL as u64;
 const MAX_STEPS: u32 = 1 << 24;
 const MAX_LEVEL: usize = 32;
 
-type Key = [u8; KEY];
+/// A key as four big-endian words: comparing them orders keys like
+/// `memcmp` on their bytes, with four loads instead of 32.
+type Key = [u64; KEY / 8];
 
-/// Typed access to heap memory through validated kernel pointers.
+/// The [`Key`] of 32 key bytes.
+fn key_of(bytes: &[u8; KEY]) -> Key {
+    let mut k = [0u64; KEY / 8];
+    for (w, b) in k.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(b);
+        *w = u64::from_be_bytes(word);
+    }
+    k
+}
+
+/// Typed access to heap memory through validated kernel pointers. Words are
+/// 8-byte aligned: an offset that is not (a corrupt link) fails the access.
 struct Mem<'a> {
     heap: &'a Heap,
 }
 
 impl Mem<'_> {
-    fn get(&self, off: u64) -> Option<u64> {
-        let p = self.heap.object_ptr(off, 8)?;
-        // SAFETY: `object_ptr` vouches for 8 bytes of mapped heap memory;
-        // the program may write it concurrently, hence the volatile read.
-        Some(unsafe { ptr::read_volatile(p as *const u64) })
+    /// Kernel pointer to `len` bytes at the 8-byte aligned offset `off`.
+    #[inline]
+    fn words(&self, off: u64, len: u64) -> Option<*mut u64> {
+        if off % 8 != 0 {
+            return None;
+        }
+        self.heap.object_ptr(off, len).map(|p| p.cast())
     }
 
+    #[inline]
+    fn get(&self, off: u64) -> Option<u64> {
+        let p = self.words(off, 8)?;
+        // SAFETY: `object_ptr` vouches for 8 bytes of mapped heap memory;
+        // the program may write it concurrently, hence the volatile read.
+        Some(unsafe { ptr::read_volatile(p) })
+    }
+
+    #[inline]
     fn set(&self, off: u64, v: u64) -> Option<()> {
-        let p = self.heap.object_ptr(off, 8)?;
+        let p = self.words(off, 8)?;
         // SAFETY: as in `get`.
-        unsafe { ptr::write_volatile(p as *mut u64, v) };
+        unsafe { ptr::write_volatile(p, v) };
         Some(())
     }
 
+    /// The key stored at `off` (32 bytes, read as four words).
+    #[inline]
     fn key(&self, off: u64) -> Option<Key> {
-        let p = self.heap.object_ptr(off, KEY as u64)?;
-        // SAFETY: as in `get`, for KEY bytes.
-        Some(unsafe { ptr::read_volatile(p as *const Key) })
+        let p = self.words(off, KEY as u64)?;
+        let mut k = [0u64; KEY / 8];
+        for (i, w) in k.iter_mut().enumerate() {
+            // SAFETY: `words` vouches for KEY aligned bytes of heap memory;
+            // word `i` is inside them.
+            *w = u64::from_be(unsafe { ptr::read_volatile(p.add(i)) });
+        }
+        Some(k)
     }
 
-    fn set_bytes(&self, off: u64, src: &[u8]) -> Option<()> {
-        let p = self.heap.object_ptr(off, src.len() as u64)?;
-        // SAFETY: `object_ptr` vouches for `src.len()` bytes of heap memory.
-        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), p, src.len()) };
+    /// Stores `key` at `off` in its byte form.
+    #[inline]
+    fn set_key(&self, off: u64, key: &Key) -> Option<()> {
+        let p = self.words(off, KEY as u64)?;
+        for (i, w) in key.iter().enumerate() {
+            // SAFETY: as in `key`, for writing.
+            unsafe { ptr::write_volatile(p.add(i), w.to_be()) };
+        }
         Some(())
     }
 
@@ -92,8 +128,8 @@ impl Mem<'_> {
 
     /// The value written for `key`: the key repeated twice.
     fn set_value(&self, off: u64, key: &Key) -> Option<()> {
-        self.set_bytes(off, key)?;
-        self.set_bytes(off + KEY as u64, key)
+        self.set_key(off, key)?;
+        self.set_key(off + KEY as u64, key)
     }
 }
 
@@ -125,7 +161,7 @@ fn list_op(m: &Mem<'_>, root: u64, op: u32, key: &Key) -> Option<bool> {
             let n = m.alloc(L_SIZE)?;
             let head = m.get(root + ROOT_LIST)?;
             m.set(n + L_NEXT, head)?;
-            m.set_bytes(n + L_KEY, key)?;
+            m.set_key(n + L_KEY, key)?;
             m.set_value(n + L_VAL, key)?;
             if head != 0 {
                 m.set(head + L_PREV, n)?;
@@ -248,7 +284,7 @@ impl Rb<'_, '_> {
             }
         }
         let z = self.m.alloc(R_SIZE)?;
-        self.m.set_bytes(z + R_KEY, key)?;
+        self.m.set_key(z + R_KEY, key)?;
         self.m.set_value(z + R_VAL, key)?;
         self.m.set(z + R_PARENT, parent)?;
         if parent == 0 {
@@ -460,7 +496,7 @@ impl Skl<'_, '_> {
             OP_UPDATE => {
                 let level = self.random_level()?;
                 let n = self.m.alloc(S_NEXT + 8 * level as u64)?;
-                self.m.set_bytes(n + S_KEY, key)?;
+                self.m.set_key(n + S_KEY, key)?;
                 self.m.set_value(n + S_VAL, key)?;
                 self.m.set(n + S_LEVEL, level as u64)?;
                 for (l, &p) in preds.iter().enumerate().take(level) {
@@ -491,7 +527,8 @@ impl Skl<'_, '_> {
 /// `bpf_kflex_bench_native()`: one operation `op` on structure `ds` rooted
 /// at user address `root`. Returns whether the key was found (lookup,
 /// delete) or inserted (update), or `EFAULT`/`EINVAL`.
-pub(crate) fn run(heap: &Heap, root: u64, ds: u32, op: u32, key: &Key) -> Result<bool> {
+pub(crate) fn run(heap: &Heap, root: u64, ds: u32, op: u32, key: &[u8; KEY]) -> Result<bool> {
+    let key = &key_of(key);
     let root = heap.offset_of(root).ok_or(EINVAL)?;
     heap.object_ptr(root, ROOT_SIZE).ok_or(EINVAL)?;
     if op > OP_DELETE {

@@ -55,7 +55,10 @@ unsafe extern "C" fn heap_fini(info: *mut bindings::kflex_heap_info) {
     drop(heap);
 }
 
-unsafe extern "C" fn heap_fault(info: *mut bindings::kflex_heap_info, off: u64) -> *mut bindings::page {
+unsafe extern "C" fn heap_fault(
+    info: *mut bindings::kflex_heap_info,
+    off: u64,
+) -> *mut bindings::page {
     // SAFETY: the glue calls this for a live heap (a mapping pins it).
     unsafe { heap(info) }.fault(off)
 }

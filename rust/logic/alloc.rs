@@ -104,6 +104,7 @@ impl PageKind {
 
     /// Decodes a state word; unknown values read as `Unpopulated`'s
     /// opposite, `System` (never touched by the allocator).
+    #[inline]
     pub fn decode(v: u32) -> PageKind {
         match v {
             0 => PageKind::Unpopulated,

@@ -490,7 +490,15 @@ fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Opt
             Structure::Skiplist => 2,
             _ => return Ok(None),
         };
-        // Check once that the kernel has the native structures.
+        if !native_available() {
+            eprintln!(
+                "skipping {}/native: the kernel has no bpf_kflex_bench_native() \
+                 (build it with CONFIG_KFLEX_BENCH=y)",
+                s.name()
+            );
+            return Ok(None);
+        }
+        // Check once that the native structures load.
         let sk = load_native(work, sz)?;
         drop(sk);
         let kind = Kind::Native(ds);
@@ -653,6 +661,12 @@ struct NatArgs {
 
 /// Loads `native.bpf.c`, copies the workload's keys into its key array and
 /// runs its nat_init.
+/// Whether the running kernel has the native structures (CONFIG_KFLEX_BENCH).
+fn native_available() -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with(" bpf_kflex_bench_native")))
+}
+
 fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>> {
     use libbpf_rs::{MapCore as _, MapFlags};
 
