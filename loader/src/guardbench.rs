@@ -29,6 +29,8 @@ pub const VARIANTS: [(&str, Option<u32>); 5] = [
 
 const MODE_PATH: &str = "/proc/sys/kernel/kflex_guard_mode";
 const NODES: u64 = 1000;
+/// Steps of the programs' inner loops (`GB_INNER` in guards.bpf.c).
+const INNER: u64 = 64;
 
 /// `struct gb_args`.
 #[repr(C)]
@@ -123,26 +125,34 @@ pub fn run(
         })
         .collect::<Result<_>>()?;
     for case in ["chase", "scatter"] {
-        for (variant, l) in &loaded {
-            let name = format!("guards/{case}/{variant}");
-            if !wanted(&name) {
-                continue;
+        let (args, per) = match case {
+            "chase" => (
+                Args { n: NODES, rounds: (ops / NODES).max(1), ..Default::default() },
+                NODES * (ops / NODES).max(1),
+            ),
+            // gb_scatter runs rounds / INNER batches of INNER steps.
+            _ => {
+                let rounds = (ops / INNER).max(1) * INNER;
+                (Args { rounds, seed: 0x9e37_79b9_7f4a_7c15, ..Default::default() }, rounds)
             }
-            let (args, per) = match case {
-                "chase" => (
-                    Args { n: NODES, rounds: (ops / NODES).max(1), ..Default::default() },
-                    NODES * (ops / NODES).max(1),
-                ),
-                _ => (Args { rounds: ops, seed: 0x9e37_79b9_7f4a_7c15, ..Default::default() }, ops),
-            };
-            run_prog(l.prog(case), args)?;
-            let mut samples = Vec::with_capacity(reps);
-            for _ in 0..reps {
-                samples.push(run_prog(l.prog(case), args)? / per as f64);
+        };
+        let run: Vec<&(&str, Loaded)> =
+            loaded.iter().filter(|(v, _)| wanted(&format!("guards/{case}/{v}"))).collect();
+        // Repetitions go round the variants (the first one is a warm-up),
+        // so that drift in the guest hits them alike.
+        let mut samples = vec![Vec::with_capacity(reps); run.len()];
+        for rep in 0..=reps {
+            for ((_, l), s) in run.iter().zip(samples.iter_mut()) {
+                let t = run_prog(l.prog(case), args)? / per as f64;
+                if rep > 0 {
+                    s.push(t);
+                }
             }
+        }
+        for ((variant, _), mut s) in run.into_iter().zip(samples) {
             let r = bench::Result {
-                name,
-                ns_per_op: bench::median(&mut samples),
+                name: format!("guards/{case}/{variant}"),
+                ns_per_op: bench::median(&mut s),
                 ops: per,
                 baseline: Some(format!("guards/{case}/unguarded"))
                     .filter(|_| *variant != "unguarded"),

@@ -68,11 +68,15 @@ struct Cli {
     /// Data-structure operations per phase and repetition.
     #[arg(long, default_value_t = 100_000)]
     ops: u64,
-    /// Operations per repetition of the allocator and guard benchmarks
-    /// (the arena bump allocator never frees: keep it well below the
-    /// guest's memory / 4 KiB).
+    /// Operations per repetition of the allocator benchmarks (the arena
+    /// bump allocator never frees: keep it well below the guest's memory /
+    /// 4 KiB).
     #[arg(long, default_value_t = 10_000)]
     alloc_ops: u64,
+    /// Heap accesses per repetition of the guard benchmarks (node visits or
+    /// array increments; a few ns each).
+    #[arg(long, default_value_t = 2_000_000)]
+    guard_ops: u64,
     /// Keys in the data-structure key set.
     #[arg(long, default_value_t = 100_000)]
     keys: u64,
@@ -1229,8 +1233,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if cli.reps == 0 || cli.ops < 256 || cli.alloc_ops < 256 {
-        bail!("--reps must be at least 1, --ops and --alloc-ops at least 256");
+    if cli.reps == 0 || cli.ops < 256 || cli.alloc_ops < 256 || cli.guard_ops < 1024 {
+        bail!(
+            "--reps must be at least 1, --ops and --alloc-ops at least 256, --guard-ops at least 1024"
+        );
     }
     ensure!(cli.keys >= 1 && cli.keys <= 1 << 24, "--keys must be 1 to 2^24");
     ensure!(cli.ops <= 1 << 24, "--ops must be at most 2^24");
@@ -1279,7 +1285,7 @@ fn run(cli: Cli) -> Result<()> {
     if !guard_names.is_empty() {
         let n = guard_names.len();
         let mut i = 0;
-        results = guardbench::run(cli.alloc_ops, cli.reps, cli.filter.as_deref(), |r| {
+        results = guardbench::run(cli.guard_ops, cli.reps, cli.filter.as_deref(), |r| {
             i += 1;
             eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
         })?;
@@ -1336,6 +1342,7 @@ fn run(cli: Cli) -> Result<()> {
         "kflex": std::fs::read_to_string(STATUS_PATH).unwrap_or_default().trim(),
         "ops": cli.ops,
         "alloc_ops": cli.alloc_ops,
+        "guard_ops": cli.guard_ops,
         "keys": cli.keys,
         "reps": cli.reps,
         "batch": cli.batch,
