@@ -28,96 +28,11 @@ int hmap_init(struct ds_args *a)
 	return 0;
 }
 
-SEC("syscall")
-int hmap_update(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, fails = 0, done = 0;
-	struct ds_key *k;
-	struct ds_val v;
-	int r;
+DS_UPDATE_PROG(hmap_update, hmap.buckets, hm_upsert(&hmap, key, val))
 
-	ds_stuck = 0;
-	if (!hmap.buckets)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		ds_make_val(&v, k, start + i);
-		r = hm_upsert(&hmap, k, &v);
-		if (r < 0)
-			break;
-		if (r == 1)
-			hits++;
-		else if (!r)
-			fails++;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->fails = fails;
-	a->done = done;
-	return 0;
-}
+DS_LOOKUP_PROG(hmap_lookup, hmap.buckets, struct hm_node, hm_find(&hmap, key))
 
-SEC("syscall")
-int hmap_lookup(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, sum = 0, done = 0, res;
-	struct hm_node __arena *x;
-	struct ds_key *k;
-
-	ds_use_heap();
-	ds_stuck = 0;
-	if (!hmap.buckets)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		x = hm_find(&hmap, k);
-		if (ds_stuck)
-			break;
-		res = 0;
-		if (x) {
-			res = DS_CSUM(&x->val);
-			hits++;
-			sum += res;
-		}
-		ds_record(flags, start + i, res);
-		done++;
-	}
-	a->hits = hits;
-	a->sum = sum;
-	a->done = done;
-	return 0;
-}
-
-SEC("syscall")
-int hmap_delete(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, done = 0;
-	struct ds_key *k;
-	int r;
-
-	ds_stuck = 0;
-	if (!hmap.buckets)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		r = hm_erase(&hmap, k);
-		if (r < 0)
-			break;
-		hits += r;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->done = done;
-	return 0;
-}
+DS_DELETE_PROG(hmap_delete, hmap.buckets, hm_erase(&hmap, key))
 
 /* Free every node and the buckets. */
 SEC("syscall")

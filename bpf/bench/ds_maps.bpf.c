@@ -125,88 +125,19 @@ int bhash_clear(struct ds_args *a)
 	return 0;
 }
 
+/* Table `slot` of sk_tabs, for SK_OP_PROGS. */
+#define SK_MAP_TABLE(slot)						\
+	__u32 __sk_slot = (slot);					\
+	struct sk_table *t = bpf_map_lookup_elem(&sk_tabs, &__sk_slot)
+
 #define SK_MAP_PROGS(pfx, slot, add, query)				\
-SEC("syscall")								\
-int pfx##_update(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	__u32 e = slot;							\
-	struct sk_table *t = bpf_map_lookup_elem(&sk_tabs, &e);	\
-	struct ds_key *k;						\
-									\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		add(t, ds_hash(k), 1);					\
-		ds_record(flags, start + i, 1);				\
-		done++;							\
-	}								\
-	a->hits = done;							\
-	a->done = done;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int pfx##_lookup(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	__u32 e = slot;							\
-	struct sk_table *t = bpf_map_lookup_elem(&sk_tabs, &e);	\
-	__u64 hits = 0, sum = 0;					\
-	struct ds_key *k;						\
-	__s64 est;							\
-									\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		est = query(t, ds_hash(k));				\
-		if (est > 0)						\
-			hits++;						\
-		sum += est;						\
-		ds_record(flags, start + i, est);			\
-		done++;							\
-	}								\
-	a->hits = hits;							\
-	a->sum = sum;							\
-	a->done = done;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int pfx##_delete(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	__u32 e = slot;							\
-	struct sk_table *t = bpf_map_lookup_elem(&sk_tabs, &e);	\
-	struct ds_key *k;						\
-									\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		add(t, ds_hash(k), -1);					\
-		ds_record(flags, start + i, 1);				\
-		done++;							\
-	}								\
-	a->hits = done;							\
-	a->done = done;							\
-	return 0;							\
-}									\
+SK_OP_PROGS(pfx, SK_MAP_TABLE(slot), add, query)				\
 									\
 /* Zero the table. */							\
 SEC("syscall")								\
 int pfx##_clear(struct ds_args *a)					\
 {									\
-	__u32 e = slot;							\
-	struct sk_table *t = bpf_map_lookup_elem(&sk_tabs, &e);	\
+	SK_MAP_TABLE(slot);						\
 	__s32 *c;							\
 	__u64 i;							\
 									\

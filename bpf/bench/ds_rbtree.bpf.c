@@ -22,90 +22,11 @@ int rbt_init(struct ds_args *a)
 	return 0;
 }
 
-SEC("syscall")
-int rbt_update(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, fails = 0, done = 0;
-	struct ds_key *k;
-	struct ds_val v;
-	int r;
+DS_UPDATE_PROG(rbt_update, 1, rb_upsert(&rbt, key, val))
 
-	ds_stuck = 0;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		ds_make_val(&v, k, start + i);
-		r = rb_upsert(&rbt, k, &v);
-		if (ds_stuck)
-			break;
-		if (r == 1)
-			hits++;
-		else if (!r)
-			fails++;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->fails = fails;
-	a->done = done;
-	return 0;
-}
+DS_LOOKUP_PROG(rbt_lookup, 1, struct rbt_node, rb_find(&rbt, key))
 
-SEC("syscall")
-int rbt_lookup(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, sum = 0, done = 0, res;
-	struct rbt_node __arena *x;
-	struct ds_key *k;
-
-	ds_use_heap();
-	ds_stuck = 0;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		x = rb_find(&rbt, k);
-		if (ds_stuck)
-			break;
-		res = 0;
-		if (x) {
-			res = DS_CSUM(&x->val);
-			hits++;
-			sum += res;
-		}
-		ds_record(flags, start + i, res);
-		done++;
-	}
-	a->hits = hits;
-	a->sum = sum;
-	a->done = done;
-	return 0;
-}
-
-SEC("syscall")
-int rbt_delete(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, done = 0;
-	struct ds_key *k;
-	int r;
-
-	ds_stuck = 0;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		r = rb_erase(&rbt, k);
-		if (ds_stuck)
-			break;
-		hits += r;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->done = done;
-	return 0;
-}
+DS_DELETE_PROG(rbt_delete, 1, rb_erase(&rbt, key))
 
 /* Free every node. */
 SEC("syscall")

@@ -36,7 +36,12 @@ static __always_inline struct sk_table __arena *sk_new(void)
 	return t;
 }
 
-/* The operations of both sketches, generated for each. */
+/* The table in the heap, for SK_OP_PROGS. */
+#define SK_HEAP_TABLE(tab)						\
+	struct sk_table __arena *t = (tab);				\
+	ds_use_heap()
+
+/* The programs of both sketches, generated for each. */
 #define SK_PROGS(pfx, tab, add, query)					\
 SEC("syscall")								\
 int pfx##_init(struct ds_args *a)					\
@@ -52,80 +57,7 @@ int pfx##_init(struct ds_args *a)					\
 	return 0;							\
 }									\
 									\
-SEC("syscall")								\
-int pfx##_update(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	struct sk_table __arena *t = tab;				\
-	struct ds_key *k;						\
-									\
-	ds_use_heap();							\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		add(t, ds_hash(k), 1);					\
-		ds_record(flags, start + i, 1);				\
-		done++;							\
-	}								\
-	a->hits = done;							\
-	a->done = done;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int pfx##_lookup(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	struct sk_table __arena *t = tab;				\
-	__u64 hits = 0, sum = 0;					\
-	struct ds_key *k;						\
-	__s64 est;							\
-									\
-	ds_use_heap();							\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		est = query(t, ds_hash(k));				\
-		if (est > 0)						\
-			hits++;						\
-		sum += est;						\
-		ds_record(flags, start + i, est);			\
-		done++;							\
-	}								\
-	a->hits = hits;							\
-	a->sum = sum;							\
-	a->done = done;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int pfx##_delete(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	struct sk_table __arena *t = tab;				\
-	struct ds_key *k;						\
-									\
-	ds_use_heap();							\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		add(t, ds_hash(k), -1);					\
-		ds_record(flags, start + i, 1);				\
-		done++;							\
-	}								\
-	a->hits = done;							\
-	a->done = done;							\
-	return 0;							\
-}									\
+SK_OP_PROGS(pfx, SK_HEAP_TABLE(tab), add, query)				\
 									\
 /* Free the table. */							\
 SEC("syscall")								\

@@ -26,96 +26,11 @@ int skl_init(struct ds_args *a)
 	return 0;
 }
 
-SEC("syscall")
-int skl_update(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, fails = 0, done = 0;
-	struct ds_key *k;
-	struct ds_val v;
-	int r;
+DS_UPDATE_PROG(skl_update, skl.head, sl_upsert(&skl, key, val))
 
-	ds_stuck = 0;
-	if (!skl.head)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		ds_make_val(&v, k, start + i);
-		r = sl_upsert(&skl, k, &v);
-		if (ds_stuck)
-			break;
-		if (r == 1)
-			hits++;
-		else if (!r)
-			fails++;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->fails = fails;
-	a->done = done;
-	return 0;
-}
+DS_LOOKUP_PROG(skl_lookup, skl.head, struct skl_node, sl_find(&skl, key))
 
-SEC("syscall")
-int skl_lookup(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, sum = 0, done = 0, res;
-	struct skl_node __arena *x;
-	struct ds_key *k;
-
-	ds_use_heap();
-	ds_stuck = 0;
-	if (!skl.head)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		x = sl_find(&skl, k);
-		if (ds_stuck)
-			break;
-		res = 0;
-		if (x) {
-			res = DS_CSUM(&x->val);
-			hits++;
-			sum += res;
-		}
-		ds_record(flags, start + i, res);
-		done++;
-	}
-	a->hits = hits;
-	a->sum = sum;
-	a->done = done;
-	return 0;
-}
-
-SEC("syscall")
-int skl_delete(struct ds_args *a)
-{
-	__u64 i, n = a->count, start = a->start, flags = a->flags, hits = 0, done = 0;
-	struct ds_key *k;
-	int r;
-
-	ds_stuck = 0;
-	if (!skl.head)
-		return 1;
-	bpf_for(i, 0, n) {
-		k = ds_key_at(start + i);
-		if (!k)
-			break;
-		r = sl_erase(&skl, k);
-		if (ds_stuck)
-			break;
-		hits += r;
-		ds_record(flags, start + i, r);
-		done++;
-	}
-	a->hits = hits;
-	a->done = done;
-	return 0;
-}
+DS_DELETE_PROG(skl_delete, skl.head, sl_erase(&skl, key))
 
 /* Free every node and the head. */
 SEC("syscall")

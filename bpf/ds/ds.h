@@ -236,6 +236,116 @@ struct ds_args {
 		}							\
 	} while (0)
 
+/*
+ * The update, lookup and delete programs of a keyed structure, each a batch
+ * of operations over struct ds_args (see above). The program returns 1
+ * without doing anything unless `ready` (the structure is set up). The
+ * operation expressions see `key` (const struct ds_key *) and, for update,
+ * `val` (const struct ds_val *):
+ *   upsert: 1 inserted, 2 replaced, 0 heap exhausted;
+ *   find:   the node holding the key (a pointer to node_t, which has a
+ *           `val`) or NULL;
+ *   erase:  1 removed, 0 absent.
+ * An operation that sets ds_stuck ends the batch uncounted.
+ */
+#define DS_UPDATE_PROG(name, ready, upsert)				\
+SEC("syscall")								\
+int name(struct ds_args *a)						\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags;	\
+	__u64 hits = 0, fails = 0, done = 0;				\
+	const struct ds_key *key;					\
+	struct ds_val __v;						\
+	const struct ds_val *val = &__v;				\
+	int r;								\
+									\
+	ds_stuck = 0;							\
+	if (!(ready))							\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		key = ds_key_at(start + i);				\
+		if (!key)						\
+			break;						\
+		ds_make_val(&__v, key, start + i);			\
+		r = (upsert);						\
+		if (ds_stuck)						\
+			break;						\
+		if (r == 1)						\
+			hits++;						\
+		else if (!r)						\
+			fails++;					\
+		ds_record(flags, start + i, r);				\
+		done++;							\
+	}								\
+	a->hits = hits;							\
+	a->fails = fails;						\
+	a->done = done;							\
+	return 0;							\
+}
+
+#define DS_LOOKUP_PROG(name, ready, node_t, find)			\
+SEC("syscall")								\
+int name(struct ds_args *a)						\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags;	\
+	__u64 hits = 0, sum = 0, done = 0, res;				\
+	const struct ds_key *key;					\
+	node_t __arena *x;						\
+									\
+	ds_use_heap();							\
+	ds_stuck = 0;							\
+	if (!(ready))							\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		key = ds_key_at(start + i);				\
+		if (!key)						\
+			break;						\
+		x = (find);						\
+		if (ds_stuck)						\
+			break;						\
+		res = 0;						\
+		if (x) {						\
+			res = DS_CSUM(&x->val);				\
+			hits++;						\
+			sum += res;					\
+		}							\
+		ds_record(flags, start + i, res);			\
+		done++;							\
+	}								\
+	a->hits = hits;							\
+	a->sum = sum;							\
+	a->done = done;							\
+	return 0;							\
+}
+
+#define DS_DELETE_PROG(name, ready, erase)				\
+SEC("syscall")								\
+int name(struct ds_args *a)						\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags;	\
+	__u64 hits = 0, done = 0;					\
+	const struct ds_key *key;					\
+	int r;								\
+									\
+	ds_stuck = 0;							\
+	if (!(ready))							\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		key = ds_key_at(start + i);				\
+		if (!key)						\
+			break;						\
+		r = (erase);						\
+		if (ds_stuck)						\
+			break;						\
+		hits += r;						\
+		ds_record(flags, start + i, r);				\
+		done++;							\
+	}								\
+	a->hits = hits;							\
+	a->done = done;							\
+	return 0;							\
+}
+
 /* Populate `bytes` of a KFlex heap ahead (nothing to do on the arena). */
 #ifdef DS_HEAP
 #define ds_reserve(bytes) ((bytes) ? kflex_reserve(DS_HEAP, (bytes)) : 0)

@@ -115,4 +115,83 @@ static __always_inline __s64 cs_query(struct sk_table SK_AS *t, __u64 h)
 	return (a + b) >> 1;
 }
 
+/*
+ * The update, lookup and delete programs of sketch `pfx` (batches over
+ * struct ds_args, see ds.h). `get_table` declares `t`, the table (a
+ * pointer to struct sk_table SK_AS, NULL if there is none: the program
+ * returns 1); `add` and `query` are the sketch's functions above.
+ */
+#define SK_OP_PROGS(pfx, get_table, add, query)			\
+SEC("syscall")								\
+int pfx##_update(struct ds_args *a)					\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
+	const struct ds_key *k;						\
+	get_table;							\
+									\
+	if (!t)								\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		k = ds_key_at(start + i);				\
+		if (!k)							\
+			break;						\
+		add(t, ds_hash(k), 1);					\
+		ds_record(flags, start + i, 1);				\
+		done++;							\
+	}								\
+	a->hits = done;							\
+	a->done = done;							\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int pfx##_lookup(struct ds_args *a)					\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
+	__u64 hits = 0, sum = 0;					\
+	const struct ds_key *k;						\
+	__s64 est;							\
+	get_table;							\
+									\
+	if (!t)								\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		k = ds_key_at(start + i);				\
+		if (!k)							\
+			break;						\
+		est = query(t, ds_hash(k));				\
+		if (est > 0)						\
+			hits++;						\
+		sum += est;						\
+		ds_record(flags, start + i, est);			\
+		done++;							\
+	}								\
+	a->hits = hits;							\
+	a->sum = sum;							\
+	a->done = done;							\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int pfx##_delete(struct ds_args *a)					\
+{									\
+	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
+	const struct ds_key *k;						\
+	get_table;							\
+									\
+	if (!t)								\
+		return 1;						\
+	bpf_for(i, 0, n) {						\
+		k = ds_key_at(start + i);				\
+		if (!k)							\
+			break;						\
+		add(t, ds_hash(k), -1);					\
+		ds_record(flags, start + i, 1);				\
+		done++;							\
+	}								\
+	a->hits = done;							\
+	a->done = done;							\
+	return 0;							\
+}
+
 #endif /* __KFLEX_DS_SKETCH_H */

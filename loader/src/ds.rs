@@ -153,6 +153,25 @@ pub struct Args {
     pub done: u64,
 }
 
+/// `struct nat_args` of `bpf/bench/native.bpf.c`, the context of the
+/// programs that drive the component's native structures.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NativeArgs {
+    /// 0 list, 1 rbtree, 2 skiplist.
+    pub ds: u64,
+    /// 0 update, 1 lookup, 2 delete.
+    pub op: u64,
+    /// Index of the first key in nat_keys.
+    pub first: u64,
+    /// Operations (nat_init: bytes to populate ahead, 0 for 4 MiB).
+    pub count: u64,
+    /// Out: keys found or inserted.
+    pub found: u64,
+    /// Out: failed operations.
+    pub errors: u64,
+}
+
 /// Runs a syscall program once with context `ctx` (BPF_PROG_TEST_RUN),
 /// which the program may update; returns the wall time of the call and
 /// fails unless the program returned 0. `T` must be plain old data.

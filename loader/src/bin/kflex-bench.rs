@@ -651,26 +651,14 @@ fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Opt
     }))
 }
 
-/// `struct nat_args` of `bpf/bench/native.bpf.c`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct NatArgs {
-    ds: u64,
-    op: u64,
-    first: u64,
-    count: u64,
-    found: u64,
-    errors: u64,
-}
-
-/// Loads `native.bpf.c`, copies the workload's keys into its key array and
-/// runs its nat_init.
 /// Whether the running kernel has the native structures (CONFIG_KFLEX_BENCH).
 fn native_available() -> bool {
     std::fs::read_to_string("/proc/kallsyms")
         .is_ok_and(|s| s.lines().any(|l| l.ends_with(" bpf_kflex_bench_native")))
 }
 
+/// Loads `native.bpf.c`, copies the workload's keys into its key array and
+/// runs its nat_init.
 fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>> {
     use libbpf_rs::{MapCore as _, MapFlags};
 
@@ -691,7 +679,7 @@ fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>
         .context("copying the keys to nat_keys")?;
     // nat_init populates `count` bytes of the heap ahead, as the heap
     // structures' init programs do.
-    let mut a = NatArgs { count: sz.reserve(), ..Default::default() };
+    let mut a = ds::NativeArgs { count: sz.reserve(), ..Default::default() };
     ds::run_ctx(sk.progs.nat_init.as_fd(), &mut a).context("nat_init")?;
     Ok(sk)
 }
@@ -706,7 +694,7 @@ fn run_native_rep(nds: u64, work: &WorkMaps, sz: Sizes) -> Result<[Option<Phase>
         let (mut found, mut time, mut off) = (0, Duration::ZERO, 0);
         while off < sz.ops {
             let n = sz.batch.min(sz.ops - off);
-            let mut a = NatArgs {
+            let mut a = ds::NativeArgs {
                 ds: nds,
                 op: i as u64,
                 first: start + off,

@@ -132,6 +132,17 @@ macro_rules! heap_subject {
     }};
 }
 
+/// [`heap_subject!`] for build `b`: the skeleton built for the KFlex heap
+/// or the one built for the upstream arena.
+macro_rules! build_subject {
+    ($b:expr, $name:expr, $kflex:path, $arena:path, $($rest:tt)*) => {
+        match $b {
+            Build::KFlex => heap_subject!($name, $kflex, $($rest)*),
+            Build::Arena => heap_subject!($name, $arena, $($rest)*),
+        }
+    };
+}
+
 /// The builds of every heap structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Build {
@@ -399,32 +410,20 @@ fn empty_and_clear<M: Model>(
 
 fn list_subject(b: Build, work: &WorkMaps) -> Result<Subject> {
     let name = format!("list/{}", b.name());
-    Ok(match b {
-        Build::KFlex => heap_subject!(
-            name,
-            ds_list::DsListSkelBuilder,
-            work,
-            list,
-            3,
-            list_init,
-            list_update,
-            list_lookup,
-            list_delete,
-            list_clear
-        ),
-        Build::Arena => heap_subject!(
-            name,
-            ds_list_arena::DsListArenaSkelBuilder,
-            work,
-            list,
-            3,
-            list_init,
-            list_update,
-            list_lookup,
-            list_delete,
-            list_clear
-        ),
-    })
+    Ok(build_subject!(
+        b,
+        name,
+        ds_list::DsListSkelBuilder,
+        ds_list_arena::DsListArenaSkelBuilder,
+        work,
+        list,
+        3,
+        list_init,
+        list_update,
+        list_lookup,
+        list_delete,
+        list_clear
+    ))
 }
 
 /// Walks the list both ways: links agree, ends and length match, nodes
@@ -472,32 +471,20 @@ pub fn list_matches_model() -> Result<()> {
 
 fn rbtree_subject(b: Build, work: &WorkMaps) -> Result<Subject> {
     let name = format!("rbtree/{}", b.name());
-    Ok(match b {
-        Build::KFlex => heap_subject!(
-            name,
-            ds_rbtree::DsRbtreeSkelBuilder,
-            work,
-            rbt,
-            2,
-            rbt_init,
-            rbt_update,
-            rbt_lookup,
-            rbt_delete,
-            rbt_clear
-        ),
-        Build::Arena => heap_subject!(
-            name,
-            ds_rbtree_arena::DsRbtreeArenaSkelBuilder,
-            work,
-            rbt,
-            2,
-            rbt_init,
-            rbt_update,
-            rbt_lookup,
-            rbt_delete,
-            rbt_clear
-        ),
-    })
+    Ok(build_subject!(
+        b,
+        name,
+        ds_rbtree::DsRbtreeSkelBuilder,
+        ds_rbtree_arena::DsRbtreeArenaSkelBuilder,
+        work,
+        rbt,
+        2,
+        rbt_init,
+        rbt_update,
+        rbt_lookup,
+        rbt_delete,
+        rbt_clear
+    ))
 }
 
 const RB_RED: u64 = 0;
@@ -579,32 +566,20 @@ pub fn rbtree_matches_model() -> Result<()> {
 
 fn hashmap_subject(b: Build, work: &WorkMaps) -> Result<Subject> {
     let name = format!("hashmap/{}", b.name());
-    Ok(match b {
-        Build::KFlex => heap_subject!(
-            name,
-            ds_hmap::DsHmapSkelBuilder,
-            work,
-            hmap,
-            4,
-            hmap_init,
-            hmap_update,
-            hmap_lookup,
-            hmap_delete,
-            hmap_clear
-        ),
-        Build::Arena => heap_subject!(
-            name,
-            ds_hmap_arena::DsHmapArenaSkelBuilder,
-            work,
-            hmap,
-            4,
-            hmap_init,
-            hmap_update,
-            hmap_lookup,
-            hmap_delete,
-            hmap_clear
-        ),
-    })
+    Ok(build_subject!(
+        b,
+        name,
+        ds_hmap::DsHmapSkelBuilder,
+        ds_hmap_arena::DsHmapArenaSkelBuilder,
+        work,
+        hmap,
+        4,
+        hmap_init,
+        hmap_update,
+        hmap_lookup,
+        hmap_delete,
+        hmap_clear
+    ))
 }
 
 /// Every chain: its nodes hash to its bucket (by the full hash they
@@ -725,32 +700,20 @@ pub fn hashmap_two_cpus() -> Result<()> {
 
 fn skiplist_subject(b: Build, work: &WorkMaps) -> Result<Subject> {
     let name = format!("skiplist/{}", b.name());
-    Ok(match b {
-        Build::KFlex => heap_subject!(
-            name,
-            ds_skiplist::DsSkiplistSkelBuilder,
-            work,
-            skl,
-            3,
-            skl_init,
-            skl_update,
-            skl_lookup,
-            skl_delete,
-            skl_clear
-        ),
-        Build::Arena => heap_subject!(
-            name,
-            ds_skiplist_arena::DsSkiplistArenaSkelBuilder,
-            work,
-            skl,
-            3,
-            skl_init,
-            skl_update,
-            skl_lookup,
-            skl_delete,
-            skl_clear
-        ),
-    })
+    Ok(build_subject!(
+        b,
+        name,
+        ds_skiplist::DsSkiplistSkelBuilder,
+        ds_skiplist_arena::DsSkiplistArenaSkelBuilder,
+        work,
+        skl,
+        3,
+        skl_init,
+        skl_update,
+        skl_lookup,
+        skl_delete,
+        skl_clear
+    ))
 }
 
 const SKL_NEXT: u64 = 104;
@@ -820,45 +783,11 @@ pub fn skiplist_matches_model() -> Result<()> {
 
 fn sketch_subject(b: Build, work: &WorkMaps, count_sketch: bool) -> Result<Subject> {
     let name = format!("{}/{}", if count_sketch { "cs" } else { "cms" }, b.name());
-    Ok(match (b, count_sketch) {
-        (Build::KFlex, false) => heap_subject!(
+    Ok(if count_sketch {
+        build_subject!(
+            b,
             name,
             ds_sketch::DsSketchSkelBuilder,
-            work,
-            cms_tab,
-            1,
-            cms_init,
-            cms_update,
-            cms_lookup,
-            cms_delete,
-            cms_clear
-        ),
-        (Build::KFlex, true) => heap_subject!(
-            name,
-            ds_sketch::DsSketchSkelBuilder,
-            work,
-            cs_tab,
-            1,
-            cs_init,
-            cs_update,
-            cs_lookup,
-            cs_delete,
-            cs_clear
-        ),
-        (Build::Arena, false) => heap_subject!(
-            name,
-            ds_sketch_arena::DsSketchArenaSkelBuilder,
-            work,
-            cms_tab,
-            1,
-            cms_init,
-            cms_update,
-            cms_lookup,
-            cms_delete,
-            cms_clear
-        ),
-        (Build::Arena, true) => heap_subject!(
-            name,
             ds_sketch_arena::DsSketchArenaSkelBuilder,
             work,
             cs_tab,
@@ -868,7 +797,22 @@ fn sketch_subject(b: Build, work: &WorkMaps, count_sketch: bool) -> Result<Subje
             cs_lookup,
             cs_delete,
             cs_clear
-        ),
+        )
+    } else {
+        build_subject!(
+            b,
+            name,
+            ds_sketch::DsSketchSkelBuilder,
+            ds_sketch_arena::DsSketchArenaSkelBuilder,
+            work,
+            cms_tab,
+            1,
+            cms_init,
+            cms_update,
+            cms_lookup,
+            cms_delete,
+            cms_clear
+        )
     })
 }
 

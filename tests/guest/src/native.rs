@@ -5,30 +5,24 @@
 //! against a model, then the structures walked from user space through the
 //! heap mapping and their invariants checked.
 
-use std::collections::{BTreeSet, HashSet};
+use std::{
+    collections::{BTreeSet, HashSet},
+    os::fd::AsFd,
+};
 
 use anyhow::{bail, ensure, Context, Result};
-use kflex_load::skel::native::*;
+use kflex_load::{
+    ds::{self, NativeArgs},
+    skel::native::*,
+};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    MapCore, MapFlags, ProgramInput,
+    MapCore, MapFlags,
 };
 
 use crate::{heap::HeapStats, util::*};
 
 type Key = [u8; 32];
-
-/// `struct nat_args`.
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct NatArgs {
-    ds: u64,
-    op: u64,
-    first: u64,
-    count: u64,
-    found: u64,
-    errors: u64,
-}
 
 struct Loaded {
     skel: NativeSkel<'static>,
@@ -45,24 +39,19 @@ impl Loaded {
         }
         let base = heap_base(&skel.maps.heap)?;
         let l = Loaded { skel, base };
-        l.run(&mut NatArgs::default(), true)?;
+        l.run(&mut NativeArgs::default(), true)?;
         Ok(l)
     }
 
-    fn run(&self, a: &mut NatArgs, init: bool) -> Result<()> {
-        // SAFETY: `NatArgs` is plain old data.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(a as *mut NatArgs as *mut u8, size_of::<NatArgs>())
-        };
+    fn run(&self, a: &mut NativeArgs, init: bool) -> Result<()> {
         let prog = if init { &self.skel.progs.nat_init } else { &self.skel.progs.nat_run };
-        let out = prog.test_run(ProgramInput { context_in: Some(bytes), ..Default::default() })?;
-        ensure!(out.return_value == 0, "program returned {}", out.return_value);
+        ds::run_ctx(prog.as_fd(), a)?;
         Ok(())
     }
 
     /// One operation; returns whether the key was found or inserted.
     fn op(&self, ds: u64, op: u64, idx: usize) -> Result<bool> {
-        let mut a = NatArgs { ds, op, first: idx as u64, count: 1, ..Default::default() };
+        let mut a = NativeArgs { ds, op, first: idx as u64, count: 1, ..Default::default() };
         self.run(&mut a, false)?;
         ensure!(a.errors == 0, "ds {ds} op {op} key {idx}: the kfunc failed");
         Ok(a.found == 1)
