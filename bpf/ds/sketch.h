@@ -115,15 +115,10 @@ static __always_inline __s64 cs_query(struct sk_table SK_AS *t, __u64 h)
 	return (a + b) >> 1;
 }
 
-/*
- * The update, lookup and delete programs of sketch `pfx` (batches over
- * struct ds_args, see ds.h). `get_table` declares `t`, the table (a
- * pointer to struct sk_table SK_AS, NULL if there is none: the program
- * returns 1); `add` and `query` are the sketch's functions above.
- */
-#define SK_OP_PROGS(pfx, get_table, add, query)			\
+/* Program `name`: adds `delta` to the counters of every key of the batch. */
+#define SK_ADD_PROG(name, get_table, add, delta)			\
 SEC("syscall")								\
-int pfx##_update(struct ds_args *a)					\
+int name(struct ds_args *a)						\
 {									\
 	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
 	const struct ds_key *k;						\
@@ -135,14 +130,24 @@ int pfx##_update(struct ds_args *a)					\
 		k = ds_key_at(start + i);				\
 		if (!k)							\
 			break;						\
-		add(t, ds_hash(k), 1);					\
+		add(t, ds_hash(k), delta);				\
 		ds_record(flags, start + i, 1);				\
 		done++;							\
 	}								\
 	a->hits = done;							\
 	a->done = done;							\
 	return 0;							\
-}									\
+}
+
+/*
+ * The update, lookup and delete programs of sketch `pfx` (batches over
+ * struct ds_args, see ds.h). `get_table` declares `t`, the table (a
+ * pointer to struct sk_table SK_AS, NULL if there is none: the program
+ * returns 1); `add` and `query` are the sketch's functions above.
+ */
+#define SK_OP_PROGS(pfx, get_table, add, query)			\
+SK_ADD_PROG(pfx##_update, get_table, add, 1)				\
+SK_ADD_PROG(pfx##_delete, get_table, add, -1)				\
 									\
 SEC("syscall")								\
 int pfx##_lookup(struct ds_args *a)					\
@@ -168,28 +173,6 @@ int pfx##_lookup(struct ds_args *a)					\
 	}								\
 	a->hits = hits;							\
 	a->sum = sum;							\
-	a->done = done;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int pfx##_delete(struct ds_args *a)					\
-{									\
-	__u64 i, n = a->count, start = a->start, flags = a->flags, done = 0; \
-	const struct ds_key *k;						\
-	get_table;							\
-									\
-	if (!t)								\
-		return 1;						\
-	bpf_for(i, 0, n) {						\
-		k = ds_key_at(start + i);				\
-		if (!k)							\
-			break;						\
-		add(t, ds_hash(k), -1);					\
-		ds_record(flags, start + i, 1);				\
-		done++;							\
-	}								\
-	a->hits = done;							\
 	a->done = done;							\
 	return 0;							\
 }
