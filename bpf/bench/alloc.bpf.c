@@ -81,6 +81,24 @@ int batches(struct bench_args *a)
 }
 
 /* Populate a KFlex heap ahead (no-op for the arena). */
+#ifndef KFLEX_UPSTREAM_ARENA
+/*
+ * The calls of a pair without the allocator: two bpf_kflex_free() calls
+ * that return at once (NULL is ignored by the kfunc's C side).
+ */
+SEC("syscall")
+int calls(struct bench_args *a)
+{
+	__u64 i;
+
+	bpf_for(i, 0, a->n) {
+		bpf_kflex_free(&heap, NULL);
+		bpf_kflex_free(&heap, NULL);
+	}
+	return 0;
+}
+#endif
+
 SEC("syscall")
 int prepare(struct bench_args *a)
 {

@@ -221,6 +221,16 @@ fn alloc_cases(ops: u64) -> Vec<Case> {
             }
         }
     }
+    // How much of a pair is the two kfunc calls themselves.
+    cases.push(Case {
+        name: "alloc/kfunc-calls/kflex".into(),
+        baseline: Some("alloc/pairs/64/kflex".into()),
+        ops,
+        run: Box::new(move |s: &AllocSkels| {
+            let (_, t) = run_prog(&s.kflex.progs.calls, Args { n: ops, ..Default::default() })?;
+            Ok(t.as_nanos() as f64 / ops as f64)
+        }),
+    });
     cases
 }
 
