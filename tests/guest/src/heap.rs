@@ -469,15 +469,20 @@ pub fn close_releases_everything() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // The pages are freed right after the heap leaves the list; freed pages
-    // may sit in per-CPU page lists for a while, hence the slack (a leak
-    // would be all 64 MiB).
+    // may sit in per-CPU page lists for a while. At least 60 of the 64 MiB
+    // must come back (a leak would keep all of it); comparing with the
+    // MemFree before the heap existed is left to the log, since the rest of
+    // the guest (page cache, kernel page tables) moves it by a few MiB.
     let mut free2 = mem_free_kib()?;
-    while free2 + 8 * 1024 < free0 && Instant::now() < deadline + Duration::from_secs(10) {
+    while free2 < free1 + 60 * 1024 && Instant::now() < deadline + Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(100));
         free2 = mem_free_kib()?;
     }
-    println!("meminfo: MemFree {free2} kB after close");
-    ensure!(free2 + 8 * 1024 >= free0, "memory not returned: {free0} kB -> {free2} kB");
+    println!("meminfo: MemFree {free2} kB after close ({free0} kB before the heap)");
+    ensure!(
+        free2 >= free1 + 60 * 1024,
+        "memory not returned: {free1} kB with the heap, {free2} kB after close"
+    );
     if variant() == "m" {
         sh("rmmod", &["kflex"])?;
         ensure!(kflex_status()? == "absent", "status after rmmod");
