@@ -80,7 +80,6 @@ int batches(struct bench_args *a)
 	return 0;
 }
 
-/* Populate a KFlex heap ahead (no-op for the arena). */
 #ifndef KFLEX_UPSTREAM_ARENA
 /*
  * The calls of a pair without the allocator: two bpf_kflex_free() calls
@@ -99,6 +98,7 @@ int calls(struct bench_args *a)
 }
 #endif
 
+/* Populate a KFlex heap ahead (no-op for the arena). */
 SEC("syscall")
 int prepare(struct bench_args *a)
 {

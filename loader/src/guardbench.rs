@@ -5,16 +5,16 @@
 //! (`kernel.kflex_guard_mode`), in one run. Ratios are to the unguarded
 //! KFlex variant.
 
-use std::{mem::MaybeUninit, time::Instant};
+use std::{mem::MaybeUninit, os::fd::AsFd};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    ProgramInput, ProgramMut,
+    ProgramMut,
 };
 
 use crate::{
-    bench,
+    bench, ds,
     skel::{guards, guards_arena},
 };
 
@@ -42,16 +42,9 @@ struct Args {
     ret: u64,
 }
 
+/// Runs a benchmark program once with `a`; returns the wall time in ns.
 fn run_prog(prog: &ProgramMut, mut a: Args) -> Result<f64> {
-    // SAFETY: `Args` is plain old data.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(&mut a as *mut Args as *mut u8, size_of::<Args>())
-    };
-    let t = Instant::now();
-    let out = prog.test_run(ProgramInput { context_in: Some(bytes), ..Default::default() })?;
-    let ns = t.elapsed().as_nanos() as f64;
-    ensure!(out.return_value == 0, "program returned {}", out.return_value);
-    Ok(ns)
+    Ok(ds::run_ctx(prog.as_fd(), &mut a)?.as_nanos() as f64)
 }
 
 /// Restores guard mode 0 when dropped.

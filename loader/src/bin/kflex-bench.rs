@@ -49,7 +49,7 @@ use kflex_load::{
 };
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    ProgramInput, ProgramMut,
+    ProgramMut,
 };
 
 /// KFlex benchmarks (run as root on a KFlex kernel).
@@ -121,16 +121,8 @@ struct Args {
 /// Runs a syscall program once with `args`; returns the updated arguments
 /// and the wall time of the run.
 fn run_prog(prog: &ProgramMut, mut args: Args) -> Result<(Args, Duration)> {
-    // SAFETY: `Args` is plain old data.
-    let bytes = unsafe {
-        std::slice::from_raw_parts_mut(&mut args as *mut Args as *mut u8, size_of::<Args>())
-    };
-    let input = ProgramInput { context_in: Some(bytes), ..Default::default() };
-    let t = Instant::now();
-    let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
-    let elapsed = t.elapsed();
-    ensure!(out.return_value == 0, "program returned {}", out.return_value);
-    Ok((args, elapsed))
+    let t = ds::run_ctx(prog.as_fd(), &mut args)?;
+    Ok((args, t))
 }
 
 /// One allocator variant: which skeleton, which allocator kind.
