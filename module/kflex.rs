@@ -11,8 +11,10 @@
 use kernel::{c_str, prelude::*, str::CStr};
 
 mod heap;
-// Shared with the host crate (hence `pub` items), not all used here.
-#[allow(dead_code, unreachable_pub)]
+// Shared with the host crate (kflex-core), where its items are the public
+// API; here the module is private, so their `pub` reaches only this crate.
+// Host-only items are behind `feature = "host-tools"`, never set here.
+#[allow(unreachable_pub)]
 mod logic;
 #[cfg(CONFIG_KFLEX_BENCH)]
 mod native;

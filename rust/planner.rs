@@ -10,7 +10,10 @@
 
 use kernel::{alloc::KVVec, prelude::*};
 
-use crate::logic::guard::{self, BlockState, Insn, Mark, Mode, Params};
+use crate::logic::{
+    bpf::{Insn, CLASS_MASK, LDX},
+    guard::{self, BlockState, Mark, Mode, Params},
+};
 
 /// Guard modes (`kernel.kflex_guard_mode`): 0 full (guards with range
 /// analysis), 1 performance (no guards on loads), 2 unguarded (no guards on
@@ -27,9 +30,10 @@ fn mode(m: u32) -> Result<(Mode, bool)> {
     }
 }
 
-/// The register holding the address of heap access `insn`.
+/// The register holding the address of heap access `insn`: the source of a
+/// load, the destination of a store or atomic.
 fn address_reg(insn: &Insn) -> u8 {
-    if insn.code & 0x07 == 0x01 {
+    if insn.code & CLASS_MASK == LDX {
         insn.src
     } else {
         insn.dst

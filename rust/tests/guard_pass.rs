@@ -8,7 +8,10 @@
 mod common;
 
 use common::*;
-use kflex_core::logic::guard::{self, bpf::*, BlockState, Error, Insn, Mark, Mode, Params};
+use kflex_core::logic::{
+    bpf::*,
+    guard::{self, BlockState, Error, Mark, Mode, Params},
+};
 use std::time::Instant;
 
 const G: fn(u8) -> Mark = Mark::Guard;

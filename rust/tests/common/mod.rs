@@ -6,7 +6,11 @@
 
 #![allow(dead_code)]
 
-use kflex_core::logic::guard::{self, bpf::*, BlockState, Error, Insn, Mark, Mode, Params, Stats};
+use kflex_core::logic::{
+    bpf::*,
+    geometry,
+    guard::{self, BlockState, Error, Mark, Mode, Params, Stats},
+};
 
 // ---------------------------------------------------------------------------
 // PRNG (splitmix64): deterministic, no dependencies.
@@ -533,10 +537,10 @@ impl Interp<'_> {
                 let eff = regs[addr] as i64 as i128 + off as i128;
                 sum.trace.push(Access { eff, width: w });
                 if self.marks.is_some() && required {
-                    let lo = -(guard::GUARD_BELOW as i128);
+                    let lo = -(geometry::GUARD_LO as i128);
                     let hi = if guarded {
                         sum.guarded_exec += 1;
-                        size as i128 + guard::GUARD_ABOVE as i128 - w
+                        size as i128 + geometry::GUARD_HI as i128 - w
                     } else {
                         sum.elided_exec += 1;
                         size as i128 + 32768 - w
