@@ -8,12 +8,21 @@
 //! translates them (`dst = src & mask`, the heap offset of a user address),
 //! in every mode, as the upstream arena does with a 32-bit move.
 
-use kernel::{alloc::KVVec, prelude::*};
+use kernel::{alloc::KVVec, bindings, prelude::*};
 
 use crate::logic::{
-    bpf::{Insn, CLASS_MASK, LDX},
-    guard::{self, BlockState, Mark, Mode, Params},
+    bpf::{Insn, CLASS_MASK, LDX, REG_AX, REG_FP},
+    guard::{self, BlockState, Mark, Mode, Params, MAX_GUARD_REG},
 };
+
+// The marks contract with `kflex_instrument()` (`kernel/bpf/verifier.c`): a
+// mark is the guarded register + 1, and the C side refuses any register
+// above `BPF_REG_9`, the bound the pass itself keeps (`MAX_GUARD_REG`): never
+// `r10` (`BPF_REG_10`) nor `BPF_REG_AX` (`MAX_BPF_REG`, i.e. `__MAX_BPF_REG`
+// in `include/uapi/linux/bpf.h`).
+const _: () = assert!(MAX_GUARD_REG as u32 == bindings::BPF_REG_9);
+const _: () = assert!(REG_FP as u32 == bindings::BPF_REG_10);
+const _: () = assert!(REG_AX as u32 == bindings::__MAX_BPF_REG);
 
 /// Guard modes (`kernel.kflex_guard_mode`): 0 full (guards with range
 /// analysis), 1 performance (no guards on loads), 2 unguarded (no guards on

@@ -4,7 +4,7 @@
 //! (registers, opcodes, jump and call targets, `LD_IMM64` pairs) and
 //! decodes it into an [`Op`], the forms the analysis tells apart.
 
-use super::{Error, Mode};
+use super::{Error, Mode, MAX_GUARD_REG};
 use crate::logic::bpf::*;
 
 /// Decoded instruction.
@@ -197,7 +197,7 @@ impl Pass<'_> {
                 }
                 match mode {
                     PROBE_MEM32 => {
-                        if src == REG_FP {
+                        if src > MAX_GUARD_REG {
                             return Err(bad);
                         }
                         Op::HeapLoad { dst, addr: src, off }
@@ -214,7 +214,7 @@ impl Pass<'_> {
                     Op::Store { dst, off, size, val: if class == STX { Some(src) } else { None } }
                 }
                 PROBE_MEM32 => {
-                    if dst == REG_FP {
+                    if dst > MAX_GUARD_REG {
                         return Err(bad);
                     }
                     Op::HeapStore { addr: dst, off }
@@ -225,7 +225,7 @@ impl Pass<'_> {
                     }
                     if mode == ATOMIC {
                         Op::Atomic { src, imm }
-                    } else if dst == REG_FP {
+                    } else if dst > MAX_GUARD_REG {
                         return Err(bad);
                     } else {
                         Op::HeapAtomic { addr: dst, off, src, imm }

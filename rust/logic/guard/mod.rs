@@ -29,8 +29,10 @@
 //!
 //! A whole block state is either unreached (bottom) or holds one value per
 //! register and slot. `r10` (read-only frame pointer) and the kernel-internal
-//! `BPF_REG_AX` (`r11`) always read as `Unknown`. Merges take the interval
-//! hull; any other mix is `Unknown`. Widening: a block entry state that has
+//! `BPF_REG_AX` (`r11`) always read as `Unknown`; neither may address a heap
+//! access (the pass refuses the program), so a guard names `r0` to
+//! [`MAX_GUARD_REG`] only. Merges take the interval hull; any other mix
+//! is `Unknown`. Widening: a block entry state that has
 //! changed [`WIDEN_LOOP`] times (for targets of backward jumps) or
 //! [`WIDEN_ANY`] times (other blocks) widens every component that still
 //! changes to `Unknown`. Every state therefore changes at most
@@ -67,10 +69,7 @@
 //! plain BPF program for the tests. The instruction set itself is
 //! [`crate::logic::bpf`].
 
-use super::{
-    bpf::{Insn, REG_AX, REG_FP},
-    geometry,
-};
+use super::{bpf::Insn, geometry};
 
 mod decode;
 mod domain;
@@ -95,6 +94,16 @@ pub const WINDOW_HI: i64 = 32759;
 pub const MAX_INSNS: usize = 1 << 24;
 /// Size of a stack frame.
 pub const STACK_SIZE: usize = 512;
+/// Highest register a [`Mark::Guard`] may name: `r9`.
+///
+/// Heap accesses address the heap through `r0..r9` only: `r10` is the
+/// read-only frame pointer and `BPF_REG_AX` the verifier's scratch register,
+/// which its rewrites use but never as the address of a heap access. The pass
+/// refuses a heap access through either ([`Error::BadInsn`]), so it never
+/// marks them, and [`Mark::decode`] refuses such marks. The kernel checks the
+/// same bound on the marks it receives (`kflex_instrument()` in `verifier.c`:
+/// at most `BPF_REG_9`, asserted against the kernel's value in `planner.rs`).
+pub const MAX_GUARD_REG: u8 = 9;
 /// Number of entry-state changes after which a backward-jump target widens.
 pub const WIDEN_LOOP: u8 = 3;
 /// Number of entry-state changes after which any block widens.
@@ -247,9 +256,7 @@ impl Mark {
             MARK_ELIDED => Some(Mark::Elided),
             MARK_UNCHECKED => Some(Mark::Unchecked),
             MARK_CAST => Some(Mark::Cast),
-            _ if b & 0xf0 == MARK_GUARD && b & 0x0f <= REG_AX && b & 0x0f != REG_FP => {
-                Some(Mark::Guard(b & 0x0f))
-            }
+            _ if b & 0xf0 == MARK_GUARD && b & 0x0f <= MAX_GUARD_REG => Some(Mark::Guard(b & 0x0f)),
             _ => None,
         }
     }

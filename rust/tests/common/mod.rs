@@ -774,6 +774,16 @@ fn reg(rng: &mut Rng) -> u8 {
     }
 }
 
+/// `r`, or `r1` for AX: AX never addresses the heap (the pass refuses it, see
+/// `guard::MAX_GUARD_REG`), though programs may compute with it.
+fn heap_reg(r: u8) -> u8 {
+    if r == AX {
+        R1
+    } else {
+        r
+    }
+}
+
 fn heap_off(rng: &mut Rng) -> i16 {
     match rng.below(8) {
         0..=2 => rng.range(-64, 64) as i16,
@@ -817,7 +827,7 @@ fn stack_off(rng: &mut Rng) -> i16 {
 /// `cast; add ...; access` with `c + off` at the edges of the window,
 /// sometimes reached through additions whose 32-bit sum wraps.
 fn window_edge(rng: &mut Rng, out: &mut Vec<Item>) {
-    let r = reg(rng);
+    let r = heap_reg(reg(rng));
     let t: i64 = rng.pick(&[
         -32770, -32769, -32768, -32767, 32756, 32757, 32758, 32759, 32760, 32766, 32767, 32768,
     ]);
@@ -877,7 +887,7 @@ fn spill_fill(rng: &mut Rng, out: &mut Vec<Item>) {
         1 => st(size_f(rng), R10, slot + rng.range(-7, 7) as i16, rng.next_u64() as i32),
         2 => call_helper(1),
         3 => atomic(DW, R10, reg(rng), slot, atomic_imm(rng)),
-        4 => hstx(DW, reg(rng), reg(rng), 0),
+        4 => hstx(DW, heap_reg(reg(rng)), reg(rng), 0),
         _ => movk(r, 0),
     };
     if rng.chance(1, 2) {
@@ -887,7 +897,7 @@ fn spill_fill(rng: &mut Rng, out: &mut Vec<Item>) {
     } else {
         out.push(Item::One(clobber));
     }
-    let f = reg(rng);
+    let f = heap_reg(reg(rng));
     let fill_insn = match rng.below(6) {
         0 => ldx(size_f(rng), f, R10, slot + rng.range(-7, 7) as i16),
         1 => ins(LDX | MEMSX | rng.pick(&[B, H, W]), f, R10, slot, 0),
@@ -909,19 +919,19 @@ fn gen_item(rng: &mut Rng, nsub: usize, this: usize, len: usize, out: &mut Vec<I
             out.push(one(cast(d, s)));
         }
         12..=21 => {
-            let a = reg(rng);
+            let a = heap_reg(reg(rng));
             out.push(one(hld(size_f(rng), reg(rng), a, heap_off(rng))));
         }
         22..=25 => {
-            let a = reg(rng);
+            let a = heap_reg(reg(rng));
             out.push(one(hstx(size_f(rng), a, reg(rng), heap_off(rng))));
         }
         26..=27 => {
-            let a = reg(rng);
+            let a = heap_reg(reg(rng));
             out.push(one(hst(size_f(rng), a, heap_off(rng), add_imm(rng))));
         }
         28..=29 => {
-            let a = reg(rng);
+            let a = heap_reg(reg(rng));
             let sz = rng.pick(&[W, DW]);
             out.push(one(hatomic(sz, a, reg(rng), heap_off(rng), atomic_imm(rng))));
         }
