@@ -27,3 +27,14 @@ kflex_build_dir() { echo "$KFLEX_CACHE/build-$1/linux"; }
 
 kflex_log() { printf '[kflex] %s\n' "$*" >&2; }
 kflex_die() { printf 'kflex: error: %s\n' "$*" >&2; exit 1; }
+
+# Kernel variants linux/build.sh builds, each in its own tree build-VARIANT:
+# y and m (CONFIG_KFLEX=y/=m: the guest kernels of `make test`), st (y plus
+# the selftests options of linux/kflex-selftests.config), base (st's
+# configuration without KFlex: no patches, no component; the baseline of
+# `make selftests`) and debug (y plus linux/kflex-debug.config: KASAN,
+# lockdep, ...).
+KFLEX_VARIANTS="y m st base debug"
+kflex_variant_ok() { case " $KFLEX_VARIANTS " in *" $1 "*) [ -n "$1" ] ;; *) return 1 ;; esac; }
+# The make target that builds a variant's kernel.
+kflex_variant_target() { case "$1" in y | m) echo kernel ;; *) echo "kernel-$1" ;; esac; }

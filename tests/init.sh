@@ -2,7 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # /init of the KFlex guest initramfs. Mounts the host's root file system
-# (read-only 9p) and the run directory (writable 9p), chroots into the host
+# (read-only 9p), tmpfs on /tmp, /run and /var/*, the run directory
+# (writable 9p) and then the host directories listed in /run/kflex/shares
+# (lines "TAG ro|rw PATH", written by tests/vm.sh: the repository and the
+# cache, which may lie under /tmp) at their own paths, chroots into the host
 # root and runs /run/kflex/cmd.sh there. Its exit code goes to
 # /run/kflex/rc and the kernel log to /run/kflex/dmesg, then the guest powers
 # off.
@@ -29,6 +32,14 @@ mount -t cgroup2 cgroup2 /host/sys/fs/cgroup 2>/dev/null
 mkdir -p /host/run/kflex
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 kflexrun /host/run/kflex ||
 	{ echo "kflex-guest: cannot mount the run directory"; poweroff -f; }
+if [ -f /host/run/kflex/shares ]; then
+	while read -r tag mode path; do
+		[ -n "$tag" ] || continue
+		mkdir -p "/host$path" 2>/dev/null
+		mount -t 9p -o "trans=virtio,version=9p2000.L,msize=512000,$mode,cache=loose" "$tag" "/host$path" ||
+			{ echo "kflex-guest: cannot mount $path"; poweroff -f; }
+	done </host/run/kflex/shares
+fi
 ip link set lo up
 hostname kflex-guest
 chroot /host /bin/bash /run/kflex/cmd.sh

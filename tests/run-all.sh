@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Every test: host tests (`cargo test`), then the guest test suite on the
-# built-in kernel (CONFIG_KFLEX=y) and on the module kernel (=m). Ends with
-# one line "N passed, M failed"; exit status non-zero on any failure.
+# Every test: host tests (`cargo test`), formatting and lints, the harness
+# from a clone under /tmp (tests/clone-test.sh), then the guest test suite on
+# the built-in kernel (CONFIG_KFLEX=y) and on the module kernel (=m). Ends
+# with one line "N passed, M failed"; exit status non-zero on any failure.
 set -uo pipefail
 . "$(dirname "$0")/../linux/env.sh"
 export KFLEX_VMLINUX_DIR=${KFLEX_VMLINUX_DIR:-$KFLEX_CACHE/include}
@@ -28,6 +29,23 @@ count() {
 
 logdir=$(mktemp -d /tmp/kflex-test.XXXXXX)
 
+# Runs "$@" as one test with a time limit of $STEP_TIMEOUT seconds; its
+# output goes to the console and to $logdir/$name.log.
+step() {
+	local name=$1 rc=0
+	shift
+	timeout -k 10 "$STEP_TIMEOUT" "$@" 2>&1 | tee "$logdir/$name.log" || rc=$?
+	if [ "$rc" -eq 0 ]; then
+		passed=$((passed + 1))
+	else
+		[ "$rc" -ne 124 ] || echo "kflex: $name did not finish within $STEP_TIMEOUT s" >&2
+		echo "kflex: FAILED: $name (log: $logdir/$name.log)" >&2
+		failed=$((failed + 1))
+	fi
+}
+
+[ -f "$KFLEX_VMLINUX_DIR/vmlinux.h" ] ||
+	kflex_die "no $KFLEX_VMLINUX_DIR/vmlinux.h: run \`make test\` (or \`make tools\` first); \`cargo test -p kflex-core\` needs no kernel"
 kflex_log "host tests (cargo test)"
 (cd "$KFLEX_REPO" && cargo test --workspace --locked 2>&1) | tee "$logdir/host.log"
 hrc=${PIPESTATUS[0]}
@@ -46,6 +64,9 @@ for check in "cargo fmt --all --check" "cargo clippy --workspace --all-targets -
 		failed=$((failed + 1))
 	fi
 done
+
+kflex_log "the guest harness from a clone under /tmp"
+STEP_TIMEOUT=300 step clone-test "$KFLEX_REPO/tests/clone-test.sh"
 
 guest_bin=$CARGO_TARGET_DIR/release/kflex-guest-tests
 for v in y m; do
