@@ -4,6 +4,13 @@
 # linux/build.sh VARIANT -- build the KFlex guest kernel (VARIANT: y or m,
 # the value of CONFIG_KFLEX) in $KFLEX_CACHE/build-VARIANT/linux.
 #
+# Three more variants, not part of `make kernel`, each in its own tree:
+#   st     y plus linux/kflex-selftests.config (what the BPF selftests need);
+#   base   st's configuration without KFlex: no patches applied, no component
+#          copied, the CONFIG_KFLEX* lines of kflex.config dropped (the
+#          unpatched baseline of `make selftests`);
+#   debug  y plus linux/kflex-debug.config (KASAN, lockdep, ...).
+#
 #  1. extract Debian's linux-source-6.12 once (pristine copy in the cache);
 #  2. apply Kconfig.patch and linux/patches/*.patch: the files they touch are
 #     re-made from pristine + patches every run and copied into the build tree
@@ -17,7 +24,7 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 variant=${1:-}
-case "$variant" in y|m) ;; *) kflex_die "usage: linux/build.sh y|m" ;; esac
+case "$variant" in y|m|st|base|debug) ;; *) kflex_die "usage: linux/build.sh y|m|st|base|debug" ;; esac
 
 [ -f "$KFLEX_TARBALL" ] || kflex_die "$KFLEX_TARBALL not found: run linux/setup.sh"
 build=$(kflex_build_dir "$variant")
@@ -51,7 +58,8 @@ sync_file() {
 	fi
 }
 
-# 2. Patches.
+# 2. Patches (none for base: an unpatched tree, never touched after the copy).
+if [ "$variant" != base ]; then
 patches=("$KFLEX_REPO/Kconfig.patch")
 for p in "$KFLEX_REPO"/linux/patches/*.patch; do
 	[ -e "$p" ] && patches+=("$p")
@@ -97,14 +105,37 @@ done
 (cd "$comp" && find . -type f \( -name '*.rs' -o -name Makefile \) | sed 's|^\./||') | while read -r f; do
 	[ -f "$cstage/$f" ] || { rm -f "$comp/$f"; echo "  removed kernel/bpf/kflex/$f" >&2; }
 done
+elif [ -s "$build/.kflex-patched-files" ] || [ -d "$build/kernel/bpf/kflex" ]; then
+	kflex_die "$build holds KFlex patches or sources; remove $(dirname "$build") and run again"
+fi
 
 # 4. Configuration.
 llvm=$(kflex_llvm)
 makeargs=(LLVM="$llvm" RUSTC="$KFLEX_RUSTC" HOSTRUSTC="$KFLEX_RUSTC" BINDGEN="$KFLEX_BINDGEN")
 frags=("$build/kernel/configs/kvm_guest.config" "$KFLEX_REPO/linux/kflex.config" "$KFLEX_REPO/linux/kflex-$variant.config")
+frag_names="kflex.config + kflex-$variant.config"
+case "$variant" in
+st | debug)
+	extra=selftests
+	[ "$variant" = st ] || extra=debug
+	frags=("${frags[0]}" "$KFLEX_REPO/linux/kflex.config" "$KFLEX_REPO/linux/kflex-y.config" "$KFLEX_REPO/linux/kflex-$extra.config")
+	frag_names="kflex.config + kflex-y.config + kflex-$extra.config"
+	;;
+base)
+	# kflex.config without the KFlex options (they do not exist unpatched).
+	grep -v '^CONFIG_KFLEX' "$KFLEX_REPO/linux/kflex.config" >"$top/kflex-base.config.tmp"
+	if cmp -s "$top/kflex-base.config.tmp" "$top/kflex-base.config"; then
+		rm "$top/kflex-base.config.tmp"
+	else
+		mv "$top/kflex-base.config.tmp" "$top/kflex-base.config"
+	fi
+	frags=("${frags[0]}" "$top/kflex-base.config" "$KFLEX_REPO/linux/kflex-selftests.config")
+	frag_names="kflex.config without CONFIG_KFLEX* + kflex-selftests.config"
+	;;
+esac
 config_id=$(cat "${frags[@]}" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$build/.kflex-config-id" 2>/dev/null)" != "$config_id" ] || [ ! -f "$build/.config" ]; then
-	kflex_log "configuring ($variant): tinyconfig + kvm_guest.config + kflex.config + kflex-$variant.config"
+	kflex_log "configuring ($variant): tinyconfig + kvm_guest.config + $frag_names"
 	make -C "$build" -s "${makeargs[@]}" tinyconfig >"$clog" 2>&1
 	(cd "$build" && ./scripts/kconfig/merge_config.sh -m .config "${frags[@]}") >>"$clog" 2>&1
 	make -C "$build" -s "${makeargs[@]}" olddefconfig >>"$clog" 2>&1
