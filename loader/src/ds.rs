@@ -18,6 +18,8 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::{libbpf_sys, MapHandle, MapType, OpenMapMut};
 
+pub use crate::rng::Rng;
+
 /// A 32-byte key, as four words.
 pub type Key = [u64; 4];
 /// A 64-byte value, as eight words.
@@ -233,35 +235,6 @@ pub fn run_batched(
         off += n;
     }
     Ok((total, time))
-}
-
-/// Seeded random numbers (splitmix64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [0, n) (n > 0; the bias of the modulo is below 2^-40 for
-    /// the n used here).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
 }
 
 /// Zipf distribution over ranks 0..n: P(rank r) proportional to
@@ -505,17 +478,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_are_stable() {
-        // Fixed points that the BPF side must reproduce (recomputed by the
-        // guest tests against the programs).
+    fn hashes_match_the_bpf_side() {
+        // Golden values from the C definitions of bpf/ds/ds.h, skiplist.h
+        // and sketch.h compiled for the host: the BPF programs compute
+        // these, the guest tests recompute them here.
         assert_eq!(mix(0), 0);
-        let k = key_of(1, 2);
-        assert_eq!(k, key_of(1, 2));
-        assert_ne!(k, key_of(1, 3));
-        assert_ne!(hash(&k), hash(&key_of(1, 3)));
+        assert_eq!(mix(1), 0xb456_bcfc_34c2_cb2c);
+        assert_eq!(mix(GOLDEN), 0x9ca0_66f1_a4ab_2eea);
+        let k = [1, 2, 3, 4];
+        assert_eq!(hash(&[0; 4]), 0x3183_775a_1128_acff);
+        assert_eq!(hash(&k), 0xea0a_87e6_777c_d2b4);
         let v = make_val(&k, 7);
-        assert_eq!(v[5], k[1] ^ 8u64.wrapping_mul(GOLDEN).wrapping_add(5));
-        assert_eq!(csum(&v) & 1, 1);
+        assert_eq!(
+            v,
+            [
+                0xf1bb_cdcb_fa53_e0a9,
+                0xf1bb_cdcb_fa53_e0ab,
+                0xf1bb_cdcb_fa53_e0a9,
+                0xf1bb_cdcb_fa53_e0af,
+                0xf1bb_cdcb_fa53_e0ad,
+                0xf1bb_cdcb_fa53_e0af,
+                0xf1bb_cdcb_fa53_e0ad,
+                0xf1bb_cdcb_fa53_e0ab,
+            ]
+        );
+        assert_eq!(csum(&v), 0x6ef3_72fe_94f8_2b29);
+        assert_eq!(key_csum(&k), 0x33);
+        let heights: Vec<u64> = (0..8).map(|i| sl_height(hash(&[i, 0, 0, 0]))).collect();
+        assert_eq!(heights, [1, 2, 1, 1, 1, 1, 1, 1]);
+        let rows: Vec<(u64, i64)> = (0..sketch::ROWS)
+            .map(|r| {
+                let m = sketch::row_hash(hash(&k), r);
+                (m, sketch::sign(m))
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (0x9cb6_d66b_8926_1e29, -1),
+                (0x57af_0a02_1796_c472, 1),
+                (0x0752_fbcb_9f9d_8a2d, 1),
+                (0xe5f8_26eb_b813_2e04, -1),
+            ]
+        );
+    }
+
+    #[test]
+    fn key_streams_are_fixed() {
+        // Golden values from a C splitmix64 (Vigna's) seeded as key_of and
+        // KeySet::draw seed it: the benchmark's key streams stay the same
+        // from one build to the next.
+        assert_eq!(
+            key_of(1, 2),
+            [
+                0x8012_9c37_c570_5f1c,
+                0xed4f_e97b_afce_e59e,
+                0x9fa9_95f7_b808_7393,
+                0xab0d_0a93_ee11_b9a8
+            ]
+        );
+        assert_ne!(key_of(1, 2), key_of(1, 3));
+        let drawn = KeySet::new(42, 100_000).draw(Dist::Uniform, 2, 1);
+        assert_eq!(drawn, [key_of(42, 1425), key_of(42, 87418)]);
+        assert_eq!(drawn[0][0], 0x5e95_a2ea_6037_f270);
     }
 
     #[test]
