@@ -2,7 +2,8 @@
 
 //! `kflex-load heap-stats`: every KFlex heap on the system with its
 //! statistics, from `/proc/kflex/heaps` (one line per heap of `name value`
-//! pairs, written by the kernel glue).
+//! pairs, written by the kernel glue). The one parser of that file: the
+//! guest tests read heap statistics through it too.
 
 use std::fmt::Write as _;
 
@@ -21,7 +22,12 @@ pub struct Heap {
 impl Heap {
     /// A field's value (0 if the kernel did not report it).
     pub fn get(&self, key: &str) -> u64 {
-        self.fields.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v)
+        self.try_get(key).unwrap_or(0)
+    }
+
+    /// A field's value, `None` if the kernel did not report it.
+    pub fn try_get(&self, key: &str) -> Option<u64> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
     /// Bytes allocated in size classes.
@@ -50,6 +56,18 @@ pub fn parse(text: &str) -> Result<Vec<Heap>> {
         heaps.push(Heap { name: String::new(), fields });
     }
     Ok(heaps)
+}
+
+/// Reads and parses [`HEAPS_PATH`] (map names are left empty).
+pub fn read() -> Result<Vec<Heap>> {
+    let text = std::fs::read_to_string(HEAPS_PATH)
+        .with_context(|| format!("reading {HEAPS_PATH} (needs root on most systems)"))?;
+    parse(&text)
+}
+
+/// The statistics of the heap whose map has id `id`, if it exists.
+pub fn find(id: u32) -> Result<Option<Heap>> {
+    Ok(read()?.into_iter().find(|h| h.try_get("id") == Some(u64::from(id))))
 }
 
 /// Human-readable size: 64K, 4G, 1.5M.
@@ -150,6 +168,8 @@ mod tests {
         assert_eq!(heaps[0].get("size"), 65536);
         assert_eq!(heaps[0].class_bytes(), 224);
         assert_eq!(heaps[0].get("missing"), 0);
+        assert_eq!(heaps[0].try_get("missing"), None);
+        assert_eq!(heaps[0].try_get("corrupt_links"), Some(0));
         assert!(parse("").unwrap().is_empty());
     }
 

@@ -174,10 +174,7 @@ fn run_counter(ifindex: u32, ifname: &str, signals: &SigSet) -> Result<()> {
 /// Reads every heap's statistics and its map name.
 fn heap_stats(json: bool) -> Result<()> {
     Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
-    let text = std::fs::read_to_string(heapstats::HEAPS_PATH).with_context(|| {
-        format!("reading {} (needs root on most systems)", heapstats::HEAPS_PATH)
-    })?;
-    let mut heaps = heapstats::parse(&text)?;
+    let mut heaps = heapstats::read()?;
     for h in &mut heaps {
         // The name is best effort: the heap may be gone, or we lack CAP_BPF.
         if let Ok(map) = libbpf_rs::MapHandle::from_map_id(h.get("id") as u32) {

@@ -17,8 +17,10 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 use kflex_load::{
-    ds::{self, sketch::Sketch, Args, Key, Ops, Rng, WorkMaps, RECORD},
+    ds::{self, sketch::Sketch, Args, Key, Ops, WorkMaps, RECORD},
+    heapstats::{self, Heap as HeapStats},
     load_ds_skel,
+    rng::Rng,
     skel::{
         ds_graph, ds_hmap, ds_hmap_arena, ds_list, ds_list_arena, ds_maps, ds_rbtree,
         ds_rbtree_arena, ds_sketch, ds_sketch_arena, ds_skiplist, ds_skiplist_arena,
@@ -26,7 +28,7 @@ use kflex_load::{
 };
 use libbpf_rs::MapCore;
 
-use crate::{heap::HeapStats, util::*};
+use crate::util::*;
 
 /// Heap size of the test skeletons.
 const HEAP: u64 = 16 << 20;
@@ -195,12 +197,12 @@ impl Subject {
 
     fn stats(&self) -> Result<Option<HeapStats>> {
         let Some(id) = self.heap_id else { return Ok(None) };
-        Ok(HeapStats::read_all()?.into_iter().find(|s| s.get("id") == id as u64))
+        heapstats::find(id)
     }
 
     /// Bytes allocated in the heap (KFlex only: None on the arena).
     fn allocated(&self) -> Result<Option<u64>> {
-        Ok(self.stats()?.map(|s| s.class_bytes_total() + s.get("large_bytes")))
+        Ok(self.stats()?.map(|s| s.class_bytes() + s.get("large_bytes")))
     }
 
     fn root(&self, i: usize) -> u64 {
