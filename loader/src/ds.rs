@@ -9,6 +9,7 @@
 //! recompute what the programs store and compare.
 
 use std::{
+    collections::BTreeMap,
     num::NonZeroUsize,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
@@ -400,6 +401,24 @@ impl WorkMaps {
         Ok(())
     }
 
+    /// [`WorkMaps::reuse`] for the maps named `ds_keys` and `ds_results`
+    /// of an opened object (`open_object_mut()` of an opened skeleton).
+    pub fn reuse_in(&self, obj: &mut libbpf_rs::OpenObject) -> Result<()> {
+        let mut found = 0;
+        for mut map in obj.maps_mut() {
+            let fd = match map.name().to_str() {
+                Some("ds_keys") => self.keys.as_fd(),
+                Some("ds_results") => self.results.as_fd(),
+                _ => continue,
+            };
+            let name = map.name().to_string_lossy();
+            map.reuse_fd(fd).with_context(|| format!("reusing {name}"))?;
+            found += 1;
+        }
+        ensure!(found == 2, "the object lacks ds_keys or ds_results");
+        Ok(())
+    }
+
     /// Keys `at .. at + n`.
     pub fn keys(&self, at: usize, n: usize) -> Result<Vec<Key>> {
         ensure!(at + n <= self.cap, "keys {at}+{n} beyond the capacity {}", self.cap);
@@ -451,6 +470,46 @@ pub struct Ops {
 /// A descriptor of a loaded program that outlives the borrow of its skeleton.
 pub fn prog_fd(p: &libbpf_rs::ProgramMut<'_>) -> Result<OwnedFd> {
     Ok(p.as_fd().try_clone_to_owned()?)
+}
+
+/// The programs of a loaded BPF object by name (their C function names),
+/// as descriptors that outlive the borrow of its skeleton: benchmarks pick
+/// programs by name instead of by skeleton field.
+#[derive(Debug, Default)]
+pub struct Progs(BTreeMap<String, OwnedFd>);
+
+impl Progs {
+    /// Every program of `obj` (`skel.object()` of a loaded skeleton).
+    pub fn of(obj: &libbpf_rs::Object) -> Result<Progs> {
+        let mut m = BTreeMap::new();
+        for p in obj.progs() {
+            let name = p.name().to_string_lossy().into_owned();
+            let fd = p.as_fd().try_clone_to_owned().with_context(|| format!("program {name}"))?;
+            m.insert(name, fd);
+        }
+        Ok(Progs(m))
+    }
+
+    /// Program `name`.
+    pub fn get(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        self.0.get(name).map(|fd| fd.as_fd()).with_context(|| self.missing(name))
+    }
+
+    /// Takes program `name` out (`None` if the object has none).
+    pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
+        self.0.remove(name)
+    }
+
+    /// Takes program `name` out; an error if the object has none.
+    pub fn take_required(&mut self, name: &str) -> Result<OwnedFd> {
+        let msg = self.missing(name);
+        self.take(name).context(msg)
+    }
+
+    fn missing(&self, name: &str) -> String {
+        let names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        format!("no BPF program {name} (the object has {})", names.join(", "))
+    }
 }
 
 /// Opens and loads a data-structure skeleton whose workload maps are those

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Library of the `kflex-load` and `kflex-bench` binaries: kernel status,
-//! heap statistics, benchmark plumbing and the BPF skeletons.
+//! Library of the `kflex-load` and `kflex-bench` binaries (and of the guest
+//! tests): kernel status, heap statistics, guard modes, the data-structure
+//! workloads, the PRNG and the BPF skeletons. The benchmarks themselves are
+//! in `bin/kflex-bench/`.
 
-pub mod bench;
 pub mod ds;
-pub mod guardbench;
+pub mod guardmode;
 pub mod heapstats;
 pub mod rng;
 pub mod status;

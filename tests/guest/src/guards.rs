@@ -6,6 +6,7 @@
 //! mask register (64 GiB); the per-program statistics line and the modes.
 
 use anyhow::{ensure, Context, Result};
+use kflex_load::guardmode::{self, GuardMode};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
     ProgramInput, ProgramMut,
@@ -132,17 +133,11 @@ fn hostile_on(size: u64) -> Result<()> {
 /// Hostile accesses on 64 KiB, 4 GiB and 64 GiB heaps stay in the heap.
 pub fn hostile_accesses_confined() -> Result<()> {
     ensure_kflex()?;
-    set_mode(0)?;
+    let _mode = GuardMode::Full.set()?;
     for size in [64 << 10, 4 * GIB, 64 * GIB] {
         hostile_on(size).with_context(|| format!("heap of {size} bytes"))?;
     }
     Ok(())
-}
-
-/// Sets kernel.kflex_guard_mode.
-fn set_mode(mode: u32) -> Result<()> {
-    std::fs::write("/proc/sys/kernel/kflex_guard_mode", mode.to_string())
-        .context("writing /proc/sys/kernel/kflex_guard_mode")
 }
 
 /// The last statistics line the kernel printed for program `prog`.
@@ -159,14 +154,19 @@ fn stats_line(prog: &str) -> Result<String> {
 /// in the other modes.
 pub fn stats_line_and_modes() -> Result<()> {
     ensure_kflex()?;
+    // Mode 0 for the test (and the mode before it back after it); each
+    // load below sets its own mode for the load.
+    let _mode = GuardMode::Full.set()?;
     for (mode, want) in [
-        (0, "range_analysis_call=4 elided=3"),
-        (3, "range_analysis_call=4 elided=0"),
-        (1, "range_analysis_call=3 elided=2"),
-        (2, "range_analysis_call=0 elided=0"),
+        (GuardMode::Full, "range_analysis_call=4 elided=3"),
+        (GuardMode::AllGuards, "range_analysis_call=4 elided=0"),
+        (GuardMode::Performance, "range_analysis_call=3 elided=2"),
+        (GuardMode::Unguarded, "range_analysis_call=0 elided=0"),
     ] {
-        set_mode(mode)?;
-        let h = Loaded::new(64 << 10)?;
+        let h = {
+            let _load = mode.set()?;
+            Loaded::new(64 << 10)?
+        };
         let line = stats_line("g_count")?;
         ensure!(line.ends_with(want), "mode {mode}: {line:?}, want {want}");
         // The program still works in every mode.
@@ -177,7 +177,7 @@ pub fn stats_line_and_modes() -> Result<()> {
         )?;
         ensure!(r.ret == 99 && h.read(0x3040) == 5, "mode {mode}: program misbehaved");
     }
-    set_mode(0)?;
+    ensure!(GuardMode::current()? == Some(GuardMode::Full), "mode not restored after the loads");
     let tainted: u64 = std::fs::read_to_string("/proc/sys/kernel/tainted")?.trim().parse()?;
     ensure!(tainted & (1 << 6) != 0, "unguarded mode did not taint the kernel ({tainted})");
     ensure!(dmesg()?.contains("program loaded WITHOUT heap guards"), "no warning for mode 2");
@@ -190,14 +190,11 @@ pub fn stats_line_and_modes() -> Result<()> {
             "--clear-groups",
             "sh",
             "-c",
-            "echo 2 > /proc/sys/kernel/kflex_guard_mode",
+            &format!("echo 2 > {}", guardmode::SYSCTL),
         ],
     )?;
     ensure!(!out.status.success(), "an unprivileged user changed the guard mode");
-    ensure!(
-        std::fs::read_to_string("/proc/sys/kernel/kflex_guard_mode")?.trim() == "0",
-        "mode changed"
-    );
-    ensure!(std::fs::write("/proc/sys/kernel/kflex_guard_mode", "4").is_err(), "mode 4 accepted");
+    ensure!(GuardMode::current()? == Some(GuardMode::Full), "mode changed");
+    ensure!(std::fs::write(guardmode::SYSCTL, "4").is_err(), "mode 4 accepted");
     Ok(())
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Benchmark plumbing for `kflex-bench`: results, their table (in the style
-//! of Google Benchmark) and JSON.
+//! Results of `kflex-bench`, their table (in the style of Google Benchmark)
+//! and JSON.
 //!
 //! Inside a TCG guest all timings are emulated: only ratios between variants
 //! measured in the same run mean anything, so every result names the

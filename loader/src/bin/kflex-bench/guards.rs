@@ -1,33 +1,33 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Guard-cost benchmark (`bpf/bench/guards.bpf.c`): the same program on the
-//! upstream arena and on KFlex heaps loaded under each guard mode
-//! (`kernel.kflex_guard_mode`), in one run. Ratios are to the unguarded
-//! KFlex variant.
+//! Guard benchmarks (`guards/{chase,scatter}/<variant>`): the same program
+//! (`bpf/bench/guards.bpf.c`) on the upstream arena and on KFlex heaps
+//! loaded under each guard mode (`kernel.kflex_guard_mode`, set for each
+//! load and then restored, see `kflex_load::guardmode`), in one run. Ratios
+//! are to the unguarded KFlex variant.
 
-use std::{mem::MaybeUninit, os::fd::AsFd};
+use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{
-    skel::{OpenSkel, SkelBuilder},
-    ProgramMut,
-};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 
-use crate::{
-    bench, ds,
+use kflex_load::{
+    ds::{self, Progs},
+    guardmode::GuardMode,
     skel::{guards, guards_arena},
 };
 
+use crate::results;
+
 /// Variants: name and guard mode (`None`: the upstream arena).
-pub const VARIANTS: [(&str, Option<u32>); 5] = [
+pub const VARIANTS: [(&str, Option<GuardMode>); 5] = [
     ("arena", None),
-    ("all-guards", Some(3)),
-    ("elision", Some(0)),
-    ("perf", Some(1)),
-    ("unguarded", Some(2)),
+    ("all-guards", Some(GuardMode::AllGuards)),
+    ("elision", Some(GuardMode::Full)),
+    ("perf", Some(GuardMode::Performance)),
+    ("unguarded", Some(GuardMode::Unguarded)),
 ];
 
-const MODE_PATH: &str = "/proc/sys/kernel/kflex_guard_mode";
 const NODES: u64 = 1000;
 /// Steps of the programs' inner loops (`GB_INNER` in guards.bpf.c).
 const INNER: u64 = 64;
@@ -43,53 +43,42 @@ struct Args {
 }
 
 /// Runs a benchmark program once with `a`; returns the wall time in ns.
-fn run_prog(prog: &ProgramMut, mut a: Args) -> Result<f64> {
-    Ok(ds::run_ctx(prog.as_fd(), &mut a)?.as_nanos() as f64)
+fn run_prog(prog: BorrowedFd<'_>, mut a: Args) -> Result<f64> {
+    Ok(ds::run_ctx(prog, &mut a)?.as_nanos() as f64)
 }
 
-/// Restores guard mode 0 when dropped.
-struct ModeGuard;
-
-impl Drop for ModeGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::write(MODE_PATH, "0");
-    }
-}
-
-enum Loaded {
-    KFlex(guards::GuardsSkel<'static>),
-    Arena(guards_arena::GuardsArenaSkel<'static>),
+/// One variant's loaded programs (`gb_setup`, `gb_chase`, `gb_scatter`).
+struct Loaded {
+    progs: Progs,
+    /// The skeleton (maps stay alive with it).
+    _skel: Box<dyn Any>,
 }
 
 impl Loaded {
-    fn load(mode: Option<u32>) -> Result<Loaded> {
+    /// Loads the program for the upstream arena (`None`) or for a KFlex
+    /// heap in guard mode `m` (set for the load, then restored).
+    fn load(mode: Option<GuardMode>) -> Result<Loaded> {
         let storage = Box::leak(Box::new(MaybeUninit::uninit()));
-        let l = match mode {
+        let (progs, skel): (Progs, Box<dyn Any>) = match mode {
             Some(m) => {
-                std::fs::write(MODE_PATH, m.to_string())
-                    .with_context(|| format!("setting {MODE_PATH} to {m}"))?;
+                let _mode = m.set()?;
                 let skel = guards::GuardsSkelBuilder::default().open(storage)?.load()?;
-                std::fs::write(MODE_PATH, "0")?;
-                Loaded::KFlex(skel)
+                (Progs::of(skel.object())?, Box::new(skel))
             }
-            None => Loaded::Arena(
-                guards_arena::GuardsArenaSkelBuilder::default().open(storage)?.load()?,
-            ),
+            None => {
+                let skel = guards_arena::GuardsArenaSkelBuilder::default().open(storage)?.load()?;
+                (Progs::of(skel.object())?, Box::new(skel))
+            }
         };
-        run_prog(l.prog("setup"), Args { n: NODES, ..Default::default() })
+        let l = Loaded { progs, _skel: skel };
+        run_prog(l.prog("setup")?, Args { n: NODES, ..Default::default() })
             .context("building the benchmark's list and array")?;
         Ok(l)
     }
 
-    fn prog(&self, name: &str) -> &ProgramMut<'static> {
-        match (self, name) {
-            (Loaded::KFlex(s), "setup") => &s.progs.gb_setup,
-            (Loaded::KFlex(s), "chase") => &s.progs.gb_chase,
-            (Loaded::KFlex(s), _) => &s.progs.gb_scatter,
-            (Loaded::Arena(s), "setup") => &s.progs.gb_setup,
-            (Loaded::Arena(s), "chase") => &s.progs.gb_chase,
-            (Loaded::Arena(s), _) => &s.progs.gb_scatter,
-        }
+    /// Program `gb_<case>`.
+    fn prog(&self, case: &str) -> Result<BorrowedFd<'_>> {
+        self.progs.get(&format!("gb_{case}"))
     }
 }
 
@@ -100,16 +89,15 @@ pub fn run(
     ops: u64,
     reps: usize,
     filter: Option<&str>,
-    mut progress: impl FnMut(&bench::Result),
-) -> Result<Vec<bench::Result>> {
-    let _restore = ModeGuard;
-    let mut results = Vec::new();
+    mut progress: impl FnMut(&results::Result),
+) -> Result<Vec<results::Result>> {
+    let mut out = Vec::new();
     let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
     if !VARIANTS
         .iter()
         .any(|(v, _)| ["chase", "scatter"].iter().any(|c| wanted(&format!("guards/{c}/{v}"))))
     {
-        return Ok(results);
+        return Ok(out);
     }
     let loaded: Vec<(&str, Loaded)> = VARIANTS
         .iter()
@@ -136,23 +124,23 @@ pub fn run(
         let mut samples = vec![Vec::with_capacity(reps); run.len()];
         for rep in 0..=reps {
             for ((_, l), s) in run.iter().zip(samples.iter_mut()) {
-                let t = run_prog(l.prog(case), args)? / per as f64;
+                let t = run_prog(l.prog(case)?, args)? / per as f64;
                 if rep > 0 {
                     s.push(t);
                 }
             }
         }
         for ((variant, _), mut s) in run.into_iter().zip(samples) {
-            let r = bench::Result {
+            let r = results::Result {
                 name: format!("guards/{case}/{variant}"),
-                ns_per_op: bench::median(&mut s),
+                ns_per_op: results::median(&mut s),
                 ops: per,
                 baseline: Some(format!("guards/{case}/unguarded"))
                     .filter(|_| *variant != "unguarded"),
             };
             progress(&r);
-            results.push(r);
+            out.push(r);
         }
     }
-    Ok(results)
+    Ok(out)
 }
