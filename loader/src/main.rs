@@ -5,7 +5,8 @@
 //! Without an offload flag it attaches a per-CPU packet/byte counter at XDP,
 //! prints `ready` once attached, and on SIGINT/SIGTERM prints the counters
 //! and detaches. The offload modes (`--kmemcached`, `--kmemcache`,
-//! `--kredis`) are refused with a message naming what they still need.
+//! `--kredis`) are not implemented yet: they are refused with a message
+//! naming what they still need, and `--help` says so.
 
 use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
 
@@ -19,26 +20,54 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 use kflex_load::{heapstats, skel::xdp_count, status, status::Status};
 
-/// Attach KFlex BPF offloads (KFlex: fast, flexible and practical kernel extensions).
+/// What `--help` says after the options.
+const AFTER_HELP: &str = "\
+Kernel settings:
+  sysctl kernel.kflex_guard_mode (root only) selects the guards of KFlex programs
+  loaded after it is set; a loaded program keeps its mode:
+    0  full (the default): heap loads and stores are guarded, with range-analysis
+       elision
+    1  performance mode, as in the KFlex paper: no guards on heap loads, so a KFlex
+       program can read any kernel memory (stores stay guarded). Programs that use
+       a KFlex heap need CAP_PERFMON anyway; the kernel refuses mode 1 when it is
+       locked down for confidentiality (lockdown=confidentiality)
+    2  no guards at all: taints the kernel, for measurement only
+    3  a guard on every access, no elision: for measurement only";
+
+/// Attach KFlex BPF programs (KFlex: fast, flexible and practical kernel extensions).
+///
+/// Without an offload flag, attaches a per-CPU packet and byte counter at XDP to the
+/// interface --ifindex, prints `ready`, and on SIGINT/SIGTERM prints the counts and
+/// detaches. The offload modes (--kmemcached, --kmemcache, --kredis) are not
+/// implemented yet: they are refused with a message saying what they still need.
 #[derive(Parser, Debug)]
-#[command(name = "kflex-load", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "kflex-load",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Offload memcached GET/SET (UDP) at XDP, passing misses to memcached.
+    /// Not implemented yet (refused): memcached GET/SET offload over UDP at XDP, misses
+    /// passed to memcached.
     #[arg(long, group = "mode")]
     kmemcached: bool,
-    /// Offload Redis GET/SET (TCP) at sk_skb, passing other commands to redis-server.
+    /// Not implemented yet (refused): Redis GET/SET offload over TCP at sk_skb, other
+    /// commands passed to redis-server.
     #[arg(long, group = "mode")]
     kmemcache: bool,
-    /// Offload Redis ZADD into skiplist-backed sorted sets.
+    /// Not implemented yet (refused): Redis ZADD offload into skiplist-backed sorted sets.
     #[arg(long, group = "mode")]
     kredis: bool,
     /// Interface index to attach to (see `ip link`).
     #[arg(long, value_name = "N")]
     ifindex: Option<u32>,
-    /// Server port the offloads serve.
-    #[arg(long, default_value_t = 6969)]
+    /// The port the offload serves: UDP for --kmemcached, TCP for --kmemcache and
+    /// --kredis. Used by the offload modes only (the packet counter counts every
+    /// packet).
+    #[arg(long, value_name = "PORT", default_value_t = 6969)]
     port: u16,
 }
 
@@ -244,6 +273,24 @@ mod tests {
     fn bad_numbers_are_refused() {
         assert!(Cli::try_parse_from(["kflex-load", "--ifindex", "eth0"]).is_err());
         assert!(Cli::try_parse_from(["kflex-load", "--port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn help_says_what_is_not_there_yet() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in ["--kmemcached", "--kmemcache", "--kredis"] {
+            let line = help.lines().skip_while(|l| l.trim() != flag).nth(1).unwrap_or_default();
+            assert!(line.contains("Not implemented yet"), "{flag}: {line:?}\n{help}");
+        }
+        assert!(help.contains("The port the offload serves") && help.contains("6969"), "{help}");
+        assert!(
+            help.contains("kernel.kflex_guard_mode")
+                && help.contains("read any kernel memory")
+                && help.contains("CAP_PERFMON")
+                && help.contains("locked down for confidentiality"),
+            "{help}"
+        );
     }
 
     #[test]
