@@ -3,7 +3,8 @@
 //! KFlex guest tests: run as root inside a guest booted on a KFlex kernel
 //! (`tests/vm.sh`). `KFLEX_VARIANT` says whether KFlex is built in (`y`) or
 //! the module `kflex.ko` (`m`, path in `KFLEX_KO`); tests that only make sense
-//! for one variant are ignored in the other.
+//! for one variant are ignored in the other. The tests always run one at a
+//! time (`--test-threads=1` is implied).
 
 mod basic;
 mod ds;
@@ -52,7 +53,14 @@ const TESTS: &[(&str, &str, TestFn)] = &[
 ];
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // One test at a time, whatever the command line says: the tests set
+    // the guard-mode sysctl, load and unload kflex.ko and look at every
+    // heap on the system, so two of them at once would disturb each other.
+    if let Some(n) = args.test_threads.filter(|&n| n != 1) {
+        eprintln!("kflex-guest-tests: --test-threads={n} ignored: the tests run one at a time");
+    }
+    args.test_threads = Some(1);
     let variant = util::variant();
     let trials = TESTS
         .iter()
