@@ -9,6 +9,14 @@
 #   make test    all of the above, then host tests and guest tests
 #   make vm CMD='...'   run CMD as root in a guest (no CMD: interactive shell)
 #   make bench   kflex-bench in a guest: table and JSON in bench/results/
+#
+# Not part of `make test` (long; see README.md "Other targets"):
+#   make kernel-st kernel-base kernel-debug   the selftests kernel, its unpatched
+#                twin, the debug kernel (linux/build.sh st|base|debug)
+#   make selftests   the kernel's BPF selftests on st and base, compared
+#   make test-verifier   test_verifier on the y kernel vs the known failures
+#   make test-debug      the guest test suite on the debug kernel
+#                        (also: make test VARIANT=debug)
 
 SHELL := /bin/bash
 KFLEX_CACHE ?= $(HOME)/.cache/kflex
@@ -18,7 +26,8 @@ export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
 export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
 VARIANT ?= y
 
-.PHONY: all setup kernel kernel-y kernel-m tools demo test vm bench check clean-cache
+.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench check \
+	selftests test-verifier test-debug clean-cache
 
 all: tools
 
@@ -29,7 +38,7 @@ kernel: setup
 	@linux/build.sh y
 	@linux/build.sh m
 
-kernel-y kernel-m: setup
+kernel-y kernel-m kernel-st kernel-base kernel-debug: setup
 	@linux/build.sh $(@:kernel-%=%)
 
 tools: kernel
@@ -38,8 +47,23 @@ tools: kernel
 demo: tools
 	@tests/vm.sh --variant y --timeout 300 -- bash $(CURDIR)/tests/demo.sh
 
+ifeq ($(VARIANT),debug)
+test: test-debug
+else
 test: tools
 	@tests/run-all.sh
+endif
+
+# The kernel's BPF selftests on our kernel and on the unpatched one;
+# report in tests/results/selftests.md.
+selftests: setup kernel-st kernel-base
+	@tests/selftests/run.sh
+
+test-verifier: tools
+	@tests/selftests/verifier-ci.sh y
+
+test-debug: tools kernel-debug
+	@tests/debug.sh
 
 vm: tools
 	@tests/vm.sh --variant $(VARIANT) --timeout $(or $(TIMEOUT),3600) $(if $(CMD),-- bash -c '$(CMD)')

@@ -2,9 +2,11 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Every test: host tests (`cargo test`), formatting and lints, the harness
-# from a clone under /tmp (tests/clone-test.sh), then the guest test suite on
-# the built-in kernel (CONFIG_KFLEX=y) and on the module kernel (=m). Ends
-# with one line "N passed, M failed"; exit status non-zero on any failure.
+# from a clone under /tmp (tests/clone-test.sh), the kernel's test_verifier on
+# the y kernel against its known failures (tests/selftests/verifier-ci.sh),
+# then the guest test suite on the built-in kernel (CONFIG_KFLEX=y) and on the
+# module kernel (=m). Ends with one line "N passed, M failed"; exit status
+# non-zero on any failure.
 set -uo pipefail
 . "$(dirname "$0")/../linux/env.sh"
 export KFLEX_VMLINUX_DIR=${KFLEX_VMLINUX_DIR:-$KFLEX_CACHE/include}
@@ -67,6 +69,9 @@ done
 
 kflex_log "the guest harness from a clone under /tmp"
 STEP_TIMEOUT=300 step clone-test "$KFLEX_REPO/tests/clone-test.sh"
+
+kflex_log "the kernel's test_verifier on the y kernel, against the known failures"
+STEP_TIMEOUT=900 step test-verifier "$KFLEX_REPO/tests/selftests/verifier-ci.sh" y
 
 guest_bin=$CARGO_TARGET_DIR/release/kflex-guest-tests
 for v in y m; do
