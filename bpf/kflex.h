@@ -15,8 +15,12 @@
 #define __arena __attribute__((address_space(1)))
 #endif
 
-/* Keep in sync with include/uapi/linux/kflex.h (not in vmlinux.h). */
-#define BPF_F_KFLEX (1U << 28)
+/*
+ * BPF_F_KFLEX and the heap limits: the kernel's UAPI header (vmlinux.h has
+ * no macros). `make tools` puts it next to vmlinux.h; on a machine with the
+ * KFlex kernel's headers installed it is <linux/kflex.h> as well.
+ */
+#include <linux/kflex.h>
 
 /*
  * KFLEX_HEAP(name, bytes) declares a heap of `bytes` (a power of two from
@@ -55,6 +59,25 @@ extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
 /* Populate `heap` so that `bytes` more can be allocated without waiting for
  * the background refill; sleepable programs only. 0 or -ENOMEM. */
 #define kflex_reserve(heap, bytes) bpf_kflex_reserve(&(heap), (bytes))
+#endif
+
+/*
+ * can_loop: true while the program's loop budget lasts (may_goto), as in
+ * the kernel's selftests (bpf_experimental.h); for loops the verifier cannot
+ * bound: while (cond && can_loop) ...
+ */
+#ifndef can_loop
+#define can_loop							\
+	({								\
+		__label__ l_break, l_continue;				\
+		bool ret = true;					\
+		asm volatile goto("may_goto %l[l_break]" :::: l_break);	\
+		goto l_continue;					\
+	l_break:							\
+		ret = false;						\
+	l_continue:;							\
+		ret;							\
+	})
 #endif
 
 /*

@@ -30,6 +30,10 @@ if [ ! -f "$inc/vmlinux.h" ] || [ "$build/vmlinux" -nt "$inc/.vmlinux.stamp" ]; 
 	fi
 	touch "$inc/.vmlinux.stamp"
 fi
+# The UAPI header (BPF_F_KFLEX, heap limits) for the BPF programs' kflex.h.
+mkdir -p "$inc/linux"
+cmp -s "$build/include/uapi/linux/kflex.h" "$inc/linux/kflex.h" ||
+	cp "$build/include/uapi/linux/kflex.h" "$inc/linux/kflex.h"
 export KFLEX_VMLINUX_DIR=$inc
 kflex_log "building kflex-load and the guest tests"
 cd "$KFLEX_REPO"

@@ -8,6 +8,10 @@
 //! can be created. Every heap pins the module, so `rmmod kflex` is refused
 //! while any exists.
 
+// `try_pin_init!` of the heap (a dozen fields, some pinned) expands deeper
+// than the default limit.
+#![recursion_limit = "256"]
+
 use kernel::{c_str, prelude::*, str::CStr};
 
 mod heap;
@@ -20,6 +24,7 @@ mod logic;
 mod native;
 mod ops;
 mod planner;
+mod sys;
 
 module! {
     type: KFlex,

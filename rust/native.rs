@@ -39,7 +39,9 @@ const ROOT_SKL_NEXT: u64 = 32;
 const ROOT_SIZE: u64 = ROOT_SKL_NEXT + 8 * MAX_LEVEL as u64;
 
 /// Bound on the steps of any walk (corruption cannot make one endless).
-const MAX_STEPS: u32 = 1 << 24;
+/// 2^17 steps covers the benchmark's 100,000-key list; with interrupts on
+/// but preemption possibly off (XDP), one call stays in the milliseconds.
+const MAX_STEPS: u32 = 1 << 17;
 const MAX_LEVEL: usize = 32;
 
 /// A key as four big-endian words: comparing them orders keys like
@@ -64,9 +66,12 @@ struct Mem<'a> {
 }
 
 impl Mem<'_> {
-    /// Kernel pointer to `len` bytes at the 8-byte aligned offset `off`.
+    /// Kernel pointer to `len` bytes at field `field` of the node at heap
+    /// offset `node` (a link read from the heap: any value), if it is
+    /// 8-byte aligned and in pages the allocator handed out.
     #[inline]
-    fn words(&self, off: u64, len: u64) -> Option<*mut u64> {
+    fn words(&self, node: u64, field: u64, len: u64) -> Option<*mut u64> {
+        let off = node.checked_add(field)?;
         if off % 8 != 0 {
             return None;
         }
@@ -74,25 +79,25 @@ impl Mem<'_> {
     }
 
     #[inline]
-    fn get(&self, off: u64) -> Option<u64> {
-        let p = self.words(off, 8)?;
+    fn get(&self, node: u64, field: u64) -> Option<u64> {
+        let p = self.words(node, field, 8)?;
         // SAFETY: `object_ptr` vouches for 8 bytes of mapped heap memory;
         // the program may write it concurrently, hence the volatile read.
         Some(unsafe { ptr::read_volatile(p) })
     }
 
     #[inline]
-    fn set(&self, off: u64, v: u64) -> Option<()> {
-        let p = self.words(off, 8)?;
+    fn set(&self, node: u64, field: u64, v: u64) -> Option<()> {
+        let p = self.words(node, field, 8)?;
         // SAFETY: as in `get`.
         unsafe { ptr::write_volatile(p, v) };
         Some(())
     }
 
-    /// The key stored at `off` (32 bytes, read as four words).
+    /// The key stored at `node + field` (32 bytes, read as four words).
     #[inline]
-    fn key(&self, off: u64) -> Option<Key> {
-        let p = self.words(off, KEY as u64)?;
+    fn key(&self, node: u64, field: u64) -> Option<Key> {
+        let p = self.words(node, field, KEY as u64)?;
         let mut k = [0u64; KEY / 8];
         for (i, w) in k.iter_mut().enumerate() {
             // SAFETY: `words` vouches for KEY aligned bytes of heap memory;
@@ -102,10 +107,10 @@ impl Mem<'_> {
         Some(k)
     }
 
-    /// Stores `key` at `off` in its byte form.
+    /// Stores `key` at `node + field` in its byte form.
     #[inline]
-    fn set_key(&self, off: u64, key: &Key) -> Option<()> {
-        let p = self.words(off, KEY as u64)?;
+    fn set_key(&self, node: u64, field: u64, key: &Key) -> Option<()> {
+        let p = self.words(node, field, KEY as u64)?;
         for (i, w) in key.iter().enumerate() {
             // SAFETY: as in `key`, for writing.
             unsafe { ptr::write_volatile(p.add(i), w.to_be()) };
@@ -126,10 +131,10 @@ impl Mem<'_> {
         self.heap.free(self.heap.user_addr(off));
     }
 
-    /// The value written for `key`: the key repeated twice.
-    fn set_value(&self, off: u64, key: &Key) -> Option<()> {
-        self.set_key(off, key)?;
-        self.set_key(off + KEY as u64, key)
+    /// The value written for `key` at `node + field`: the key twice.
+    fn set_value(&self, node: u64, field: u64, key: &Key) -> Option<()> {
+        self.set_key(node, field, key)?;
+        self.set_key(node, field.checked_add(KEY as u64)?, key)
     }
 }
 
@@ -142,12 +147,12 @@ const L_VAL: u64 = 48;
 const L_SIZE: u64 = L_VAL + VAL as u64;
 
 fn list_find(m: &Mem<'_>, root: u64, key: &Key) -> Option<u64> {
-    let mut n = m.get(root + ROOT_LIST)?;
+    let mut n = m.get(root, ROOT_LIST)?;
     for _ in 0..MAX_STEPS {
-        if n == 0 || m.key(n + L_KEY)? == *key {
+        if n == 0 || m.key(n, L_KEY)? == *key {
             return Some(n);
         }
-        n = m.get(n + L_NEXT)?;
+        n = m.get(n, L_NEXT)?;
     }
     None
 }
@@ -156,29 +161,29 @@ fn list_op(m: &Mem<'_>, root: u64, op: u32, key: &Key) -> Option<bool> {
     let n = list_find(m, root, key)?;
     match op {
         OP_LOOKUP => Some(n != 0),
-        OP_UPDATE if n != 0 => m.set_value(n + L_VAL, key).map(|_| false),
+        OP_UPDATE if n != 0 => m.set_value(n, L_VAL, key).map(|_| false),
         OP_UPDATE => {
             let n = m.alloc(L_SIZE)?;
-            let head = m.get(root + ROOT_LIST)?;
-            m.set(n + L_NEXT, head)?;
-            m.set_key(n + L_KEY, key)?;
-            m.set_value(n + L_VAL, key)?;
+            let head = m.get(root, ROOT_LIST)?;
+            m.set(n, L_NEXT, head)?;
+            m.set_key(n, L_KEY, key)?;
+            m.set_value(n, L_VAL, key)?;
             if head != 0 {
-                m.set(head + L_PREV, n)?;
+                m.set(head, L_PREV, n)?;
             }
-            m.set(root + ROOT_LIST, n)?;
+            m.set(root, ROOT_LIST, n)?;
             Some(true)
         }
         _ if n == 0 => Some(false),
         _ => {
-            let (next, prev) = (m.get(n + L_NEXT)?, m.get(n + L_PREV)?);
+            let (next, prev) = (m.get(n, L_NEXT)?, m.get(n, L_PREV)?);
             if prev != 0 {
-                m.set(prev + L_NEXT, next)?;
+                m.set(prev, L_NEXT, next)?;
             } else {
-                m.set(root + ROOT_LIST, next)?;
+                m.set(root, ROOT_LIST, next)?;
             }
             if next != 0 {
-                m.set(next + L_PREV, prev)?;
+                m.set(next, L_PREV, prev)?;
             }
             m.free(n);
             Some(true)
@@ -204,25 +209,25 @@ struct Rb<'a, 'b> {
 
 impl Rb<'_, '_> {
     fn top(&self) -> Option<u64> {
-        self.m.get(self.root + ROOT_RB)
+        self.m.get(self.root, ROOT_RB)
     }
     fn left(&self, n: u64) -> Option<u64> {
-        self.m.get(n + R_LEFT)
+        self.m.get(n, R_LEFT)
     }
     fn right(&self, n: u64) -> Option<u64> {
-        self.m.get(n + R_RIGHT)
+        self.m.get(n, R_RIGHT)
     }
     fn parent(&self, n: u64) -> Option<u64> {
-        self.m.get(n + R_PARENT)
+        self.m.get(n, R_PARENT)
     }
     fn black(&self, n: u64) -> Option<bool> {
-        Some(n == 0 || self.m.get(n + R_BLACK)? != 0)
+        Some(n == 0 || self.m.get(n, R_BLACK)? != 0)
     }
     fn set_black(&self, n: u64, b: bool) -> Option<()> {
         if n == 0 {
             return Some(());
         }
-        self.m.set(n + R_BLACK, b as u64)
+        self.m.set(n, R_BLACK, b as u64)
     }
 
     fn find(&self, key: &Key) -> Option<u64> {
@@ -231,7 +236,7 @@ impl Rb<'_, '_> {
             if n == 0 {
                 return Some(0);
             }
-            n = match key.cmp(&self.m.key(n + R_KEY)?) {
+            n = match key.cmp(&self.m.key(n, R_KEY)?) {
                 Ordering::Less => self.left(n)?,
                 Ordering::Greater => self.right(n)?,
                 Ordering::Equal => return Some(n),
@@ -243,31 +248,31 @@ impl Rb<'_, '_> {
     /// Replaces child `old` of `parent` (or the root) by `new`.
     fn replace_child(&self, parent: u64, old: u64, new: u64) -> Option<()> {
         if parent == 0 {
-            self.m.set(self.root + ROOT_RB, new)
+            self.m.set(self.root, ROOT_RB, new)
         } else if self.left(parent)? == old {
-            self.m.set(parent + R_LEFT, new)
+            self.m.set(parent, R_LEFT, new)
         } else {
-            self.m.set(parent + R_RIGHT, new)
+            self.m.set(parent, R_RIGHT, new)
         }
     }
 
     /// Rotates around `x`; `left` rotates left (x's right child comes up).
     fn rotate(&self, x: u64, left: bool) -> Option<()> {
         let (near, far) = if left { (R_RIGHT, R_LEFT) } else { (R_LEFT, R_RIGHT) };
-        let y = self.m.get(x + near)?;
+        let y = self.m.get(x, near)?;
         if y == 0 {
             return None;
         }
-        let mid = self.m.get(y + far)?;
-        self.m.set(x + near, mid)?;
+        let mid = self.m.get(y, far)?;
+        self.m.set(x, near, mid)?;
         if mid != 0 {
-            self.m.set(mid + R_PARENT, x)?;
+            self.m.set(mid, R_PARENT, x)?;
         }
         let p = self.parent(x)?;
-        self.m.set(y + R_PARENT, p)?;
+        self.m.set(y, R_PARENT, p)?;
         self.replace_child(p, x, y)?;
-        self.m.set(y + far, x)?;
-        self.m.set(x + R_PARENT, y)
+        self.m.set(y, far, x)?;
+        self.m.set(x, R_PARENT, y)
     }
 
     fn insert(&self, key: &Key) -> Option<bool> {
@@ -277,20 +282,20 @@ impl Rb<'_, '_> {
                 break;
             }
             parent = n;
-            match key.cmp(&self.m.key(n + R_KEY)?) {
+            match key.cmp(&self.m.key(n, R_KEY)?) {
                 Ordering::Less => (n, go_left) = (self.left(n)?, true),
                 Ordering::Greater => (n, go_left) = (self.right(n)?, false),
-                Ordering::Equal => return self.m.set_value(n + R_VAL, key).map(|_| false),
+                Ordering::Equal => return self.m.set_value(n, R_VAL, key).map(|_| false),
             }
         }
         let z = self.m.alloc(R_SIZE)?;
-        self.m.set_key(z + R_KEY, key)?;
-        self.m.set_value(z + R_VAL, key)?;
-        self.m.set(z + R_PARENT, parent)?;
+        self.m.set_key(z, R_KEY, key)?;
+        self.m.set_value(z, R_VAL, key)?;
+        self.m.set(z, R_PARENT, parent)?;
         if parent == 0 {
-            self.m.set(self.root + ROOT_RB, z)?;
+            self.m.set(self.root, ROOT_RB, z)?;
         } else {
-            self.m.set(parent + if go_left { R_LEFT } else { R_RIGHT }, z)?;
+            self.m.set(parent, if go_left { R_LEFT } else { R_RIGHT }, z)?;
         }
         self.insert_fixup(z)?;
         Some(true)
@@ -341,7 +346,7 @@ impl Rb<'_, '_> {
             removed_black = self.black(z)?;
             self.replace_child(x_parent, z, x)?;
             if x != 0 {
-                self.m.set(x + R_PARENT, x_parent)?;
+                self.m.set(x, R_PARENT, x_parent)?;
             }
         } else {
             // y: the successor, the leftmost node of z's right subtree.
@@ -359,18 +364,18 @@ impl Rb<'_, '_> {
                 x_parent = y;
             } else {
                 x_parent = self.parent(y)?;
-                self.m.set(x_parent + R_LEFT, x)?;
+                self.m.set(x_parent, R_LEFT, x)?;
                 if x != 0 {
-                    self.m.set(x + R_PARENT, x_parent)?;
+                    self.m.set(x, R_PARENT, x_parent)?;
                 }
-                self.m.set(y + R_RIGHT, zr)?;
-                self.m.set(zr + R_PARENT, y)?;
+                self.m.set(y, R_RIGHT, zr)?;
+                self.m.set(zr, R_PARENT, y)?;
             }
             let zp = self.parent(z)?;
             self.replace_child(zp, z, y)?;
-            self.m.set(y + R_PARENT, zp)?;
-            self.m.set(y + R_LEFT, zl)?;
-            self.m.set(zl + R_PARENT, y)?;
+            self.m.set(y, R_PARENT, zp)?;
+            self.m.set(y, R_LEFT, zl)?;
+            self.m.set(zl, R_PARENT, y)?;
             let zb = self.black(z)?;
             self.set_black(y, zb)?;
         }
@@ -442,10 +447,10 @@ struct Skl<'a, 'b> {
 }
 
 impl Skl<'_, '_> {
-    /// Address of `node`'s next pointer at `level`.
-    fn next_at(&self, node: u64, level: usize) -> u64 {
-        let base = if node == self.root { self.root + ROOT_SKL_NEXT } else { node + S_NEXT };
-        base + 8 * level as u64
+    /// Heap offset of `node`'s next pointer at `level`.
+    fn next_at(&self, node: u64, level: usize) -> Option<u64> {
+        let field = if node == self.root { ROOT_SKL_NEXT } else { S_NEXT };
+        node.checked_add(field)?.checked_add((level as u64).checked_mul(8)?)
     }
 
     /// Predecessors of `key` at every level; returns the node at level 0
@@ -453,7 +458,7 @@ impl Skl<'_, '_> {
     fn preds(&self, key: &Key, preds: &mut [u64; MAX_LEVEL]) -> Option<u64> {
         let mut x = self.root;
         let mut steps = 0u32;
-        let top = (self.m.get(self.root + ROOT_SKL_LEVEL)? as usize).min(MAX_LEVEL);
+        let top = (self.m.get(self.root, ROOT_SKL_LEVEL)? as usize).min(MAX_LEVEL);
         preds.fill(self.root);
         for lvl in (0..top).rev() {
             loop {
@@ -461,27 +466,29 @@ impl Skl<'_, '_> {
                 if steps > MAX_STEPS {
                     return None;
                 }
-                let n = self.m.get(self.next_at(x, lvl))?;
-                if n == 0 || self.m.key(n + S_KEY)? >= *key {
+                let n = self.m.get(self.next_at(x, lvl)?, 0)?;
+                if n == 0 || self.m.key(n, S_KEY)? >= *key {
                     break;
                 }
                 x = n;
             }
-            preds[lvl] = x;
+            if let Some(p) = preds.get_mut(lvl) {
+                *p = x;
+            }
         }
-        self.m.get(self.next_at(x, 0))
+        self.m.get(self.next_at(x, 0)?, 0)
     }
 
     /// Random level with p = 1/4, from the root's xorshift state.
     fn random_level(&self) -> Option<usize> {
-        let mut s = self.m.get(self.root + ROOT_SKL_RNG)?;
+        let mut s = self.m.get(self.root, ROOT_SKL_RNG)?;
         if s == 0 {
             s = 0x2545_f491_4f6c_dd1d;
         }
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        self.m.set(self.root + ROOT_SKL_RNG, s)?;
+        self.m.set(self.root, ROOT_SKL_RNG, s)?;
         let level = 1 + (s.trailing_ones() / 2) as usize;
         Some(level.min(MAX_LEVEL))
     }
@@ -489,32 +496,32 @@ impl Skl<'_, '_> {
     fn op(&self, op: u32, key: &Key) -> Option<bool> {
         let mut preds = [0u64; MAX_LEVEL];
         let cand = self.preds(key, &mut preds)?;
-        let found = cand != 0 && self.m.key(cand + S_KEY)? == *key;
+        let found = cand != 0 && self.m.key(cand, S_KEY)? == *key;
         match op {
             OP_LOOKUP => Some(found),
-            OP_UPDATE if found => self.m.set_value(cand + S_VAL, key).map(|_| false),
+            OP_UPDATE if found => self.m.set_value(cand, S_VAL, key).map(|_| false),
             OP_UPDATE => {
                 let level = self.random_level()?;
                 let n = self.m.alloc(S_NEXT + 8 * level as u64)?;
-                self.m.set_key(n + S_KEY, key)?;
-                self.m.set_value(n + S_VAL, key)?;
-                self.m.set(n + S_LEVEL, level as u64)?;
+                self.m.set_key(n, S_KEY, key)?;
+                self.m.set_value(n, S_VAL, key)?;
+                self.m.set(n, S_LEVEL, level as u64)?;
                 for (l, &p) in preds.iter().enumerate().take(level) {
-                    let next = self.m.get(self.next_at(p, l))?;
-                    self.m.set(self.next_at(n, l), next)?;
-                    self.m.set(self.next_at(p, l), n)?;
+                    let next = self.m.get(self.next_at(p, l)?, 0)?;
+                    self.m.set(self.next_at(n, l)?, 0, next)?;
+                    self.m.set(self.next_at(p, l)?, 0, n)?;
                 }
-                let top = self.m.get(self.root + ROOT_SKL_LEVEL)?;
-                self.m.set(self.root + ROOT_SKL_LEVEL, top.max(level as u64))?;
+                let top = self.m.get(self.root, ROOT_SKL_LEVEL)?;
+                self.m.set(self.root, ROOT_SKL_LEVEL, top.max(level as u64))?;
                 Some(true)
             }
             _ if !found => Some(false),
             _ => {
-                let level = (self.m.get(cand + S_LEVEL)? as usize).min(MAX_LEVEL);
+                let level = (self.m.get(cand, S_LEVEL)? as usize).min(MAX_LEVEL);
                 for (l, &p) in preds.iter().enumerate().take(level) {
-                    if self.m.get(self.next_at(p, l))? == cand {
-                        let next = self.m.get(self.next_at(cand, l))?;
-                        self.m.set(self.next_at(p, l), next)?;
+                    if self.m.get(self.next_at(p, l)?, 0)? == cand {
+                        let next = self.m.get(self.next_at(cand, l)?, 0)?;
+                        self.m.set(self.next_at(p, l)?, 0, next)?;
                     }
                 }
                 self.m.free(cand);

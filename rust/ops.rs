@@ -5,9 +5,13 @@
 
 use core::ffi::c_int;
 
-use kernel::{bindings, prelude::*};
+use kernel::{bindings, prelude::*, types::ForeignOwnable};
 
 use crate::{heap::Heap, planner};
+
+/// What `kflex_heap_info.priv` owns: the heap, from `heap_init` to
+/// `heap_fini`.
+type Owned = Pin<KBox<Heap>>;
 
 /// The heap behind `info`.
 ///
@@ -15,10 +19,10 @@ use crate::{heap::Heap, planner};
 ///
 /// `info` must belong to a heap whose `heap_init` succeeded and whose
 /// `heap_fini` has not run.
-unsafe fn heap<'a>(info: *mut bindings::kflex_heap_info) -> &'a Heap {
-    // SAFETY: per the contract, `priv_` holds the pinned heap from
-    // `heap_init`, alive until `heap_fini`.
-    unsafe { &*((*info).priv_ as *const Heap) }
+unsafe fn heap<'a>(info: *mut bindings::kflex_heap_info) -> Pin<&'a Heap> {
+    // SAFETY: per the contract, `priv_` holds the pointer `into_foreign`
+    // returned in `heap_init`, and `from_foreign` has not been called yet.
+    unsafe { Owned::borrow((*info).priv_) }
 }
 
 unsafe extern "C" fn heap_init(
@@ -28,11 +32,9 @@ unsafe extern "C" fn heap_init(
 ) -> c_int {
     match Heap::create(info, pages, map_extra) {
         Ok(h) => {
-            // SAFETY: the heap is never moved out of its box: the raw
-            // pointer is turned back into a pinned box in `heap_fini`.
-            let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(h) });
-            // SAFETY: `info` is the glue's heap being created.
-            unsafe { (*info).priv_ = raw.cast() };
+            // SAFETY: `info` is the glue's heap being created; `heap_fini`
+            // takes the heap back.
+            unsafe { (*info).priv_ = h.into_foreign().cast_mut() };
             0
         }
         Err(e) => e.to_errno(),
@@ -40,18 +42,19 @@ unsafe extern "C" fn heap_init(
 }
 
 unsafe extern "C" fn heap_fini(info: *mut bindings::kflex_heap_info) {
-    // SAFETY: `info` is valid; `priv_` is the pointer stored by `heap_init`.
-    let raw = unsafe { (*info).priv_ } as *mut Heap;
+    // SAFETY: `info` is valid; `priv_` is the pointer stored by `heap_init`
+    // (or NULL if it failed), taken exactly once here.
+    let raw = unsafe {
+        core::ptr::replace(core::ptr::addr_of_mut!((*info).priv_), core::ptr::null_mut())
+    };
     if raw.is_null() {
         return;
     }
-    // SAFETY: `raw` came from `KBox::into_raw` of a pinned box in
-    // `heap_init`; nothing uses the heap any more (no program, mapping or
+    // SAFETY: `raw` came from `into_foreign` in `heap_init` and is taken back
+    // once; nothing uses the heap any more (no program, mapping or
     // statistics reader is left when the glue calls this).
-    let heap = unsafe { Pin::new_unchecked(KBox::from_raw(raw)) };
+    let heap = unsafe { Owned::from_foreign(raw) };
     heap.fini();
-    // SAFETY: as above.
-    unsafe { (*info).priv_ = core::ptr::null_mut() };
     drop(heap);
 }
 
@@ -135,7 +138,7 @@ unsafe extern "C" fn native(
     // its heap.
     let (heap, req, key) =
         unsafe { (heap(info), &mut *req, &*(key as *const [u8; crate::native::KEY])) };
-    match crate::native::run(heap, req.root, req.ds, req.op, key) {
+    match crate::native::run(heap.get_ref(), req.root, req.ds, req.op, key) {
         Ok(found) => {
             req.result = found as u64;
             0

@@ -81,7 +81,8 @@ pub(crate) fn plan(
     for ((m, o), insn) in marks.iter_mut().zip(out.iter()).zip(insns.iter()) {
         *m = match Mark::decode(*o) {
             Some(Mark::Guard(reg)) => reg + 1,
-            Some(Mark::Elided) if no_elision => address_reg(insn) + 1,
+            // A register number is at most 10.
+            Some(Mark::Elided) if no_elision => address_reg(insn).wrapping_add(1),
             _ => 0,
         };
     }

@@ -32,6 +32,7 @@ pub fn build(src_dir: &Path, repo_bpf: &Path, extra_args: &[&str], suffix: &str)
         ),
     };
     println!("cargo:rerun-if-changed={vmlinux_dir}/vmlinux.h");
+    println!("cargo:rerun-if-changed={vmlinux_dir}/linux/kflex.h");
 
     let mut sources: Vec<PathBuf> = fs::read_dir(src_dir)
         .expect("BPF source directory")

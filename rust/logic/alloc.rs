@@ -36,11 +36,20 @@ pub const LOW: usize = 64;
 pub const REFILL: usize = 128;
 /// Objects moved to the global list per spill.
 pub const SPILL: usize = 256;
-/// Capacity of one class's per-CPU cache.
-pub const CACHE_CAP: usize = HIGH + 1;
+/// Capacity of one class's per-CPU cache: above `HIGH`, room for the frees
+/// of nested sections (NMI, tracing programs inside the allocator), which
+/// only try the global list's lock and may have to keep objects cached.
+pub const CACHE_CAP: usize = HIGH + 64;
 
 // A spill leaves the cache below HIGH again.
-const _: () = assert!(HIGH + 1 - SPILL < HIGH);
+const _: () = assert!(CACHE_CAP - SPILL < HIGH);
+
+/// Largest allocation in pages (16 MiB): bounds the interrupts-off work of
+/// one large allocation or free.
+pub const MAX_LARGE_PAGES: u64 = 4096;
+
+/// Free page runs the page pool remembers for large allocations.
+pub const MAX_RUNS: usize = 32;
 
 /// Smallest class holding `size` bytes; `None` for 0 or above 4096 (whole
 /// pages).
@@ -61,9 +70,11 @@ pub fn objs_per_page(class: usize) -> usize {
     (PAGE_SIZE / class_size(class)) as usize
 }
 
-/// Pages of a large allocation of `size` bytes (> 4096).
-pub fn large_pages(size: u64) -> u64 {
-    size.div_ceil(PAGE_SIZE)
+/// Pages of a large allocation of `size` bytes (> 4096), if at most
+/// [`MAX_LARGE_PAGES`].
+pub fn large_pages(size: u64) -> Option<u64> {
+    let n = size.div_ceil(PAGE_SIZE);
+    (n > 0 && n <= MAX_LARGE_PAGES).then_some(n)
 }
 
 /// What a heap page holds; stored in its descriptor.
@@ -83,8 +94,11 @@ pub enum PageKind {
     LargeHead,
     /// Further page of a large allocation.
     LargeTail,
-    /// Returned by a large free, reusable.
-    Free,
+    /// Free, on the page pool's free-page stack (linked through the
+    /// descriptors, outside the heap).
+    FreeStack,
+    /// Free, in one of the page pool's free runs.
+    FreeRun,
 }
 
 impl PageKind {
@@ -97,7 +111,8 @@ impl PageKind {
             PageKind::System => 3,
             PageKind::LargeHead => 4,
             PageKind::LargeTail => 5,
-            PageKind::Free => 6,
+            PageKind::FreeStack => 6,
+            PageKind::FreeRun => 7,
             PageKind::Class(c) => 0x100 | u32::from(c),
         }
     }
@@ -112,7 +127,8 @@ impl PageKind {
             2 => PageKind::User,
             4 => PageKind::LargeHead,
             5 => PageKind::LargeTail,
-            6 => PageKind::Free,
+            6 => PageKind::FreeStack,
+            7 => PageKind::FreeRun,
             v if v & !0xff == 0x100 && ((v & 0xff) as usize) < NR_CLASSES => {
                 PageKind::Class((v & 0xff) as u8)
             }
@@ -123,6 +139,11 @@ impl PageKind {
     /// Whether the page is backed by memory.
     pub fn populated(self) -> bool {
         self != PageKind::Unpopulated
+    }
+
+    /// Whether the page is free in the page pool.
+    pub fn is_free(self) -> bool {
+        matches!(self, PageKind::FreeStack | PageKind::FreeRun)
     }
 }
 
@@ -152,9 +173,11 @@ impl ObjRef {
         (self.index / 64, 1u64 << (self.index % 64))
     }
 
-    /// Heap offset of the object of class `class`.
+    /// Heap offset of the object of class `class`. Page indices are below
+    /// 2^26 (256 GiB heaps) and object indices below 256, so the arithmetic
+    /// cannot wrap for any `ObjRef` the allocator makes.
     pub fn offset(self, class: usize) -> u64 {
-        (self.page << PAGE_SHIFT) + self.index as u64 * class_size(class)
+        (self.page << PAGE_SHIFT).wrapping_add((self.index as u64).wrapping_mul(class_size(class)))
     }
 }
 
@@ -179,10 +202,10 @@ const MAGIC: [u64; NR_CLASSES] = {
     m
 };
 
-/// `x / class_size(class)` for `x < PAGE_SIZE`.
+/// `x / class_size(class)` for `x < PAGE_SIZE` (then `x * m < 2^40`).
 fn div_class(x: u64, class: usize) -> u64 {
     match MAGIC.get(class) {
-        Some(m) => (x * m) >> 32,
+        Some(m) => (x & (PAGE_SIZE - 1)).wrapping_mul(*m) >> 32,
         None => x / PAGE_SIZE,
     }
 }
@@ -193,7 +216,8 @@ pub fn locate(off: u64, class: usize) -> Result<ObjRef, Refusal> {
     let in_page = off & (PAGE_SIZE - 1);
     let size = class_size(class);
     let index = div_class(in_page, class);
-    if index * size != in_page {
+    // `index * size <= in_page < PAGE_SIZE`.
+    if index.wrapping_mul(size) != in_page {
         return Err(Refusal::Misaligned);
     }
     let index = index as usize;
@@ -258,9 +282,13 @@ mod tests {
         assert_eq!(objs_per_page(3), 42);
         assert_eq!(objs_per_page(5), 21);
         assert_eq!(objs_per_page(10), 1);
-        assert_eq!(large_pages(4097), 2);
-        assert_eq!(large_pages(8192), 2);
-        assert_eq!(large_pages(1 << 20), 256);
+        assert_eq!(large_pages(4097), Some(2));
+        assert_eq!(large_pages(8192), Some(2));
+        assert_eq!(large_pages(1 << 20), Some(256));
+        assert_eq!(large_pages(16 << 20), Some(MAX_LARGE_PAGES));
+        assert_eq!(large_pages((16 << 20) + 1), None);
+        assert_eq!(large_pages(u64::MAX), None);
+        assert_eq!(large_pages(0), None);
         for c in 0..NR_CLASSES {
             assert!(objs_per_page(c) <= MAX_OBJS_PER_PAGE);
             assert_eq!(class_of(class_size(c)), Some(c));
@@ -276,7 +304,8 @@ mod tests {
             PageKind::System,
             PageKind::LargeHead,
             PageKind::LargeTail,
-            PageKind::Free,
+            PageKind::FreeStack,
+            PageKind::FreeRun,
             PageKind::Class(0),
             PageKind::Class(10),
         ];
@@ -288,6 +317,8 @@ mod tests {
         assert_eq!(PageKind::decode(0xdead_beef), PageKind::System);
         assert!(!PageKind::Unpopulated.populated());
         assert!(PageKind::User.populated());
+        assert!(PageKind::FreeRun.is_free() && PageKind::FreeStack.is_free());
+        assert!(!PageKind::Reserve.is_free() && !PageKind::LargeHead.is_free());
     }
 
     #[test]

@@ -1,0 +1,709 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The allocator: any context, always inside a [`Section`].
+//!
+//! Objects of the 11 size classes come from a per-CPU cache ([`Cache`],
+//! outside the heap) with the paper's watermarks; below `LOW` cached objects
+//! an allocation first moves `REFILL` from the class's global list (linked
+//! through the free objects, inside the heap, every link validated), above
+//! `HIGH` a free moves `SPILL` back. An empty global list gets a fresh page
+//! from the [`PagePool`] (free-page stack, free runs, then the reserve).
+//! Allocations above 4 KiB take whole contiguous pages (at most
+//! `MAX_LARGE_PAGES`).
+//!
+//! Rules of this file, all enforced by [`crate::sys`]:
+//! - a CPU's cache is used only through the section's [`CpuRef`]; a section
+//!   that finds it taken (it interrupted the allocator on this CPU) fails an
+//!   allocation and *defers* a free to the CPU's [`Ring`], which the next
+//!   section holding the cache, or the heap's irq_work, completes;
+//! - the pool and list locks are held only for bounded work and never
+//!   across anything that takes another lock; nested and NMI sections only
+//!   try them (an allocation fails, a free is deferred);
+//! - interrupts-off work is bounded: at most `REFILL` or `SPILL` links, one
+//!   page carved, `SCAN_MAX` descriptors scanned and `MAX_LARGE_PAGES`
+//!   descriptors written per large allocation or free, `MAX_RUNS` runs,
+//!   `DRAIN_MAX` deferred frees per section.
+
+use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use super::{bump, Heap, PageDesc};
+use crate::{
+    logic::{
+        alloc::{
+            class_of, class_size, full_bitmap, large_pages, locate, objs_per_page, refill_amount,
+            spill_amount, user_offset, ObjRef, PageKind, Refusal, CACHE_CAP, LOW, MAX_LARGE_PAGES,
+            MAX_OBJS_PER_PAGE, MAX_RUNS, NR_CLASSES, PAGE_SHIFT, SPILL,
+        },
+        geometry::PAGE_SIZE,
+    },
+    sys::{CpuRef, Section, ZeroValid},
+};
+
+/// Descriptors one large allocation may scan for fresh pages.
+const SCAN_MAX: u64 = 2 * MAX_LARGE_PAGES;
+/// Deferred frees one CPU may hold.
+const RING: usize = 64;
+/// Deferred frees completed per section.
+const DRAIN_MAX: usize = 8;
+
+// A refill happens below LOW cached objects; a fresh page then fits whole.
+const _: () = assert!(LOW + MAX_OBJS_PER_PAGE <= CACHE_CAP);
+
+/// One CPU's cache of free objects, per class.
+pub(super) struct Cache {
+    count: [usize; NR_CLASSES],
+    objs: [[u64; CACHE_CAP]; NR_CLASSES],
+}
+
+// SAFETY: all-zero is an empty cache (integers only).
+unsafe impl ZeroValid for Cache {}
+
+impl Cache {
+    fn push(&mut self, class: usize, off: u64) -> bool {
+        let Some(n) = self.count.get_mut(class) else { return false };
+        let Some(slot) = self.objs.get_mut(class).and_then(|o| o.get_mut(*n)) else {
+            return false;
+        };
+        *slot = off;
+        // `*n < CACHE_CAP`: its slot exists.
+        *n = n.wrapping_add(1);
+        true
+    }
+
+    fn pop(&mut self, class: usize) -> Option<u64> {
+        let n = self.count.get_mut(class)?;
+        let i = n.checked_sub(1)?;
+        let off = *self.objs.get(class)?.get(i)?;
+        *n = i;
+        Some(off)
+    }
+
+    fn len(&self, class: usize) -> usize {
+        self.count.get(class).copied().unwrap_or(CACHE_CAP)
+    }
+}
+
+/// Frees deferred on one CPU. Producers are sections that found the CPU's
+/// cache taken (they interrupted its holder) or a lock busy; the consumer is
+/// a later section holding the cache. All of them run on this CPU, and an
+/// interrupting section finishes before the interrupted one goes on, so a
+/// slot claimed with the compare-and-swap is written before any consumer
+/// can look at it.
+struct Ring {
+    head: AtomicU32,
+    tail: AtomicU32,
+    slots: [AtomicU64; RING],
+}
+
+impl Ring {
+    fn push(&self, v: u64) -> bool {
+        loop {
+            let t = self.tail.load(Ordering::Relaxed);
+            if t.wrapping_sub(self.head.load(Ordering::Relaxed)) as usize >= RING {
+                return false;
+            }
+            let next = t.wrapping_add(1);
+            if self.tail.compare_exchange(t, next, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                if let Some(slot) = self.slots.get(t as usize % RING) {
+                    slot.store(v, Ordering::Relaxed);
+                }
+                return true;
+            }
+        }
+    }
+
+    fn pop(&self) -> Option<u64> {
+        let h = self.head.load(Ordering::Relaxed);
+        if h == self.tail.load(Ordering::Relaxed) {
+            return None;
+        }
+        let v = self.slots.get(h as usize % RING)?.load(Ordering::Relaxed);
+        self.head.store(h.wrapping_add(1), Ordering::Relaxed);
+        Some(v)
+    }
+}
+
+/// Per-CPU state any CPU may read: statistics and deferred frees.
+pub(super) struct CpuShared {
+    pub(super) allocs: AtomicU64,
+    pub(super) frees: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) deferred: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) class_bytes: [AtomicI64; NR_CLASSES],
+    ring: Ring,
+}
+
+// SAFETY: all-zero is a valid `CpuShared`: atomics holding 0, an empty ring.
+unsafe impl ZeroValid for CpuShared {}
+
+/// Global free list of one class, linked through the objects.
+#[derive(Default)]
+pub(super) struct GlobalList {
+    head: u64,
+    count: u64,
+}
+
+/// Pages handed out to the allocator and returned by large frees.
+pub(super) struct PagePool {
+    /// Pages below are consumed (or skipped).
+    next_fresh: u64,
+    /// Top of the free-page stack (page index + 1; 0: empty), linked through
+    /// the descriptors.
+    free_top: u32,
+    /// Free runs of pages `(start, len)` from large frees.
+    runs: [(u64, u64); MAX_RUNS],
+    nruns: usize,
+}
+
+impl PagePool {
+    pub(super) fn new() -> Self {
+        PagePool { next_fresh: 1, free_top: 0, runs: [(0, 0); MAX_RUNS], nruns: 0 }
+    }
+}
+
+/// Heap offset of an object in a class page of the heap: the only offsets
+/// the allocator reads or writes links at.
+///
+/// # Invariants
+///
+/// The offset is 8-byte aligned and lies in a page whose descriptor said
+/// `Class(_)` when the value was made, so the page is populated, and it stays
+/// mapped until [`Heap::fini`] (type invariant of `Heap`).
+#[derive(Clone, Copy)]
+struct ObjOff(u64);
+
+impl Heap {
+    /// Validates `off` as the start of an object of `class`.
+    fn object(&self, off: u64, class: usize) -> Option<(ObjOff, ObjRef, &PageDesc)> {
+        if off == 0 || off >= self.size {
+            return None;
+        }
+        let obj = locate(off, class).ok()?;
+        if obj.page >= self.populated_end.load(Ordering::Acquire) {
+            return None;
+        }
+        let desc = self.desc(obj.page)?;
+        if desc.kind() != PageKind::Class(class as u8) {
+            return None;
+        }
+        // INVARIANT: class objects are multiples of 16 bytes from their
+        // page's start, in a `Class` page.
+        Some((ObjOff(off), obj, desc))
+    }
+
+    /// Reads the link word of a free object, which the program may be
+    /// writing.
+    fn read_link(&self, at: ObjOff) -> u64 {
+        let p = self.kern_base.wrapping_add(at.0) as *const u64;
+        // SAFETY: `at` is an aligned offset in a mapped page of this heap
+        // (invariants of `ObjOff` and `Heap`).
+        unsafe { core::ptr::read_volatile(p) }
+    }
+
+    fn write_link(&self, at: ObjOff, v: u64) {
+        let p = self.kern_base.wrapping_add(at.0) as *mut u64;
+        // SAFETY: as in `read_link`.
+        unsafe { core::ptr::write_volatile(p, v) }
+    }
+
+    fn cpu<'a>(&'a self, s: &Section) -> Option<&'a CpuShared> {
+        self.cpus.this(s)
+    }
+
+    fn count_failed(&self, s: &Section) {
+        if let Some(c) = self.cpu(s) {
+            bump(&c.failed, 1);
+        }
+    }
+
+    // ---- global lists ----
+
+    /// Validates a global-list link: a free object of class `class` that is
+    /// marked as on the global list.
+    fn check_link(&self, off: u64, class: usize) -> Option<(ObjOff, ObjRef, &PageDesc)> {
+        let (at, obj, desc) = self.object(off, class)?;
+        let (w, b) = obj.bit();
+        let free = desc.free.get(w)?.load(Ordering::Acquire) & b != 0;
+        let global = desc.global.get(w)?.load(Ordering::Acquire) & b != 0;
+        (free && global).then_some((at, obj, desc))
+    }
+
+    /// Pops one object from a global list, or truncates a corrupted list.
+    fn pop_global(&self, list: &mut GlobalList, class: usize) -> Option<u64> {
+        let off = list.head;
+        if off == 0 {
+            return None;
+        }
+        let taken = self.check_link(off, class).and_then(|(at, obj, desc)| {
+            let (w, b) = obj.bit();
+            // Clearing the bit claims the object: a forged link elsewhere
+            // naming it can no longer be followed.
+            (desc.global.get(w)?.fetch_and(!b, Ordering::AcqRel) & b != 0).then_some(at)
+        });
+        let Some(at) = taken else {
+            bump(&self.c.corrupt_links, 1);
+            *list = GlobalList::default();
+            return None;
+        };
+        list.head = self.read_link(at);
+        list.count = list.count.saturating_sub(1);
+        Some(off)
+    }
+
+    fn push_global(&self, list: &mut GlobalList, class: usize, off: u64) {
+        let Some((at, obj, desc)) = self.object(off, class) else { return };
+        let (w, b) = obj.bit();
+        if let Some(g) = desc.global.get(w) {
+            self.write_link(at, list.head);
+            g.fetch_or(b, Ordering::AcqRel);
+            list.head = off;
+            list.count = list.count.saturating_add(1);
+        }
+    }
+
+    // ---- page pool ----
+
+    /// Takes `n` contiguous fresh pages from the reserve, scanning at most
+    /// [`SCAN_MAX`] descriptors.
+    fn take_fresh(&self, pool: &mut PagePool, n: u64) -> Option<u64> {
+        let end = self.populated_end.load(Ordering::Acquire);
+        let mut start = pool.next_fresh;
+        let mut scanned = 0u64;
+        // Page indices are below 2^26, `n` at most MAX_LARGE_PAGES: the
+        // sums below cannot wrap.
+        while start.wrapping_add(n) <= end && scanned < SCAN_MAX {
+            // A page that is not a reserve page (user-populated) breaks the
+            // run: the reserve pages before it go to the free-page stack.
+            let blocker = (start..start.wrapping_add(n))
+                .find(|&p| self.desc(p).map(PageDesc::kind) != Some(PageKind::Reserve));
+            match blocker {
+                None => {
+                    pool.next_fresh = start.wrapping_add(n);
+                    self.next_fresh_hint.store(pool.next_fresh, Ordering::Release);
+                    self.c.pages_reserve.fetch_sub(n as i64, Ordering::Relaxed);
+                    return Some(start);
+                }
+                Some(b) => {
+                    for p in start..b {
+                        self.c.pages_reserve.fetch_sub(1, Ordering::Relaxed);
+                        self.push_free_page(pool, p);
+                    }
+                    // `start <= b`.
+                    let next = b.wrapping_add(1);
+                    scanned = scanned.wrapping_add(next.wrapping_sub(start));
+                    start = next;
+                    pool.next_fresh = start;
+                    self.next_fresh_hint.store(start, Ordering::Release);
+                }
+            }
+        }
+        None
+    }
+
+    fn push_free_page(&self, pool: &mut PagePool, page: u64) {
+        if let Some(d) = self.desc(page) {
+            d.link.store(pool.free_top, Ordering::Relaxed);
+            d.set_kind(PageKind::FreeStack);
+            // Page indices fit 32 bits (static assertion in heap.rs).
+            pool.free_top = page.wrapping_add(1) as u32;
+        }
+    }
+
+    /// Pops the free-page stack. Its links are in the descriptors, out of the
+    /// program's reach; the page's kind is checked all the same.
+    fn pop_free_page(&self, pool: &mut PagePool) -> Option<u64> {
+        let page = u64::from(pool.free_top).checked_sub(1)?;
+        match self.desc(page) {
+            Some(d) if d.kind() == PageKind::FreeStack => {
+                pool.free_top = d.link.load(Ordering::Relaxed);
+                d.set_kind(PageKind::Reserve);
+                Some(page)
+            }
+            _ => {
+                bump(&self.c.corrupt_links, 1);
+                pool.free_top = 0;
+                None
+            }
+        }
+    }
+
+    /// Takes `n` pages from the front of free run `i`.
+    fn take_from_run(&self, pool: &mut PagePool, i: usize, n: u64) -> Option<u64> {
+        let (start, len) = *pool.runs.get(i)?;
+        if len < n {
+            return None;
+        }
+        // Runs lie inside the heap (page indices below 2^26), `n <= len`.
+        let end = start.wrapping_add(n);
+        if len == n {
+            let last = pool.nruns.checked_sub(1)?;
+            let moved = *pool.runs.get(last)?;
+            *pool.runs.get_mut(i)? = moved;
+            pool.nruns = last;
+        } else {
+            *pool.runs.get_mut(i)? = (end, len.wrapping_sub(n));
+        }
+        // Every page of a run says so; one that does not means the pool is
+        // inconsistent: leak the run rather than hand out a page twice.
+        if (start..end).any(|p| self.desc(p).map(PageDesc::kind) != Some(PageKind::FreeRun)) {
+            bump(&self.c.corrupt_links, 1);
+            return None;
+        }
+        for p in start..end {
+            if let Some(d) = self.desc(p) {
+                d.set_kind(PageKind::Reserve);
+            }
+        }
+        Some(start)
+    }
+
+    /// One page for a size class (any context; `None` if a nested section
+    /// cannot take the pool's lock or nothing is left).
+    fn take_page(&self, s: &Section) -> Option<u64> {
+        let mut pool = self.pool.lock(s)?;
+        if let Some(p) = self.pop_free_page(&mut pool) {
+            return Some(p);
+        }
+        if let Some(i) = pool.nruns.checked_sub(1) {
+            if let Some(p) = self.take_from_run(&mut pool, i, 1) {
+                return Some(p);
+            }
+        }
+        let p = self.take_fresh(&mut pool, 1);
+        drop(pool);
+        self.note_reserve(p.is_none(), 0);
+        p
+    }
+
+    // ---- small objects ----
+
+    /// Refills a per-CPU cache from the global list, or carves a new page.
+    fn refill(&self, s: &Section, cache: &mut Cache, class: usize) {
+        let want = refill_amount(cache.len(class));
+        if want == 0 {
+            return;
+        }
+        {
+            let Some(mut list) = self.lists.get(class).and_then(|l| l.lock(s)) else {
+                return;
+            };
+            let mut got = 0;
+            while got < want {
+                let Some(off) = self.pop_global(&mut list, class) else { break };
+                cache.push(class, off);
+                got += 1;
+            }
+            if got > 0 {
+                return;
+            }
+        }
+        let Some(page) = self.take_page(s) else { return };
+        let Some(desc) = self.desc(page) else { return };
+        let n = objs_per_page(class);
+        let bits = full_bitmap(n);
+        for ((f, g), b) in desc.free.iter().zip(desc.global.iter()).zip(bits.iter()) {
+            f.store(*b, Ordering::Relaxed);
+            g.store(0, Ordering::Relaxed);
+        }
+        desc.set_kind(PageKind::Class(class as u8));
+        // The whole page fits in the cache (static assertion above), so no
+        // list lock is needed, which a nested section might not get.
+        for i in 0..n {
+            cache.push(class, ObjRef { page, index: i }.offset(class));
+        }
+    }
+
+    fn alloc_small(&self, s: &Section, cache: &mut Cache, class: usize) -> u64 {
+        for _ in 0..2 {
+            self.refill(s, cache, class);
+            let Some(cand) = cache.pop(class) else { break };
+            // Mark allocated; a cached object is always free, but check.
+            if let Some((_, obj, desc)) = self.object(cand, class) {
+                let (w, b) = obj.bit();
+                if desc.free.get(w).is_some_and(|f| f.fetch_and(!b, Ordering::AcqRel) & b != 0) {
+                    return cand;
+                }
+            }
+            bump(&self.c.corrupt_links, 1);
+        }
+        0
+    }
+
+    fn free_object(
+        &self,
+        s: &Section,
+        cache: &mut Cache,
+        off: u64,
+        class: usize,
+    ) -> Result<(), Deferral> {
+        let (_, obj, desc) = self.object(off, class).ok_or(Refusal::Misaligned)?;
+        if cache.len(class) >= CACHE_CAP {
+            // Full (nested sections could not spill): try again later.
+            return Err(Deferral::Busy);
+        }
+        let (w, b) = obj.bit();
+        let word = desc.free.get(w).ok_or(Refusal::Foreign)?;
+        if word.fetch_or(b, Ordering::AcqRel) & b != 0 {
+            return Err(Refusal::Double.into());
+        }
+        cache.push(class, off);
+        if spill_amount(cache.len(class)) > 0 {
+            if let Some(mut list) = self.lists.get(class).and_then(|l| l.lock(s)) {
+                for _ in 0..SPILL {
+                    let Some(o) = cache.pop(class) else { break };
+                    self.push_global(&mut list, class, o);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- large allocations ----
+
+    fn alloc_large(&self, s: &Section, size: u64) -> u64 {
+        let Some(n) = large_pages(size).filter(|&n| n < self.npages) else {
+            return 0;
+        };
+        let Some(mut pool) = self.pool.lock(s) else { return 0 };
+        let mut start = None;
+        for i in 0..pool.nruns {
+            if pool.runs.get(i).is_some_and(|r| r.1 >= n) {
+                start = self.take_from_run(&mut pool, i, n);
+                break;
+            }
+        }
+        let dry = start.is_none();
+        if start.is_none() {
+            start = self.take_fresh(&mut pool, n);
+        }
+        drop(pool);
+        let head = start.and_then(|st| Some((st, self.desc(st)?)));
+        let uaddr = match head {
+            Some((st, head)) => {
+                // `st + n` is at most the heap's page count.
+                for p in st.wrapping_add(1)..st.wrapping_add(n) {
+                    if let Some(d) = self.desc(p) {
+                        d.set_kind(PageKind::LargeTail);
+                    }
+                }
+                head.link.store(n as u32, Ordering::Relaxed);
+                head.set_kind(PageKind::LargeHead);
+                self.c.large_bytes.fetch_add((n << PAGE_SHIFT) as i64, Ordering::Relaxed);
+                self.user_addr(st << PAGE_SHIFT)
+            }
+            None => 0,
+        };
+        self.note_reserve(dry && uaddr == 0, n);
+        uaddr
+    }
+
+    fn free_large(&self, s: &Section, page: u64, head: &PageDesc) -> Result<(), Deferral> {
+        let mut pool = self.pool.lock(s).ok_or(Deferral::Busy)?;
+        // Claiming the head under the pool's lock makes a double free (or a
+        // racing one) fail here, before any page changes hands.
+        if head
+            .state
+            .compare_exchange(
+                PageKind::LargeHead.encode(),
+                PageKind::FreeRun.encode(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return Err(Refusal::Double.into());
+        }
+        let n = u64::from(head.link.load(Ordering::Relaxed)).clamp(1, MAX_LARGE_PAGES);
+        let end = page.saturating_add(n);
+        for p in page.saturating_add(1)..end {
+            if let Some(d) = self.desc(p) {
+                d.set_kind(PageKind::FreeRun);
+            }
+        }
+        self.c.large_bytes.fetch_sub((n << PAGE_SHIFT) as i64, Ordering::Relaxed);
+        // Coalesce with a run that ends here or starts right after.
+        let nruns = pool.nruns;
+        let mut merged = false;
+        for r in pool.runs.iter_mut().take(nruns) {
+            if r.0.saturating_add(r.1) == page {
+                r.1 = r.1.saturating_add(n);
+                merged = true;
+                break;
+            }
+            if end == r.0 {
+                *r = (page, r.1.saturating_add(n));
+                merged = true;
+                break;
+            }
+        }
+        if !merged {
+            if let Some(r) = pool.runs.get_mut(nruns) {
+                *r = (page, n);
+                // `nruns < MAX_RUNS`: its slot exists.
+                pool.nruns = nruns.wrapping_add(1);
+            } else {
+                for p in page..end {
+                    self.push_free_page(&mut pool, p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- entry points ----
+
+    /// `bpf_kflex_alloc()`: user address of `size` new bytes, or 0.
+    pub(crate) fn alloc(&self, size: u64) -> u64 {
+        let s = Section::enter();
+        let Some(mut cache) = self.caches.get(&s) else {
+            // This section interrupted the allocator on this CPU.
+            self.count_failed(&s);
+            return 0;
+        };
+        let class = class_of(size);
+        let off = match class {
+            Some(c) => self.alloc_small(&s, &mut cache, c),
+            None => {
+                let u = self.alloc_large(&s, size);
+                return self.finish(&s, cache, u, None);
+            }
+        };
+        let uaddr = if off == 0 { 0 } else { self.user_addr(off) };
+        self.finish(&s, cache, uaddr, class)
+    }
+
+    /// Accounts an allocation and completes deferred frees.
+    fn finish(
+        &self,
+        s: &Section,
+        mut cache: CpuRef<'_, Cache>,
+        uaddr: u64,
+        class: Option<usize>,
+    ) -> u64 {
+        if let Some(c) = self.cpu(s) {
+            if uaddr == 0 {
+                bump(&c.failed, 1);
+            } else {
+                bump(&c.allocs, 1);
+                account(c, class, 1);
+            }
+        }
+        self.drain(s, &mut cache);
+        uaddr
+    }
+
+    /// `bpf_kflex_free()`.
+    pub(crate) fn free(&self, uaddr: u64) {
+        let s = Section::enter();
+        let Some(mut cache) = self.caches.get(&s) else {
+            self.defer(&s, uaddr);
+            return;
+        };
+        self.free_one(&s, &mut cache, uaddr);
+        self.drain(&s, &mut cache);
+    }
+
+    /// Frees `uaddr` with the CPU's cache held; defers it if a lock cannot
+    /// be taken or the cache is full.
+    fn free_one(&self, s: &Section, cache: &mut Cache, uaddr: u64) {
+        match self.try_free(s, cache, uaddr) {
+            Ok(class) => {
+                if let Some(c) = self.cpu(s) {
+                    bump(&c.frees, 1);
+                    account(c, class, -1);
+                }
+            }
+            Err(Deferral::Busy) => self.defer(s, uaddr),
+            Err(Deferral::Refused(why)) => {
+                let c = match why {
+                    Refusal::Foreign => &self.c.refused_foreign,
+                    Refusal::Misaligned => &self.c.refused_misaligned,
+                    Refusal::Double => &self.c.refused_double,
+                };
+                bump(c, 1);
+            }
+        }
+    }
+
+    /// Frees `uaddr`; returns the size class of a small object.
+    fn try_free(
+        &self,
+        s: &Section,
+        cache: &mut Cache,
+        uaddr: u64,
+    ) -> Result<Option<usize>, Deferral> {
+        let off = user_offset(uaddr, self.user_start(), self.size).ok_or(Refusal::Foreign)?;
+        let page = off >> PAGE_SHIFT;
+        if off == 0 || page >= self.populated_end.load(Ordering::Acquire) {
+            return Err(Refusal::Foreign.into());
+        }
+        let desc = self.desc(page).ok_or(Refusal::Foreign)?;
+        match desc.kind() {
+            PageKind::Class(c) => {
+                self.free_object(s, cache, off, c as usize).map(|_| Some(c as usize))
+            }
+            PageKind::LargeHead if off & (PAGE_SIZE - 1) == 0 => {
+                self.free_large(s, page, desc).map(|_| None)
+            }
+            PageKind::LargeHead | PageKind::LargeTail => Err(Refusal::Misaligned.into()),
+            k if k.is_free() => Err(Refusal::Double.into()),
+            _ => Err(Refusal::Foreign.into()),
+        }
+    }
+
+    /// Queues a free for a later section of this CPU.
+    fn defer(&self, s: &Section, uaddr: u64) {
+        let Some(c) = self.cpu(s) else { return };
+        if c.ring.push(uaddr) {
+            bump(&c.deferred, 1);
+        } else {
+            // The object stays allocated: a leak inside the heap, counted.
+            bump(&c.dropped, 1);
+        }
+        self.kick();
+    }
+
+    /// Completes up to [`DRAIN_MAX`] deferred frees of this CPU (not from a
+    /// nested section: it could only defer them again).
+    fn drain(&self, s: &Section, cache: &mut Cache) {
+        if s.nested() {
+            return;
+        }
+        let Some(c) = self.cpu(s) else { return };
+        for _ in 0..DRAIN_MAX {
+            let Some(uaddr) = c.ring.pop() else { break };
+            self.free_one(s, cache, uaddr);
+        }
+    }
+
+    /// Completes this CPU's deferred frees from the heap's irq_work.
+    pub(super) fn drain_deferred(&self, s: &Section) {
+        if let Some(mut cache) = self.caches.get(s) {
+            self.drain(s, &mut cache);
+        }
+    }
+}
+
+/// Adds `sign` objects of `class` (if a small object) to the CPU's bytes.
+fn account(c: &CpuShared, class: Option<usize>, sign: i64) {
+    if let Some(k) = class {
+        if let Some(b) = c.class_bytes.get(k) {
+            b.fetch_add(sign.wrapping_mul(class_size(k) as i64), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Why a free did not happen now.
+enum Deferral {
+    /// A lock or the cache was not available to this section: retry later.
+    Busy,
+    /// Refused for good (and counted).
+    Refused(Refusal),
+}
+
+impl From<Refusal> for Deferral {
+    fn from(r: Refusal) -> Self {
+        Deferral::Refused(r)
+    }
+}
