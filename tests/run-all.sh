@@ -67,6 +67,9 @@ for check in "cargo fmt --all --check" "cargo clippy --workspace --all-targets -
 	fi
 done
 
+kflex_log "panic call sites of the Rust component, against tests/panic-allowlist.txt"
+STEP_TIMEOUT=120 step panic-sites "$KFLEX_REPO/tests/panic-sites.sh"
+
 kflex_log "the guest harness from a clone under /tmp"
 STEP_TIMEOUT=300 step clone-test "$KFLEX_REPO/tests/clone-test.sh"
 

@@ -94,19 +94,50 @@ int alloc_n(struct args *a)
 	return 0;
 }
 
-/* Free ptrs[0 .. nptrs). */
+/* Allocate n objects of size bytes into ptrs[arg ...] (two CPUs may run
+ * this at once on disjoint ranges); returns how many succeeded. */
+SEC("syscall")
+int alloc_at(struct args *a)
+{
+	__u64 i, got = 0;
+	void __arena *p;
+
+	bpf_for(i, 0, a->n) {
+		__u64 slot = a->arg + i;
+
+		if (slot >= MAX_PTRS)
+			break;
+		p = kflex_malloc(heap, a->size);
+		ptrs[slot] = p;
+		if (p)
+			got++;
+	}
+	a->ret = got;
+	return 0;
+}
+
+/* One object of size bytes; its address in a->ret (0: failed). */
+SEC("syscall")
+int alloc_one(struct args *a)
+{
+	a->ret = (__u64)kflex_malloc(heap, a->size);
+	return 0;
+}
+
+/* Free ptrs[0 .. nptrs), or with n > 0 ptrs[arg .. arg + n). */
 SEC("syscall")
 int free_n(struct args *a)
 {
-	__u64 i, n = nptrs;
+	__u64 i, first = a->n ? a->arg : 0, n = a->n ? a->n : nptrs;
 
 	bpf_for(i, 0, n) {
-		if (i >= MAX_PTRS)
+		if (first + i >= MAX_PTRS)
 			break;
-		kflex_free(heap, ptrs[i]);
-		ptrs[i] = 0;
+		kflex_free(heap, ptrs[first + i]);
+		ptrs[first + i] = 0;
 	}
-	nptrs = 0;
+	if (!a->n)
+		nptrs = 0;
 	a->ret = n;
 	return 0;
 }

@@ -15,6 +15,8 @@ use libbpf_rs::{
     MapCore, ProgramInput,
 };
 
+use kflex_load::{guardmode::GuardMode, heapstats};
+
 use crate::util::*;
 
 mod skel {
@@ -22,8 +24,12 @@ mod skel {
 }
 use skel::*;
 
-/// `BPF_F_MMAPABLE | BPF_F_KFLEX`.
-const KFLEX_FLAGS: u32 = (1 << 10) | (1 << 28);
+/// `BPF_F_MMAPABLE | BPF_F_KFLEX`, as `KFLEX_HEAP()` of `bpf/kflex.h` sets
+/// them (from the kernel's UAPI header): read off the skeleton's heap map.
+fn kflex_flags() -> Result<u32> {
+    let open = HeapTestSkelBuilder::default().open(skel_storage())?;
+    Ok(open.maps.heap.map_flags())
+}
 const GIB: u64 = 1 << 30;
 
 /// Arguments of the syscall programs (`struct args`).
@@ -86,10 +92,12 @@ impl Loaded {
     /// This heap's line of /proc/kflex/heaps.
     pub fn stats(&self) -> Result<HeapStats> {
         let id = self.map_id()?;
-        HeapStats::read_all()?
-            .into_iter()
-            .find(|s| s.get("id") == id as u64)
-            .with_context(|| format!("heap {id} not in /proc/kflex/heaps"))
+        heapstats::find(id)?.with_context(|| format!("heap {id} not in /proc/kflex/heaps"))
+    }
+
+    /// The program's .bss, writable (user space shares it with the program).
+    pub fn bss_mut(&mut self) -> &mut types::bss {
+        self.skel.maps.bss_data.as_deref_mut().expect("bss")
     }
 
     /// User address of the heap's first byte, from an allocated pointer.
@@ -98,35 +106,8 @@ impl Loaded {
     }
 }
 
-/// One line of /proc/kflex/heaps: "name value" pairs.
-#[derive(Debug, Clone)]
-pub struct HeapStats(pub Vec<(String, u64)>);
-
-impl HeapStats {
-    pub fn read_all() -> Result<Vec<HeapStats>> {
-        let text = std::fs::read_to_string("/proc/kflex/heaps").context("/proc/kflex/heaps")?;
-        text.lines()
-            .map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                w.chunks(2)
-                    .map(|p| match p {
-                        [k, v] => Ok((k.to_string(), v.parse()?)),
-                        _ => bail!("odd line {l:?}"),
-                    })
-                    .collect::<Result<Vec<_>>>()
-                    .map(HeapStats)
-            })
-            .collect()
-    }
-
-    pub fn get(&self, key: &str) -> u64 {
-        self.0.iter().find(|(k, _)| k == key).map_or(u64::MAX, |(_, v)| *v)
-    }
-
-    pub fn class_bytes_total(&self) -> u64 {
-        self.0.iter().filter(|(k, _)| k.starts_with("class")).map(|(_, v)| v).sum()
-    }
-}
+/// One heap's line of /proc/kflex/heaps (the loader's parser).
+pub use kflex_load::heapstats::Heap as HeapStats;
 
 fn read_u64(addr: u64) -> u64 {
     // SAFETY: callers pass addresses inside the heap mapping of a live
@@ -164,7 +145,7 @@ pub fn list_walked_from_user_space() -> Result<()> {
     let freed = h.call(&h.skel.progs.free_list, 0, 0, 0)?;
     ensure!(freed == n, "freed {freed}");
     let st = h.stats()?;
-    ensure!(st.class_bytes_total() == 0, "bytes still allocated: {st:?}");
+    ensure!(st.class_bytes() == 0, "bytes still allocated: {st:?}");
     ensure!(st.get("allocs") == n && st.get("frees") == n, "{st:?}");
     Ok(())
 }
@@ -194,15 +175,19 @@ pub fn xdp_alloc_free_round_trips() -> Result<()> {
     run(&h.skel.progs.xdp_free, 500)?;
     ensure!(h.bss().xdp_count == 0, "xdp_count {}", h.bss().xdp_count);
     let st = h.stats()?;
-    ensure!(st.class_bytes_total() == 0 && st.get("frees") == 500, "{st:?}");
+    ensure!(st.class_bytes() == 0 && st.get("frees") == 500, "{st:?}");
     Ok(())
 }
 
 /// Creates a KFlex heap map directly; `Err(errno)` on failure.
+fn libc_einval() -> i32 {
+    nix::libc::EINVAL
+}
+
 fn create_heap(pages: u32) -> std::result::Result<OwnedFd, i32> {
     let opts = libbpf_sys::bpf_map_create_opts {
         sz: size_of::<libbpf_sys::bpf_map_create_opts>() as _,
-        map_flags: KFLEX_FLAGS,
+        map_flags: kflex_flags().map_err(|_| libc_einval())?,
         ..Default::default()
     };
     // SAFETY: valid options; a NULL name is allowed.
@@ -308,7 +293,7 @@ pub fn exhaustion_and_recovery() -> Result<()> {
         ensure!(again >= got, "size {size}: {again} after frees, {got} before");
         h.call(&h.skel.progs.free_n, 0, 0, 0)?;
         let st = h.stats()?;
-        ensure!(st.class_bytes_total() == 0 && st.get("large_bytes") == 0, "size {size}: {st:?}");
+        ensure!(st.class_bytes() == 0 && st.get("large_bytes") == 0, "size {size}: {st:?}");
         println!("exhaustion: size {size}: {got} objects, again {again}");
     }
     Ok(())
@@ -365,7 +350,7 @@ pub fn two_cpus_churn() -> Result<()> {
     println!("churn: {} allocs, {} frees, {} failed", st.get("allocs"), st.get("frees"), fails);
     ensure!(st.get("allocs") == st.get("frees"), "allocs != frees: {st:?}");
     ensure!(st.get("allocs") > rounds * 2 * 1000, "too few allocations: {st:?}");
-    ensure!(st.class_bytes_total() == 0 && st.get("large_bytes") == 0, "leak: {st:?}");
+    ensure!(st.class_bytes() == 0 && st.get("large_bytes") == 0, "leak: {st:?}");
     for k in ["refused_foreign", "refused_misaligned", "refused_double", "corrupt_links"] {
         ensure!(st.get(k) == 0, "{k} = {}", st.get(k));
     }
@@ -378,7 +363,7 @@ pub fn two_cpus_churn() -> Result<()> {
 /// twice.
 pub fn hostile_program_is_contained() -> Result<()> {
     ensure_kflex()?;
-    let h = Loaded::new(1 << 20)?;
+    let mut h = Loaded::new(1 << 20)?;
     h.reserve(512 << 10)?;
     let n = 2000;
     for (round, forge) in [(0, None), (1, Some(()))] {
@@ -394,8 +379,7 @@ pub fn hostile_program_is_contained() -> Result<()> {
             Some(()) => stale[n as usize - 1],
         };
         for (i, &p) in stale.iter().enumerate() {
-            // SAFETY: writing the program's own .bss through the skeleton.
-            unsafe { (*(h.bss() as *const types::bss as *mut types::bss)).ptrs[i] = p as _ };
+            h.bss_mut().ptrs[i] = p as _;
         }
         h.call(&h.skel.progs.scribble, if forge.is_some() { 0 } else { 16 }, n, target)?;
         let before = h.stats()?;
@@ -429,7 +413,7 @@ pub fn hostile_program_is_contained() -> Result<()> {
     let st = h.stats()?;
     println!("hostile: corrupt_links {}", st.get("corrupt_links"));
     ensure!(st.get("corrupt_links") >= 2, "corrupted links not detected: {st:?}");
-    ensure!(st.class_bytes_total() == 0, "{st:?}");
+    ensure!(st.class_bytes() == 0, "{st:?}");
     Ok(())
 }
 
@@ -464,7 +448,7 @@ pub fn close_releases_everything() -> Result<()> {
     }
     drop(h);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while HeapStats::read_all()?.iter().any(|s| s.get("id") == id as u64) {
+    while heapstats::read()?.iter().any(|s| s.get("id") == id as u64) {
         ensure!(Instant::now() < deadline, "heap {id} still listed after close");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -530,4 +514,174 @@ pub fn charged_to_creator_memcg() -> Result<()> {
     })();
     std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
     result
+}
+
+/// The allocator's only in-heap metadata are the links of the classes'
+/// free lists. A hostile user-space writer points them at pages in every
+/// other state -- a class page of another class, a large allocation's head
+/// and tail, pages of a free run and of the free-page stack, a user page, a
+/// reserve page, the system page -- and at extreme values, then two CPUs
+/// allocate at once: every object handed out is a distinct 16-byte object
+/// of the heap outside every page still in use for something else, and
+/// everything frees back to zero.
+pub fn forged_links_to_every_page_state() -> Result<()> {
+    ensure_kflex()?;
+    let size = 4u64 << 20;
+    let h = Loaded::new(size)?;
+    h.reserve(2 << 20)?;
+    let one = |bytes: u64| -> Result<u64> {
+        let p = h.call(&h.skel.progs.alloc_one, bytes, 0, 0)?;
+        ensure!(p != 0, "allocating {bytes} bytes failed");
+        Ok(p)
+    };
+    let free = |p: u64| h.call(&h.skel.progs.free_ptr, 0, 0, p);
+    let class64 = one(64)?;
+    let base = h.base_of(class64);
+    let large = one(3 * 4096)?;
+    // 2-page allocations; freeing every other one leaves more separate free
+    // runs than the pool remembers (32), so the last ones go to the stack.
+    let mut pairs = Vec::new();
+    for _ in 0..70 {
+        pairs.push(one(2 * 4096)?);
+    }
+    for p in pairs.iter().step_by(2) {
+        free(*p)?;
+    }
+    let (run_page, stack_page) = (pairs[0] - base, pairs[68] - base);
+    let user_page = 3u64 << 20;
+    write_u64(base + user_page, 7); // a user page, populated by this fault
+    let reserve_page = 500 * 4096;
+    let targets: Vec<u64> = vec![
+        class64 - base,
+        large - base,
+        large - base + 4096,
+        large - base + 2 * 4096 + 16,
+        run_page,
+        run_page + 4096 + 32,
+        stack_page,
+        stack_page + 16,
+        user_page,
+        user_page + 16,
+        reserve_page,
+        16, // the system page
+        u64::MAX,
+        u64::MAX - 7,
+        1,
+        size,
+        size + 8,
+        0u64.wrapping_sub(16),
+        0xffff_8880_0000_0000,
+        base + 4096, // a user address, not an offset
+    ];
+    let n = 2000usize;
+    ensure!(h.call(&h.skel.progs.alloc_n, 16, n as u64, 0)? == n as u64, "first allocation");
+    let stale: Vec<u64> = h.bss().ptrs[..n].iter().map(|&p| p as u64).collect();
+    h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+    for (i, &p) in stale.iter().enumerate() {
+        write_u64(p, targets[i % targets.len()]);
+    }
+    // Two CPUs pop the forged lists at once.
+    let per_cpu = 1500u64;
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..2u64)
+            .map(|cpu| {
+                let h = &h;
+                s.spawn(move || -> Result<u64> {
+                    let mut set = nix::sched::CpuSet::new();
+                    set.set(cpu as usize)?;
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                    h.call(&h.skel.progs.alloc_at, 16, per_cpu, cpu * 2000)
+                })
+            })
+            .collect();
+        for w in workers {
+            let got = w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+            ensure!(got == per_cpu, "allocated {got} of {per_cpu} after forging");
+        }
+        Ok(())
+    })?;
+    let busy_pages: HashSet<u64> = [class64 - base, user_page, 0]
+        .into_iter()
+        .chain((0..3).map(|i| large - base + i * 4096))
+        .chain(pairs.iter().skip(1).step_by(2).flat_map(|p| [p - base, p - base + 4096]))
+        .map(|off| off / 4096)
+        .collect();
+    let mut seen = HashSet::new();
+    for cpu in 0..2usize {
+        for &p in &h.bss().ptrs[cpu * 2000..cpu * 2000 + per_cpu as usize] {
+            let p = p as u64;
+            ensure!(p >= base + 4096 && p < base + size, "object {p:#x} outside the heap");
+            ensure!(p.is_multiple_of(16), "misaligned object {p:#x}");
+            ensure!(!busy_pages.contains(&((p - base) / 4096)), "object {p:#x} in a page in use");
+            ensure!(seen.insert(p), "object {p:#x} handed out twice");
+        }
+    }
+    for cpu in 0..2u64 {
+        h.call(&h.skel.progs.free_n, 0, per_cpu, cpu * 2000)?;
+    }
+    for p in [class64, large].into_iter().chain(pairs.iter().skip(1).step_by(2).copied()) {
+        free(p)?;
+    }
+    let st = h.stats()?;
+    println!("forged links: corrupt_links {}", st.get("corrupt_links"));
+    ensure!(st.get("corrupt_links") > 0, "forged links not detected: {st:?}");
+    ensure!(st.class_bytes() == 0 && st.get("large_bytes") == 0, "leak: {st:?}");
+    for k in ["refused_foreign", "refused_misaligned", "refused_double"] {
+        ensure!(st.get(k) == 0, "{k}: {st:?}");
+    }
+    Ok(())
+}
+
+/// One `bpf_kflex_reserve()` call is bounded: above KFLEX_RESERVE_MAX
+/// (1 GiB) it fails with -E2BIG without populating anything, and in a memory
+/// cgroup with a 64 MiB limit a 256 MiB request stops with -ENOMEM at the
+/// limit instead of invoking the OOM killer; the heap still works.
+pub fn reserve_is_bounded() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(256 << 30)?;
+    let before = h.stats()?.get("pages_populated");
+    let r = h.call(&h.skel.progs.reserve, 0, (1 << 30) + 1, 0)? as i64;
+    ensure!(r == -7, "reserve(1 GiB + 1) = {r}, want -E2BIG");
+    ensure!(h.stats()?.get("pages_populated") == before, "an over-large reserve populated pages");
+    drop(h);
+    let cg = "/sys/fs/cgroup/kflex-reserve";
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    let _ = std::fs::create_dir(cg);
+    std::fs::write(format!("{cg}/memory.max"), "64M").context("memory.max")?;
+    // The heap is charged to the cgroup its creator is in when it is made.
+    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
+        .context("moving the test into a memory cgroup")?;
+    let made = Loaded::new(1 << 30);
+    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
+    let h = made?;
+    let r = h.call(&h.skel.progs.reserve, 0, 256 << 20, 0)? as i64;
+    let populated = h.stats()?.get("pages_populated");
+    let got = h.call(&h.skel.progs.alloc_n, 64, 1000, 0)?;
+    h.call(&h.skel.progs.free_n, 0, 0, 0)?;
+    drop(h);
+    let oom = std::fs::read_to_string(format!("{cg}/memory.events")).unwrap_or_default();
+    println!(
+        "reserve in a 64 MiB cgroup: {r}, {populated} pages populated, {got} allocations; {oom:?}"
+    );
+    let _ = std::fs::remove_dir(cg);
+    ensure!(r == -12, "reserve(256 MiB) under a 64 MiB limit = {r}, want -ENOMEM");
+    ensure!(populated < (64 << 20) / 4096, "populated past the limit: {populated} pages");
+    ensure!(got == 1000, "the heap does not work after hitting the limit: {got}");
+    ensure!(oom.lines().any(|l| l == "oom_kill 0"), "the OOM killer ran: {oom}");
+    Ok(())
+}
+
+/// Selecting guard mode 1 (no guards on heap loads) is logged; the kernel is
+/// not locked down here, so it is allowed (a locked-down kernel refuses it
+/// with EPERM: the guest kernel has no lockdown LSM to show that).
+pub fn guard_mode_1_is_logged() -> Result<()> {
+    ensure_kflex()?;
+    let mode = GuardMode::Performance.set().context("setting guard mode 1")?;
+    let log = dmesg()?;
+    drop(mode);
+    ensure!(
+        log.contains("kflex_guard_mode=1 (performance): heap loads are not guarded"),
+        "no log line for guard mode 1"
+    );
+    Ok(())
 }

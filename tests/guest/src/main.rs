@@ -7,6 +7,7 @@
 //! time (`--test-threads=1` is implied).
 
 mod basic;
+mod ctx;
 mod ds;
 mod guards;
 mod heap;
@@ -40,9 +41,18 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::close_releases_everything, "ym"),
     t!(heap::heap_refused_without_module, "m"),
     t!(heap::charged_to_creator_memcg, "ym"),
+    t!(heap::forged_links_to_every_page_state, "ym"),
+    t!(heap::reserve_is_bounded, "ym"),
+    t!(heap::guard_mode_1_is_logged, "ym"),
+    t!(ctx::alloc_in_sched_switch, "ym"),
+    t!(ctx::alloc_in_workqueue_tracepoint, "ym"),
+    t!(ctx::alloc_in_perf_event, "ym"),
+    t!(ctx::alloc_inside_allocator_same_heap, "ym"),
+    t!(ctx::alloc_inside_allocator_other_heap, "ym"),
     t!(guards::hostile_accesses_confined, "ym"),
     t!(guards::stats_line_and_modes, "ym"),
     t!(native::native_structures_match_model, "ym"),
+    t!(native::hostile_links_are_contained, "ym"),
     t!(ds::list_matches_model, "ym"),
     t!(ds::rbtree_matches_model, "ym"),
     t!(ds::hashmap_matches_model, "ym"),

@@ -20,7 +20,9 @@ use libbpf_rs::{
     MapCore, MapFlags,
 };
 
-use crate::{heap::HeapStats, util::*};
+use kflex_load::{heapstats, rng::Rng};
+
+use crate::util::*;
 
 type Key = [u8; 32];
 
@@ -78,25 +80,13 @@ impl Loaded {
     }
 }
 
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 fn keys(n: usize, rng: &mut Rng) -> Vec<Key> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
         let mut k = [0u8; 32];
         for c in k.chunks_mut(8) {
-            c.copy_from_slice(&rng.next().to_le_bytes());
+            c.copy_from_slice(&rng.next_u64().to_le_bytes());
         }
         if seen.insert(k) {
             out.push(k);
@@ -187,15 +177,15 @@ fn check_skiplist(l: &Loaded, model: &BTreeSet<Key>) -> Result<()> {
 /// the structures' invariants hold; deleting everything frees every node.
 pub fn native_structures_match_model() -> Result<()> {
     ensure_kflex()?;
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     let nkeys = 300;
     let keys = keys(nkeys, &mut rng);
     let l = Loaded::new(&keys)?;
     for ds in 0..3u64 {
         let mut model = BTreeSet::new();
         for _ in 0..3000 {
-            let idx = (rng.next() % nkeys as u64) as usize;
-            let op = match rng.next() % 10 {
+            let idx = (rng.next_u64() % nkeys as u64) as usize;
+            let op = match rng.next_u64() % 10 {
                 0..=4 => 0,
                 5..=7 => 1,
                 _ => 2,
@@ -229,13 +219,143 @@ pub fn native_structures_match_model() -> Result<()> {
         }
     }
     let id = l.skel.maps.heap.info()?.info.id;
-    let st = HeapStats::read_all()?
-        .into_iter()
-        .find(|s| s.get("id") == id as u64)
-        .context("heap statistics")?;
+    let st = heapstats::find(id)?.context("heap statistics")?;
     // Only the three 512-byte roots are left.
-    if st.class_bytes_total() != 3 * 512 {
+    if st.class_bytes() != 3 * 512 {
         bail!("nodes left after deleting everything: {st:?}");
+    }
+    Ok(())
+}
+
+/// Heap offsets of every node of structure `ds`, walked from user space
+/// (the structure must be intact).
+fn nodes_of(l: &Loaded, ds: usize) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    match ds {
+        0 => {
+            let mut n = l.word(l.root(0), 0);
+            while n != 0 && out.len() < 1 << 16 {
+                out.push(n);
+                n = l.word(l.at(n), 0);
+            }
+        }
+        1 => {
+            let mut stack = vec![l.word(l.root(1), 8)];
+            while let Some(n) = stack.pop() {
+                if n != 0 && out.len() < 1 << 16 {
+                    out.push(n);
+                    stack.extend([l.word(l.at(n), 0), l.word(l.at(n), 8)]);
+                }
+            }
+        }
+        _ => {
+            let mut n = l.word(l.root(2), 32);
+            while n != 0 && out.len() < 1 << 16 {
+                out.push(n);
+                n = l.word(l.at(n), 104);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every link word of structure `ds` (its root's and its nodes'), as user
+/// addresses to overwrite.
+fn link_words(l: &Loaded, ds: usize) -> Result<Vec<u64>> {
+    let root = l.root(ds);
+    let mut words = match ds {
+        0 => vec![root],
+        1 => vec![root + 8],
+        _ => (0..32).map(|lvl| root + 32 + 8 * lvl).collect(),
+    };
+    for n in nodes_of(l, ds)? {
+        let u = l.at(n);
+        match ds {
+            0 => words.extend([u, u + 8]),
+            1 => words.extend([u, u + 8, u + 16]),
+            _ => {
+                let level = l.word(u, 96).min(32);
+                words.extend((0..level).map(|lvl| u + 104 + 8 * lvl));
+            }
+        }
+    }
+    Ok(words)
+}
+
+fn write_word(user: u64, v: u64) {
+    // SAFETY: callers pass link words of nodes walked inside this process's
+    // mapping of the heap.
+    unsafe { (user as *mut u64).write_volatile(v) }
+}
+
+/// A hostile user-space writer fills every link of the native list, rbtree
+/// and skiplist with extreme values (0, all ones, unaligned, the guard zones,
+/// another structure's node, the node itself, kernel and user addresses);
+/// then every operation on every key returns a result or an error -- the
+/// kernel does not crash, loop, or touch memory outside the heap -- and the
+/// heap closes with all its memory.
+pub fn hostile_links_are_contained() -> Result<()> {
+    ensure_kflex()?;
+    let mut rng = Rng::new(0x5eed_f114_b5c0);
+    let nkeys = 100;
+    let keys = keys(nkeys, &mut rng);
+    type Pick = fn(u64, u64, u64) -> u64;
+    // (name, value from (this node's offset, another structure's node, heap
+    // user base)).
+    let values: [(&str, Pick); 11] = [
+        ("zero", |_, _, _| 0),
+        ("all-ones", |_, _, _| u64::MAX),
+        ("all-ones-7", |_, _, _| u64::MAX - 7),
+        ("unaligned", |n, _, _| n + 4),
+        ("guard-above", |_, _, _| 1 << 28),
+        ("guard-above-far", |_, _, _| (1 << 28) + 32760),
+        ("guard-below", |_, _, _| 0u64.wrapping_sub(8)),
+        ("self", |n, _, _| n),
+        ("other-structure", |_, o, _| o),
+        ("kernel", |_, _, _| 0xffff_8880_0000_0000),
+        ("user-address", |n, _, base| base + n),
+    ];
+    for (name, pick) in values {
+        let l = Loaded::new(&keys)?;
+        let id = l.skel.maps.heap.info()?.info.id;
+        for ds in 0..3u64 {
+            let mut a =
+                NativeArgs { ds, op: 0, first: 0, count: nkeys as u64, ..Default::default() };
+            l.run(&mut a, false)?;
+            ensure!(a.found == nkeys as u64 && a.errors == 0, "{name}: building ds {ds}: {a:?}");
+        }
+        let other = nodes_of(&l, 1)?.first().copied().unwrap_or(0);
+        let mut written = 0;
+        for ds in 0..3usize {
+            for w in link_words(&l, ds)? {
+                let node = w - l.base;
+                write_word(w, pick(node & !7, other, l.base));
+                written += 1;
+            }
+        }
+        let mut errors = 0;
+        for ds in 0..3u64 {
+            for op in [1, 0, 2, 1] {
+                let mut a =
+                    NativeArgs { ds, op, first: 0, count: nkeys as u64, ..Default::default() };
+                l.run(&mut a, false)?;
+                errors += a.errors;
+            }
+        }
+        println!("native hostile {name}: {written} links overwritten, {errors} operations failed");
+        drop(l);
+        wait_heap_gone(id)?;
+    }
+    Ok(())
+}
+
+/// Waits until heap `id` is gone from /proc/kflex/heaps (closed, memory
+/// freed).
+fn wait_heap_gone(id: u32) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while heapstats::read()?.iter().any(|s| s.get("id") == u64::from(id)) {
+        ensure!(std::time::Instant::now() < deadline, "heap {id} still open");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(())
 }
