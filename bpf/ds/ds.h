@@ -38,28 +38,12 @@ struct ds_val {
 
 /*
  * ds_can_loop: true while the program's loop budget lasts, false once it
- * is spent (then the caller must stop). It is one may_goto instruction
- * (BPF_JMP | BPF_JCOND, opcode 0xe5): the kernel keeps a per-run counter
- * and takes the jump when it runs out. Encoded by hand because clang 19
- * has no mnemonic for it: code, registers, then the 16-bit jump offset (in
- * instructions, from the next one) and the zero immediate. The offset is
- * emitted as the low half of a 32-bit word because the BPF assembler only
- * resolves label differences in 4-byte data (little-endian only).
+ * is spent (then the caller must stop). It is upstream's can_loop
+ * (tools/testing/selftests/bpf/bpf_experimental.h, here in kflex.h): one
+ * may_goto instruction, for which the kernel keeps a per-run counter and
+ * takes the jump when it runs out.
  */
-#define ds_can_loop							\
-	({								\
-		__label__ __ds_spent, __ds_go_on;			\
-		bool __ds_ok = true;					\
-		asm volatile goto("1: .byte 0xe5, 0\n\t"		\
-				  ".long ((%l[__ds_spent] - 1b - 8) / 8) & 0xffff\n\t" \
-				  ".short 0"				\
-				  : : : : __ds_spent);			\
-		goto __ds_go_on;					\
-	__ds_spent:							\
-		__ds_ok = false;					\
-	__ds_go_on:							\
-		__ds_ok;						\
-	})
+#define ds_can_loop can_loop
 
 /*
  * DS_SET(lvalue, value): a store to heap memory that clang may not merge
