@@ -14,7 +14,7 @@ pkgs=(
 	dwarves build-essential flex bison bc libelf-dev libssl-dev zlib1g-dev
 	libzstd-dev libcap-dev pkg-config cpio kmod busybox-static rsync
 	qemu-system-x86 iproute2 iputils-ping procps
-	memcached libmemcached-tools redis-server redis-tools
+	memcached libmemcached-tools redis-server redis-tools ethtool python3-redis
 )
 
 missing=()

@@ -8,6 +8,7 @@
 pub mod ds;
 pub mod guardmode;
 pub mod heapstats;
+pub mod memcached;
 pub mod rng;
 pub mod status;
 
@@ -17,6 +18,9 @@ pub mod skel {
 
     pub mod xdp_count {
         include!(concat!(env!("OUT_DIR"), "/xdp_count.skel.rs"));
+    }
+    pub mod memcached {
+        include!(concat!(env!("OUT_DIR"), "/memcached.skel.rs"));
     }
     pub mod alloc {
         include!(concat!(env!("OUT_DIR"), "/alloc.skel.rs"));

@@ -4,7 +4,8 @@
 //!
 //! Without an offload flag it attaches a per-CPU packet/byte counter at XDP,
 //! prints `ready` once attached, and on SIGINT/SIGTERM prints the counters
-//! and detaches. The offload modes (`--kmemcached`, `--kmemcache`,
+//! and detaches. `--kmemcached` attaches the memcached offload
+//! ([`kflex_load::memcached`]). The Redis offloads (`--kmemcache`,
 //! `--kredis`) are not implemented yet: they are refused with a message
 //! naming what they still need, and `--help` says so.
 
@@ -18,7 +19,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use kflex_load::{heapstats, skel::xdp_count, status, status::Status};
+use kflex_load::{heapstats, memcached, skel::xdp_count, status, status::Status};
 
 /// What `--help` says after the options.
 const AFTER_HELP: &str = "\
@@ -38,8 +39,9 @@ Kernel settings:
 ///
 /// Without an offload flag, attaches a per-CPU packet and byte counter at XDP to the
 /// interface --ifindex, prints `ready`, and on SIGINT/SIGTERM prints the counts and
-/// detaches. The offload modes (--kmemcached, --kmemcache, --kredis) are not
-/// implemented yet: they are refused with a message saying what they still need.
+/// detaches. --kmemcached attaches the memcached offload in front of a memcached that
+/// listens on UDP --port. The Redis offloads (--kmemcache, --kredis) are not implemented
+/// yet: they are refused with a message saying what they still need.
 #[derive(Parser, Debug)]
 #[command(
     name = "kflex-load",
@@ -50,8 +52,14 @@ Kernel settings:
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Not implemented yet (refused): memcached GET/SET offload over UDP at XDP, misses
-    /// passed to memcached.
+    /// memcached offload: the text protocol over UDP port --port answered at XDP on
+    /// --ifindex (native mode) from a hash table on a KFlex heap. While attached the
+    /// kernel owns the UDP keys of the port: get, gets, set, add, replace, delete are
+    /// answered in the kernel (a miss is a miss); append, prepend, cas, incr, decr,
+    /// touch, gat, gats and the meta commands get "SERVER_ERROR command not offloaded";
+    /// keyless commands (stats, version, ...), anything unparsable and all TCP go to
+    /// memcached, which must listen on UDP --port (memcached -U PORT). flush_all also
+    /// empties the kernel's table.
     #[arg(long, group = "mode")]
     kmemcached: bool,
     /// Not implemented yet (refused): Redis GET/SET offload over TCP at sk_skb, other
@@ -69,6 +77,32 @@ struct Cli {
     /// packet).
     #[arg(long, value_name = "PORT", default_value_t = 6969)]
     port: u16,
+    /// Size of the offload's KFlex heap: a power of two from 64K to 256G (suffixes
+    /// K, M, G). --kmemcached only.
+    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_heap_size)]
+    heap_size: u64,
+}
+
+/// A heap size: a power of two between 64 KiB and 256 GiB, with an optional
+/// K, M or G suffix.
+fn parse_heap_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, shift) = match s.trim().to_ascii_uppercase().strip_suffix(['K', 'M', 'G']) {
+        Some(n) => (
+            n.to_string(),
+            match s.trim().chars().last() {
+                Some('k' | 'K') => 10,
+                Some('m' | 'M') => 20,
+                _ => 30,
+            },
+        ),
+        None => (s.trim().to_string(), 0),
+    };
+    let v: u64 = num.parse().map_err(|_| format!("{s:?} is not a size (e.g. 1G, 256M)"))?;
+    let bytes = v.checked_shl(shift).filter(|b| b >> shift == v).ok_or("size too large")?;
+    if !bytes.is_power_of_two() || !(1 << 16..=1 << 38).contains(&bytes) {
+        return Err(format!("{s}: a KFlex heap is a power of two from 64K to 256G"));
+    }
+    Ok(bytes)
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +110,13 @@ enum Command {
     /// List every KFlex heap on the system with its statistics.
     HeapStats {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The counters of every running offload (requests, hits, misses, refused, passed,
+    /// malformed, lock timeouts, store failures, ...).
+    Stats {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -107,12 +148,7 @@ impl Cli {
 /// Refuses the offload modes this build does not implement yet.
 fn check_mode(mode: &Mode) -> Result<()> {
     let (flag, what) = match mode {
-        Mode::Count => return Ok(()),
-        Mode::Memcached => (
-            "--kmemcached",
-            "the memcached GET/SET offload needs the KFlex hash table on the extension heap \
-             and the XDP reply path",
-        ),
+        Mode::Count | Mode::Memcached => return Ok(()),
         Mode::RedisGetSet => (
             "--kmemcache",
             "the Redis GET/SET offload needs the KFlex hash table on the extension heap \
@@ -219,8 +255,13 @@ fn heap_stats(json: bool) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Some(Command::HeapStats { json }) = cli.command {
-        return heap_stats(json);
+    match cli.command {
+        Some(Command::HeapStats { json }) => return heap_stats(json),
+        Some(Command::Stats { json }) => {
+            check_root()?;
+            return memcached::stats(json);
+        }
+        None => {}
     }
     let mode = cli.mode();
     check_mode(&mode)?;
@@ -231,6 +272,15 @@ fn run(cli: Cli) -> Result<()> {
     };
     let ifname = interface_name(ifindex)?;
     let signals = block_exit_signals()?;
+    if mode == Mode::Memcached {
+        let o = memcached::Options {
+            ifindex,
+            ifname: &ifname,
+            port: cli.port,
+            heap_size: cli.heap_size,
+        };
+        return memcached::run(&o, &signals);
+    }
     run_counter(ifindex, &ifname, &signals)
 }
 
@@ -270,6 +320,19 @@ mod tests {
     }
 
     #[test]
+    fn heap_sizes() {
+        assert_eq!(parse_heap_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_heap_size("64k"), Ok(1 << 16));
+        assert_eq!(parse_heap_size("256G"), Ok(1 << 38));
+        assert_eq!(parse_heap_size("1048576"), Ok(1 << 20));
+        for bad in ["3G", "32K", "512G", "x", "", "99999999999999999999G"] {
+            assert!(parse_heap_size(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["kflex-load", "--kmemcached", "--heap-size", "64M"]);
+        assert_eq!(cli.unwrap().heap_size, 64 << 20);
+    }
+
+    #[test]
     fn bad_numbers_are_refused() {
         assert!(Cli::try_parse_from(["kflex-load", "--ifindex", "eth0"]).is_err());
         assert!(Cli::try_parse_from(["kflex-load", "--port", "70000"]).is_err());
@@ -279,9 +342,14 @@ mod tests {
     fn help_says_what_is_not_there_yet() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        for flag in ["--kmemcached", "--kmemcache", "--kredis"] {
+        for flag in ["--kmemcache", "--kredis"] {
             let line = help.lines().skip_while(|l| l.trim() != flag).nth(1).unwrap_or_default();
             assert!(line.contains("Not implemented yet"), "{flag}: {line:?}\n{help}");
+        }
+        // The memcached offload says which commands the kernel answers and which
+        // it refuses.
+        for word in ["get, gets, set, add, replace, delete", "not offloaded", "memcached -U"] {
+            assert!(help.contains(word), "--kmemcached help lacks {word:?}\n{help}");
         }
         assert!(help.contains("The port the offload serves") && help.contains("6969"), "{help}");
         assert!(
@@ -295,14 +363,11 @@ mod tests {
 
     #[test]
     fn unimplemented_modes_name_what_is_missing() {
-        for (mode, flag) in [
-            (Mode::Memcached, "--kmemcached"),
-            (Mode::RedisGetSet, "--kmemcache"),
-            (Mode::RedisZadd, "--kredis"),
-        ] {
+        for (mode, flag) in [(Mode::RedisGetSet, "--kmemcache"), (Mode::RedisZadd, "--kredis")] {
             let e = check_mode(&mode).unwrap_err().to_string();
             assert!(e.contains(flag) && e.contains("not implemented"), "{e}");
         }
         assert!(check_mode(&Mode::Count).is_ok());
+        assert!(check_mode(&Mode::Memcached).is_ok());
     }
 }

@@ -11,6 +11,7 @@ mod ctx;
 mod ds;
 mod guards;
 mod heap;
+mod memcached;
 mod native;
 mod util;
 
@@ -53,6 +54,8 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(guards::stats_line_and_modes, "ym"),
     t!(native::native_structures_match_model, "ym"),
     t!(native::hostile_links_are_contained, "ym"),
+    t!(memcached::protocol_replies, "ym"),
+    t!(memcached::protocol_malformed_and_passed, "ym"),
     t!(ds::list_matches_model, "ym"),
     t!(ds::rbtree_matches_model, "ym"),
     t!(ds::hashmap_matches_model, "ym"),
