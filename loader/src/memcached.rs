@@ -177,7 +177,10 @@ fn attach_native_xdp(prog: &libbpf_rs::ProgramMut, ifindex: u32, ifname: &str) -
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A veth whose peer has neither XDP nor GRO drops XDP_TX frames.
+/// A veth passes XDP_TX frames to its peer's XDP ring: with neither an XDP
+/// program nor GRO on the peer they are dropped, and with GRO alone Linux
+/// 6.12 does not kick the peer's NAPI, so a reply waits for the next packet
+/// that does.
 fn veth_hint(ifname: &str) -> Option<String> {
     let base = Path::new("/sys/class/net").join(ifname);
     let target = std::fs::read_link(&base).ok()?;
@@ -188,8 +191,9 @@ fn veth_hint(ifname: &str) -> Option<String> {
         && std::fs::read_to_string(base.join("type")).ok()?.trim() == "1";
     is_veth.then(|| {
         format!(
-            "hint: {ifname} is a veth: replies sent with XDP_TX arrive only if its peer \
-             has an XDP program or GRO on (`ethtool -K <peer> gro on`)"
+            "hint: {ifname} is a veth: replies sent with XDP_TX reach its peer promptly \
+             only if the peer has an XDP program (any, e.g. `kflex-load --ifindex <peer>`) \
+             and GRO on (`ethtool -K <peer> gro on`)"
         )
     })
 }

@@ -9,13 +9,17 @@
 //! (`kflex-load --kmemcached`) on a veth in front of a real memcached, driven
 //! by real clients from another namespace.
 
-use std::{mem::MaybeUninit, os::fd::AsFd};
+use std::{
+    mem::MaybeUninit,
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, ensure, Context, Result};
 use kflex_load::{ds, memcached, skel::memcached::*};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    ProgramInput,
+    MapCore, ProgramInput,
 };
 
 use crate::util::*;
@@ -325,5 +329,463 @@ pub fn protocol_malformed_and_passed() -> Result<()> {
     ensure!(d("malformed")? >= 1 && d("not_ipv4_udp")? >= 5, "counters {after:?}");
     ensure!(d("refused")? == 1 && d("store_failures")? == 1 && d("flushes")? == 2, "{after:?}");
     ensure!(o.counter("lock_timeouts")? == 0, "lock timeouts");
+    Ok(())
+}
+
+/// A real memcached behind the offload on a veth, with the client side in
+/// its own namespace: `outer` (root namespace, 10.77.9.1) carries the
+/// offload, `inner` (namespace kfns9, 10.77.9.2) the clients. The inner
+/// end gets GRO and a pass-through XDP program (the packet counter): on
+/// 6.12 veth delivers XDP_TX frames promptly only to a peer with an XDP
+/// program.
+struct Live {
+    net: VethNs,
+    memcached: Background,
+    offload: Option<Background>,
+    _peer_xdp: Background,
+}
+
+const PORT: &str = "6969";
+
+impl Live {
+    fn new() -> Result<Live> {
+        ensure_kflex()?;
+        let net = VethNs::new(9)?;
+        sh("ip", &["netns", "exec", &net.ns, "ethtool", "-K", &net.inner, "gro", "on"])?;
+        let inner_idx = sh(
+            "ip",
+            &["netns", "exec", &net.ns, "cat", &format!("/sys/class/net/{}/ifindex", net.inner)],
+        )?;
+        let mut peer = Background::spawn(
+            "ip",
+            &["netns", "exec", &net.ns, "kflex-load", "--ifindex", inner_idx.trim()],
+        )?;
+        peer.wait_for("ready:", Duration::from_secs(60))?;
+        let mut memcached = Background::spawn(
+            "memcached",
+            &["-u", "nobody", "-l", &net.outer_ip, "-p", PORT, "-U", PORT, "-t", "1", "-m", "64"],
+        )?;
+        // memcached prints nothing: wait for its UDP socket.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !memcached::udp_listener(6969)? {
+            ensure!(Instant::now() < deadline, "memcached did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = &mut memcached;
+        let mut l = Live { net, memcached, offload: None, _peer_xdp: peer };
+        l.attach()?;
+        Ok(l)
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let idx = self.net.outer_ifindex()?.to_string();
+        let mut off = Background::spawn(
+            "kflex-load",
+            &["--kmemcached", "--ifindex", &idx, "--port", PORT, "--heap-size", "64M"],
+        )?;
+        off.wait_for("ready:", Duration::from_secs(120))?;
+        self.offload = Some(off);
+        Ok(())
+    }
+
+    /// Detaches the offload (SIGTERM); returns its output.
+    fn detach(&mut self) -> Result<Vec<String>> {
+        let off = self.offload.take().context("not attached")?;
+        let (ok, lines) = off.terminate()?;
+        ensure!(ok, "kflex-load failed: {lines:?}");
+        ensure!(lines.iter().any(|l| l == "detached"), "no 'detached': {lines:?}");
+        Ok(lines)
+    }
+
+    /// Runs `cmd args` in the client namespace; returns stdout.
+    fn client(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut a = vec!["netns", "exec", &self.net.ns, "timeout", "-s", "KILL", "300", cmd];
+        a.extend(args);
+        sh("ip", &a)
+    }
+
+    /// memcached's own counters, over TCP (the offload never sees TCP).
+    fn memcached_stat(&self, name: &str) -> Result<u64> {
+        let out = sh("memcstat", &[&format!("--servers={}:{PORT}", self.net.outer_ip)])?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")).map(str::to_string))
+            .with_context(|| format!("{name} not in memcstat output"))?
+            .trim()
+            .parse()
+            .context("memcstat number")
+    }
+
+    fn offload_counter(&self, name: &str) -> Result<u64> {
+        let idx = self.net.outer_ifindex()?;
+        let map = libbpf_rs::MapHandle::from_pinned_path(memcached::pin_path(idx))?;
+        let c = memcached::read_counters(&map)?;
+        let i = memcached::COUNTERS.iter().position(|c| *c == name).context("counter")?;
+        Ok(c[i])
+    }
+
+    /// One UDP request from the client namespace: the reply's text.
+    fn udp(&self, id: u16, text: &[u8]) -> Result<Vec<u8>> {
+        let server = format!("{}:{PORT}", self.net.outer_ip);
+        let mut req = Vec::new();
+        for v in [id, 0, 1, 0] {
+            req.extend(v.to_be_bytes());
+        }
+        req.extend(text);
+        self.net.in_ns(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.send_to(&req, &server)?;
+            let mut buf = vec![0u8; 2048];
+            let n = s.recv(&mut buf).context("no UDP reply")?;
+            ensure!(n >= 8 && buf[0..2] == id.to_be_bytes(), "bad frame header");
+            Ok(buf[8..n].to_vec())
+        })
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(off) = self.offload.take() {
+            let _ = off.terminate();
+        }
+        let _ = self.memcached.child.kill();
+    }
+}
+
+/// memaslap's summary counters (`name: value` lines).
+fn memaslap_counter(out: &str, name: &str) -> Result<u64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .with_context(|| format!("{name} not in memaslap's output:\n{out}"))?
+        .split_whitespace()
+        .next()
+        .context("value")?
+        .parse()
+        .context("memaslap number")
+}
+
+/// A memaslap configuration file: keys of `key` bytes, values of `value`
+/// bytes, get:set 9:1.
+fn memaslap_cfg(key: usize, value: usize) -> Result<String> {
+    let path = format!("/tmp/ms-{key}-{value}.cfg");
+    std::fs::write(
+        &path,
+        format!("key\n{key} {key} 1\nvalue\n{value} {value} 1\ncmd\n0 0.1\n1 0.9\n"),
+    )?;
+    Ok(path)
+}
+
+/// The real client, verifying every value it gets back: nothing fails,
+/// misses, drops or times out, and memcached itself never sees a get or a
+/// set -- the kernel answered them all.
+pub fn memaslap_verifies_through_the_offload() -> Result<()> {
+    let l = Live::new()?;
+    let (gets0, sets0) = (l.memcached_stat("cmd_get")?, l.memcached_stat("cmd_set")?);
+    let cfg = memaslap_cfg(64, 64)?;
+    let server = format!("{}:{PORT}", l.net.outer_ip);
+    let out = l.client(
+        "memcaslap",
+        &["-s", &server, "-U", "-F", &cfg, "-T", "2", "-c", "8", "-x", "20000", "-v", "1.0"],
+    )?;
+    println!("{}", out.lines().filter(|l| l.contains(": ")).collect::<Vec<_>>().join("; "));
+    for name in ["verify_failed", "get_misses", "packet_drop", "udp_timeout"] {
+        ensure!(memaslap_counter(&out, name)? == 0, "{name} != 0:\n{out}");
+    }
+    let (gets1, sets1) = (l.memcached_stat("cmd_get")?, l.memcached_stat("cmd_set")?);
+    ensure!(
+        gets1 == gets0 && sets1 == sets0,
+        "memcached saw gets {gets0}->{gets1}, sets {sets0}->{sets1}"
+    );
+    let hits = l.offload_counter("hits")?;
+    ensure!(hits >= 15000, "the offload answered {hits} gets");
+    Ok(())
+}
+
+/// memaslap's expiry verification: objects set with an expiry time are
+/// gone once it passes, and present before.
+pub fn memaslap_expiry() -> Result<()> {
+    let l = Live::new()?;
+    let cfg = memaslap_cfg(64, 64)?;
+    let server = format!("{}:{PORT}", l.net.outer_ip);
+    let out = l.client(
+        "memcaslap",
+        &[
+            "-s", &server, "-U", "-F", &cfg, "-T", "1", "-c", "4", "-t", "8s", "-e", "0.2", "-v",
+            "1.0",
+        ],
+    )?;
+    println!("{}", out.lines().filter(|l| l.contains(": ")).collect::<Vec<_>>().join("; "));
+    for name in ["verify_failed", "expired_get", "unexpired_unget", "packet_drop", "udp_timeout"] {
+        ensure!(memaslap_counter(&out, name)? == 0, "{name} != 0:\n{out}");
+    }
+    Ok(())
+}
+
+/// The offload's table read from user space: the heap mapped from its map
+/// id (at its user address, as every mapping of a heap is), the table's
+/// root from the program's .bss. Returns every live entry's key and item
+/// (the value and its CRLF).
+fn table_entries() -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use kflex_load::heapstats;
+    use libbpf_rs::libbpf_sys;
+    use std::os::fd::AsRawFd;
+    let bss_size = size_of::<types::bss>();
+    // The .bss of the offload's program: the newest map of that name.
+    let mut id = 0u32;
+    let mut bss = None;
+    // SAFETY: plain id iteration.
+    while unsafe { libbpf_sys::bpf_map_get_next_id(id, &mut id) } == 0 {
+        let Ok(m) = libbpf_rs::MapHandle::from_map_id(id) else { continue };
+        if m.name().to_string_lossy().ends_with(".bss") && m.value_size() as usize == bss_size {
+            if let Ok(Some(v)) = m.lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY) {
+                bss = Some(v);
+            }
+        }
+    }
+    let bss = bss.context("the offload's .bss map")?;
+    let word =
+        |b: &[u8], off: usize| u64::from_ne_bytes(b[off..off + 8].try_into().unwrap_or_default());
+    // struct kv_table: hm_map { buckets, mask, count, alloc_lock }, gen, cas_seq.
+    let (buckets, mask, gen) = (word(&bss, 0), word(&bss, 8), word(&bss, 32));
+    ensure!(buckets != 0, "the table has no buckets");
+    let heap = heapstats::read()?
+        .into_iter()
+        .filter(|h| h.get("size") == 64 << 20)
+        .max_by_key(|h| h.get("id"))
+        .context("the offload's 64 MiB heap")?;
+    let size = heap.get("size");
+    let start = buckets & !(size - 1);
+    let map = libbpf_rs::MapHandle::from_map_id(heap.get("id") as u32)?;
+    // SAFETY: maps the heap read-only at its user address, which nothing in
+    // this process uses; unmapped before returning.
+    let p = unsafe {
+        nix::libc::mmap(
+            start as *mut _,
+            size as usize,
+            nix::libc::PROT_READ,
+            nix::libc::MAP_SHARED | nix::libc::MAP_FIXED_NOREPLACE,
+            map.as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    ensure!(
+        p as u64 == start,
+        "mapping the heap at {start:#x}: {:?}",
+        std::io::Error::last_os_error()
+    );
+    let read = |addr: u64, len: usize| -> Vec<u8> {
+        // SAFETY: inside the mapping (checked by the caller's range test).
+        unsafe { std::slice::from_raw_parts(addr as *const u8, len).to_vec() }
+    };
+    let in_heap = |a: u64, len: u64| a >= start && a + len <= start + size;
+    let mut out = Vec::new();
+    for b in 0..=mask {
+        let mut e = word(&read(buckets + b * 16 + 8, 8), 0);
+        let mut steps = 0;
+        while e != 0 && in_heap(e, 48) && steps < 100_000 {
+            let h = read(e, 48);
+            let klen = u16::from_ne_bytes([h[44], h[45]]) as u64;
+            let ilen = u16::from_ne_bytes([h[46], h[47]]) as u64;
+            let (egen, expires) = (word(&h, 16), word(&h, 24));
+            if in_heap(e + 48, klen.div_ceil(8) * 8 + ilen) && egen == gen && expires == 0 {
+                let key = read(e + 48, klen as usize);
+                let item = read(e + 48 + klen.div_ceil(8) * 8, ilen as usize);
+                out.push((key, item));
+            }
+            e = word(&h, 0);
+            steps += 1;
+        }
+    }
+    // SAFETY: the mapping made above.
+    unsafe { nix::libc::munmap(p, size as usize) };
+    Ok(out)
+}
+
+/// Files stored with `memccp -U` (UDP sets with noreply) are in the
+/// kernel's table, byte for byte: read back through the heap mapping.
+pub fn memccp_entries_readable_from_the_heap() -> Result<()> {
+    let l = Live::new()?;
+    let mut files = Vec::new();
+    for (i, len) in [1usize, 100, 1000].into_iter().enumerate() {
+        let path = format!("/tmp/kflex-memccp-{i}");
+        let data: Vec<u8> = (0..len).map(|j| (j * 31 + i * 7) as u8).collect();
+        std::fs::write(&path, &data)?;
+        files.push((format!("kflex-memccp-{i}"), data, path));
+    }
+    let server = format!("--servers={}:{PORT}", l.net.outer_ip);
+    let mut args = vec!["-U", &server];
+    args.extend(files.iter().map(|f| f.2.as_str()));
+    l.client("memccp", &args)?;
+    // noreply: give the datagrams a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while l.offload_counter("sets")? < files.len() as u64 {
+        ensure!(
+            Instant::now() < deadline,
+            "the offload stored {} files",
+            l.offload_counter("sets")?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let entries = table_entries()?;
+    for (name, data, _) in &files {
+        let (_, item) = entries
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .with_context(|| format!("{name} not in the table ({} entries)", entries.len()))?;
+        let mut want = data.clone();
+        want.extend(b"\r\n");
+        ensure!(
+            *item == want,
+            "{name}: {} bytes in the table, {} in the file",
+            item.len(),
+            data.len()
+        );
+    }
+    println!("memccp: {} files read back from the heap", files.len());
+    Ok(())
+}
+
+/// Keyless commands go to memcached and come back with its answer.
+pub fn keyless_commands_reach_memcached() -> Result<()> {
+    let l = Live::new()?;
+    let v = String::from_utf8_lossy(&l.udp(1, b"version\r\n")?).into_owned();
+    ensure!(v.starts_with("VERSION "), "version: {v:?}");
+    let s = String::from_utf8_lossy(&l.udp(2, b"stats\r\n")?).into_owned();
+    ensure!(s.starts_with("STAT pid "), "stats: {s:?}");
+    ensure!(l.offload_counter("passed")? >= 2, "not counted as passed");
+    Ok(())
+}
+
+/// The value writer `w` writes at version `seq` for `key`: it names both,
+/// then repeats a pattern derived from them, 100 bytes in all.
+fn hammer_value(key: usize, w: usize, seq: u64) -> Vec<u8> {
+    let mut v = format!("k{key}:w{w}:{seq}:").into_bytes();
+    let mut x = ((key as u64 + 1) * 0x9e37_79b9_7f4a_7c15) ^ seq ^ ((w as u64) << 60);
+    while v.len() < 100 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(b'a' + (x % 26) as u8);
+    }
+    v
+}
+
+/// Checks a get reply's VALUE blocks: each a whole value some writer wrote
+/// for that key. Returns how many.
+fn check_values(reply: &[u8]) -> Result<usize> {
+    let mut rest = reply;
+    let mut n = 0;
+    while rest.starts_with(b"VALUE ") {
+        let eol = rest.windows(2).position(|w| w == b"\r\n").context("VALUE line")?;
+        let line = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        let f: Vec<&str> = line.split(' ').collect();
+        ensure!(f.len() == 4, "line {line:?}");
+        let len: usize = f[3].parse()?;
+        let data = rest.get(eol + 2..eol + 2 + len).context("short value")?;
+        let key: usize = f[1].strip_prefix("h").context("key")?.parse()?;
+        let text = String::from_utf8_lossy(data).into_owned();
+        let parts: Vec<&str> = text.splitn(4, ':').collect();
+        ensure!(
+            parts.len() == 4 && parts[0] == format!("k{key}"),
+            "foreign value {text:?} for h{key}"
+        );
+        let w: usize = parts[1].strip_prefix('w').context("writer")?.parse()?;
+        let seq: u64 = parts[2].parse()?;
+        ensure!(data == hammer_value(key, w, seq), "torn value {text:?} for h{key}");
+        rest = &rest[eol + 2 + len + 2..];
+        n += 1;
+    }
+    ensure!(rest == b"END\r\n", "reply ends with {:?}", String::from_utf8_lossy(rest));
+    Ok(n)
+}
+
+/// Two clients pinned to CPUs 0 and 1 overwrite and read the same 16 keys
+/// (single and 16-key gets): every value read is whole and belongs to its
+/// key, every request is answered.
+pub fn two_cpus_same_keys() -> Result<()> {
+    let l = Live::new()?;
+    let server = format!("{}:{PORT}", l.net.outer_ip);
+    let path = format!("/run/netns/{}", l.net.ns);
+    let workers: Vec<_> = (0..2usize)
+        .map(|w| {
+            let (server, path) = (server.clone(), path.clone());
+            std::thread::spawn(move || -> Result<(u64, u64, u64)> {
+                let fd = std::fs::File::open(&path)?;
+                nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let mut set = nix::sched::CpuSet::new();
+                set.set(w)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let (mut values, mut busy, mut id) = (0u64, 0u64, 0u16);
+                let mut buf = vec![0u8; 2048];
+                for i in 0..1500u64 {
+                    let key = (i * 7 + w as u64 * 3) as usize % 16;
+                    id = id.wrapping_add(1);
+                    let text = if i % 10 == 9 {
+                        let keys: String = (0..16).map(|k| format!(" h{k}")).collect();
+                        format!("get{keys}\r\n").into_bytes()
+                    } else if i % 2 == 0 {
+                        let v = hammer_value(key, w, i);
+                        let mut t = format!("set h{key} 0 0 {}\r\n", v.len()).into_bytes();
+                        t.extend(v);
+                        t.extend(b"\r\n");
+                        t
+                    } else {
+                        format!("get h{key}\r\n").into_bytes()
+                    };
+                    let mut req = Vec::new();
+                    for v in [id, 0, 1, 0] {
+                        req.extend(v.to_be_bytes());
+                    }
+                    req.extend(&text);
+                    s.send_to(&req, &server)?;
+                    let n = s.recv(&mut buf).with_context(|| format!("no reply to request {i}"))?;
+                    ensure!(n >= 8 && buf[0..2] == id.to_be_bytes(), "reply to another request");
+                    let reply = &buf[8..n];
+                    if reply.starts_with(b"SERVER_ERROR busy") {
+                        busy += 1;
+                    } else if text.starts_with(b"set") {
+                        ensure!(
+                            reply == b"STORED\r\n",
+                            "set: {:?}",
+                            String::from_utf8_lossy(reply)
+                        );
+                    } else {
+                        values += check_values(reply)? as u64;
+                    }
+                }
+                Ok((values, busy, id as u64))
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        let (values, busy, _) = w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        println!("two CPUs: {values} values checked whole, {busy} busy replies");
+        total += values;
+    }
+    ensure!(total > 1000, "only {total} values read");
+    Ok(())
+}
+
+/// SIGTERM during a memaslap run: the offload detaches cleanly, memaslap
+/// ends, memcached still answers.
+pub fn detach_under_load() -> Result<()> {
+    let mut l = Live::new()?;
+    let cfg = memaslap_cfg(64, 64)?;
+    let server = format!("{}:{PORT}", l.net.outer_ip);
+    let mut load = std::process::Command::new("ip")
+        .args(["netns", "exec", &l.net.ns, "timeout", "-s", "KILL", "120", "memcaslap"])
+        .args(["-s", &server, "-U", "-F", &cfg, "-T", "2", "-c", "8", "-t", "10s"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = l.detach()?;
+    println!("detach: {}", lines.join(" | "));
+    let status = load.wait()?;
+    ensure!(status.code().is_some(), "memaslap was killed by the timeout");
+    let v = String::from_utf8_lossy(&l.udp(3, b"version\r\n")?).into_owned();
+    ensure!(v.starts_with("VERSION "), "memcached after detach: {v:?}");
     Ok(())
 }
