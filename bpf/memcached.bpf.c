@@ -47,6 +47,9 @@ const volatile __u16 mc_port = 6969;
 /* Bytes a reply may grow at the head when the tail has no room (within
  * XDP_PACKET_HEADROOM, minus the kernel's struct xdp_frame). */
 #define MC_HEAD_GROW 192
+/* XDP metadata of a get left to the tc ingress program. */
+#define MC_META_BIG_GET 0x4b4d4347
+
 
 /* Statistics, per CPU; kflex-load sums them. Keep in sync with the loader
  * (loader/src/memcached.rs, struct Counters). */
@@ -67,6 +70,7 @@ struct mc_stats {
 	__u64 store_failures;	/* values the table could not hold */
 	__u64 reply_too_big;	/* hits left out to keep a reply in one datagram */
 	__u64 not_ipv4_udp;	/* other traffic, passed */
+	__u64 to_tc;		/* gets answered by kmc_tc: no room in the XDP frame */
 };
 
 struct {
@@ -748,18 +752,106 @@ int kmc_xdp(struct xdp_md *ctx)
 	r = send_reply(ctx, sc);
 	if (r >= 0)
 		return r;
-	/* No room for the reply in this frame. A get's hits may be left out
-	 * (a miss is a legal answer); anything else is dropped, never passed:
-	 * memcached would act on its own, older copy of the key. */
-	st->reply_too_big++;
-	if (sc->is_get) {
-		sc->rlen = MC_HDR;
-		PUT(sc, "END\r\n");
-		r = send_reply(ctx, sc);
-		if (r >= 0)
-			return r;
+	/*
+	 * No room for the reply in this frame (veth gives XDP a copy of each
+	 * skb with little room around it). A get (read-only) goes on marked
+	 * in its metadata: the tc ingress program kmc_tc answers it from an skb,
+	 * which can grow. Anything else is dropped, never passed unmarked:
+	 * memcached would act on its own, older copy of the key.
+	 */
+	if (sc->is_get && !bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32))) {
+		void *meta = (void *)(long)ctx->data_meta;
+
+		if (meta + sizeof(__u32) <= (void *)(long)ctx->data) {
+			*(__u32 *)meta = MC_META_BIG_GET;
+			st->to_tc++;
+			return XDP_PASS;
+		}
 	}
+	st->reply_too_big++;
 	return XDP_DROP;
+}
+
+/*
+ * tc ingress, for the gets kmc_xdp could not answer in its frame: runs the
+ * get again (it is read-only) and turns the skb into the reply, resized as
+ * needed, sent back out of the same interface. Every other packet goes on.
+ */
+SEC("tc")
+int kmc_tc(struct __sk_buff *skb)
+{
+	void *meta = (void *)(long)skb->data_meta, *data = (void *)(long)skb->data;
+	struct mc_scratch *sc;
+	struct mc_stats *st;
+	__u32 zero = 0, rlen, sum = 0, i, addr;
+	__u64 plen;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	__u64 len;
+	__u8 mac[6];
+	__u16 port;
+
+	if (meta + sizeof(__u32) > data || *(__u32 *)meta != MC_META_BIG_GET)
+		return TCX_NEXT;
+	st = bpf_map_lookup_elem(&mc_stats, &zero);
+	sc = bpf_map_lookup_elem(&mc_scratch, &zero);
+	if (!st || !sc)
+		return TCX_DROP;
+	/* kmc_xdp checked the headers; the payload after the frame header. */
+	if (skb->len < MC_PAYLOAD_OFF + MC_HDR + 1)
+		return TCX_DROP;
+	plen = skb->len - MC_PAYLOAD_OFF - MC_HDR;
+	if (plen > MC_REQ_MAX)
+		return TCX_DROP;
+	asm volatile("%[r] &= 4095" : [r] "+r"(plen));
+	if (plen == 0 ||
+	    bpf_skb_load_bytes(skb, 0, sc->hdr, MC_PAYLOAD_OFF) ||
+	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF, sc->rep, MC_HDR) ||
+	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF + MC_HDR, sc->req, plen))
+		return TCX_DROP;
+	sc->len = plen;
+	if (mc_run(sc, st) != MC_REPLY || !sc->is_get)
+		return TCX_DROP;	/* it was a get in kmc_xdp */
+	sc->rep[2] = 0;
+	sc->rep[3] = 0;
+	sc->rep[4] = 0;
+	sc->rep[5] = 1;
+	sc->rep[6] = 0;
+	sc->rep[7] = 0;
+	len = sc->rlen;
+	if (len > MC_REPLY_MAX)
+		return TCX_DROP;
+	asm volatile("%[r] &= 2047" : [r] "+r"(len));
+	if (len < MC_HDR)
+		return TCX_DROP;
+	rlen = len;
+	if (bpf_skb_change_tail(skb, MC_PAYLOAD_OFF + rlen, 0))
+		return TCX_DROP;
+	eth = (void *)sc->hdr;
+	ip = (void *)(sc->hdr + sizeof(*eth));
+	udp = (void *)ip + sizeof(*ip);
+	__builtin_memcpy(mac, eth->h_source, 6);
+	__builtin_memcpy(eth->h_source, eth->h_dest, 6);
+	__builtin_memcpy(eth->h_dest, mac, 6);
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*udp) + rlen);
+	ip->ttl = 64;
+	ip->check = 0;
+	for (i = 0; i < sizeof(*ip) / 2; i++)
+		sum += ((__u16 *)ip)[i];
+	ip->check = csum_fold(sum);
+	port = udp->source;
+	udp->source = udp->dest;
+	udp->dest = port;
+	udp->len = bpf_htons(sizeof(*udp) + rlen);
+	udp->check = 0;
+	if (bpf_skb_store_bytes(skb, 0, sc->hdr, MC_PAYLOAD_OFF, 0) ||
+	    bpf_skb_store_bytes(skb, MC_PAYLOAD_OFF, sc->rep, len, 0))
+		return TCX_DROP;
+	return bpf_redirect(skb->ifindex, 0);
 }
 
 /* Allocates the table's buckets (run once by the loader). */

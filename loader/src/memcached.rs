@@ -38,7 +38,7 @@ pub const ANSWERED: &str = "get, gets, set, add, replace, delete";
 pub const REFUSED: &str = "append, prepend, cas, incr, decr, touch, gat, gats, mg, ms, md, ma, me";
 
 /// Counter names, in the order of `struct mc_stats` in the BPF program.
-pub const COUNTERS: [&str; 16] = [
+pub const COUNTERS: [&str; N] = [
     "requests",
     "gets",
     "hits",
@@ -55,7 +55,11 @@ pub const COUNTERS: [&str; 16] = [
     "store_failures",
     "reply_too_big",
     "not_ipv4_udp",
+    "to_tc",
 ];
+
+/// Number of counters.
+pub const N: usize = 17;
 
 // The BPF program's counters are exactly these.
 const _: () = assert!(size_of::<types::mc_stats>() == COUNTERS.len() * 8);
@@ -99,7 +103,7 @@ pub fn listens_on(table: &str, port: u16) -> bool {
 }
 
 /// Sums the per-CPU values of the statistics map.
-pub fn read_counters(map: &dyn MapCore) -> Result<[u64; 16]> {
+pub fn read_counters(map: &dyn MapCore) -> Result<[u64; N]> {
     let per_cpu = map
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .context("reading the offload's counters")?
@@ -108,10 +112,10 @@ pub fn read_counters(map: &dyn MapCore) -> Result<[u64; 16]> {
 }
 
 /// Sums per-CPU `struct mc_stats` values.
-pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; 16] {
-    let mut out = [0u64; 16];
+pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; N] {
+    let mut out = [0u64; N];
     for v in per_cpu {
-        for (i, w) in v.chunks_exact(8).take(16).enumerate() {
+        for (i, w) in v.chunks_exact(8).take(N).enumerate() {
             let mut b = [0u8; 8];
             b.copy_from_slice(w);
             out[i] = out[i].wrapping_add(u64::from_ne_bytes(b));
@@ -121,7 +125,7 @@ pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; 16] {
 }
 
 /// The counters as `name value` lines, or as one JSON object.
-pub fn format_counters(c: &[u64; 16], json: bool) -> String {
+pub fn format_counters(c: &[u64; N], json: bool) -> String {
     let mut s = String::new();
     if json {
         s.push('{');
@@ -172,6 +176,33 @@ fn attach_native_xdp(prog: &libbpf_rs::ProgramMut, ifindex: u32, ifname: &str) -
         }
         return Err(std::io::Error::from_raw_os_error(e))
             .with_context(|| format!("attaching the offload to {ifname} (ifindex {ifindex})"));
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches the tc ingress half (gets whose reply does not fit in the XDP
+/// frame) through a tcx link, which goes away with this process.
+fn attach_tc_ingress(prog: &libbpf_rs::ProgramMut, ifindex: u32, ifname: &str) -> Result<OwnedFd> {
+    let opts = libbpf_sys::bpf_link_create_opts {
+        sz: size_of::<libbpf_sys::bpf_link_create_opts>() as _,
+        ..Default::default()
+    };
+    // SAFETY: a valid program descriptor and options.
+    let fd = unsafe {
+        libbpf_sys::bpf_link_create(
+            prog.as_fd().as_raw_fd(),
+            ifindex as i32,
+            libbpf_sys::BPF_TCX_INGRESS,
+            &opts,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd)).with_context(|| {
+            format!(
+                "attaching the offload's tc ingress program to {ifname} (needs CONFIG_NET_XGRESS)"
+            )
+        });
     }
     // SAFETY: a new descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -244,6 +275,7 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
         ),
     }
     let link = attach_native_xdp(&skel.progs.kmc_xdp, o.ifindex, o.ifname)?;
+    let tc_link = attach_tc_ingress(&skel.progs.kmc_tc, o.ifindex, o.ifname)?;
     let mut stats_map = skel.maps.mc_stats;
     stats_map.pin(&pin).with_context(|| format!("pinning the statistics at {}", pin.display()))?;
     println!(
@@ -263,6 +295,7 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
 
     let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
     drop(link);
+    drop(tc_link);
     let counters = read_counters(&stats_map);
     let _ = stats_map.unpin(&pin);
     println!("{sig:?}: memcached offload on {} (ifindex {}):", o.ifname, o.ifindex);
@@ -319,15 +352,18 @@ mod tests {
 
     #[test]
     fn counters_sum_over_cpus() {
-        let mut a = vec![0u8; 128];
+        let mut a = vec![0u8; N * 8];
         a[0] = 2;
         a[8 * 15] = 1;
-        let mut b = vec![0u8; 128];
+        let mut b = vec![0u8; N * 8];
         b[0] = 3;
         let c = sum_counters(&[a, b]);
         assert_eq!(c[0], 5);
         assert_eq!(c[15], 1);
         let j = format_counters(&c, true);
-        assert!(j.starts_with("{\"requests\":5,") && j.ends_with("\"not_ipv4_udp\":1}"), "{j}");
+        assert!(
+            j.starts_with("{\"requests\":5,") && j.ends_with("\"not_ipv4_udp\":1,\"to_tc\":0}"),
+            "{j}"
+        );
     }
 }
