@@ -102,10 +102,15 @@ pub fn bad_invocations_fail_clearly() -> Result<()> {
     ensure!(e.contains("--ifindex N is required"), "{e}");
     let e = load_fails(&["--ifindex", "lo"])?;
     ensure!(e.contains("invalid value"), "{e}");
-    for flag in ["--kmemcached", "--kmemcache", "--kredis"] {
+    for flag in ["--kmemcache", "--kredis"] {
         let e = load_fails(&[flag, "--ifindex", "1"])?;
         ensure!(e.contains(flag) && e.contains("not implemented"), "{flag}: {e}");
     }
+    let e = load_fails(&["--kmemcached", "--ifindex", "1", "--port", "6999"])?;
+    ensure!(
+        e.contains("nothing listens on UDP port 6999") && e.contains("memcached -U 6999"),
+        "{e}"
+    );
     let e = load_fails(&["--kmemcached", "--kredis"])?;
     ensure!(e.contains("cannot be used with"), "{e}");
     let out = run(
