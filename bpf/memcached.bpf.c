@@ -509,8 +509,8 @@ __noinline int mc_delete(struct mc_scratch *sc, struct mc_stats *st)
  */
 __noinline int mc_tokenize(struct mc_scratch *sc)
 {
-	__u32 i, eol = 0, end, ntok = 0, start = 0, len;
-	bool found = false, in_tok = false;
+	__u32 i, eol = 0, ntok = 0, start = 0, len;
+	bool found = false, in_tok = false, sep;
 	__u8 c;
 
 	if (!sc)
@@ -518,34 +518,35 @@ __noinline int mc_tokenize(struct mc_scratch *sc)
 	len = sc->len;
 	if (len == 0 || len > MC_REQ_MAX)
 		return -1;
-	/* The command line: up to the first LF, a CR before it dropped. */
+	/* One pass up to the first LF; a CR right before it ends the line. */
 	bpf_for(i, 0, len) {
-		if (MC_BYTE(sc->req, i) == '\n') {
+		c = MC_BYTE(sc->req, i);
+		if (c == '\n') {
 			eol = i;
 			found = true;
 			break;
 		}
-	}
-	if (!found)
-		return -1;
-	end = eol;
-	if (end > 0 && MC_BYTE(sc->req, end - 1) == '\r')
-		end--;
-	bpf_for(i, 0, end + 1) {
-		c = i < end ? MC_BYTE(sc->req, i) : ' ';
-		if (c == ' ') {
-			if (in_tok) {
-				if (ntok >= MC_MAX_TOKENS)
-					return -1;
-				sc->tok_off[ntok & (MC_MAX_TOKENS - 1)] = start;
-				sc->tok_len[ntok & (MC_MAX_TOKENS - 1)] = i - start;
-				ntok++;
-				in_tok = false;
-			}
-		} else if (!in_tok) {
+		sep = c == ' ' || (c == '\r' && MC_BYTE(sc->req, i + 1) == '\n');
+		if (sep && in_tok) {
+			if (ntok >= MC_MAX_TOKENS)
+				return -1;
+			sc->tok_off[ntok & (MC_MAX_TOKENS - 1)] = start;
+			sc->tok_len[ntok & (MC_MAX_TOKENS - 1)] = i - start;
+			ntok++;
+			in_tok = false;
+		} else if (!sep && !in_tok) {
 			start = i;
 			in_tok = true;
 		}
+	}
+	if (!found)
+		return -1;
+	if (in_tok) {
+		if (ntok >= MC_MAX_TOKENS)
+			return -1;
+		sc->tok_off[ntok & (MC_MAX_TOKENS - 1)] = start;
+		sc->tok_len[ntok & (MC_MAX_TOKENS - 1)] = eol - start;
+		ntok++;
 	}
 	sc->ntok = ntok;
 	return eol;
