@@ -55,9 +55,10 @@ boot() {
 
 boot "$ours" progs "$ours"
 boot "$base" progs "$base"
-boot "$ours" kflex-arena "$ours-kflex"
+timeout=1800 boot "$ours" kflex-arena "$ours-kflex"
 
 res=$KFLEX_REPO/tests/results
+rm -rf "$res/selftests"
 mkdir -p "$res/selftests"
 rc=0
 python3 "$KFLEX_REPO/tests/selftests/compare.py" "$logdir/$ours" "$logdir/$base" "$SEL_GROUPS" "$logdir/compare.md" || rc=$?
@@ -70,11 +71,15 @@ for tag in "$ours" "$base" "$ours-kflex"; do
 		[ -f "$f" ] || continue
 		case "$f" in
 		*/console.log) tail -n 200 "$f" >"$res/selftests/$tag-console-tail.log" ;;
-		*) cp "$f" "$res/selftests/" ;;
+		*-progs.log | *-kflex-arena.log)
+			# Without test_progs' second copy of the failure logs at the end.
+			awk '/^All error logs:/ { skip = 1 } /^Summary:/ { skip = 0 } !skip' "$f" >"$res/selftests/${f##*/}" ;;
+		*) [ ! -s "$f" ] || cp "$f" "$res/selftests/" ;;
 		esac
 	done
-	[ ! -f "$logdir/$tag/dmesg" ] || grep -aE 'kflex|BUG|WARNING|KASAN|Oops|Call Trace' "$logdir/$tag/dmesg" |
-		head -n 400 >"$res/selftests/$tag-dmesg-excerpt.txt" || true
+	if [ -f "$logdir/$tag/dmesg" ] && grep -qaE 'kflex|BUG|WARNING|KASAN|Oops|Call Trace' "$logdir/$tag/dmesg"; then
+		grep -aE 'kflex|BUG|WARNING|KASAN|Oops|Call Trace' "$logdir/$tag/dmesg" | head -n 400 >"$res/selftests/$tag-dmesg-excerpt.txt"
+	fi
 done
 {
 	echo "# BPF selftests: KFlex kernel vs the unpatched kernel"
