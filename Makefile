@@ -26,7 +26,7 @@ export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
 export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
 VARIANT ?= y
 
-.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench check \
+.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench bench-offloads check \
 	selftests test-verifier test-debug clean-cache
 
 all: tools
@@ -80,6 +80,17 @@ bench: tools
 	@cp $(BENCH_RUN)/kflex-bench.txt $(BENCH_RUN)/kflex-bench.json bench/results/
 	@cat bench/results/kflex-bench.txt
 	@echo "written: bench/results/kflex-bench.txt bench/results/kflex-bench.json"
+
+# The memcached offload against memcached alone (memaslap, both variants
+# alternating, 3 rounds of 20 s each per workload) in one guest run; the
+# table and every raw output land in bench/results/offloads/.
+OFFLOAD_RUN := bench/results/offloads.tmp
+bench-offloads: tools
+	@rm -rf $(OFFLOAD_RUN) bench/results/offloads
+	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/$(OFFLOAD_RUN) -- \
+		bash $(CURDIR)/tests/bench-offloads.sh /run/kflex/offloads
+	@mkdir -p bench/results && cp -r $(OFFLOAD_RUN)/offloads bench/results/offloads && rm -rf $(OFFLOAD_RUN)
+	@echo "written: bench/results/offloads/table.txt"
 
 # Formatting and lints of the userspace crates.
 check:

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# tests/bench-offloads.sh OUTDIR -- the memcached offload against memcached
+# alone, in one guest run (run by `make bench-offloads` inside a guest).
+#
+# Topology: namespace kbcli with veth kc1 (client, 10.77.0.2) <-> ks0
+# (server side, root namespace, 10.77.0.1); GRO and the pass-through packet
+# counter on kc1 (veth delivers XDP_TX frames promptly only to a peer with
+# an XDP program). memcached -t 1 pinned to CPU 1, memaslap pinned to CPU 0.
+# For each value size (64, 1024) and get:set ratio (9:1, 5:5) the variants
+# alternate, memcached alone then memcached + kflex-load --kmemcached, three
+# rounds; the table gives the median of the three (TPS, average latency, the
+# log2 histogram's p50 and p99 buckets) and the ratio offload / memcached.
+# Raw memaslap outputs go to OUTDIR/raw/.
+#
+# Timings in a TCG guest are emulated: only the ratios mean anything.
+set -uo pipefail
+
+out=${1:?usage: bench-offloads.sh OUTDIR}
+dur=${KFLEX_BENCH_DURATION:-20s}
+rounds=${KFLEX_BENCH_ROUNDS:-3}
+mkdir -p "$out/raw"
+rm -f "$out/runs.txt" "$out/bpf-stats.txt"
+cd /tmp
+
+# The receive side of ks0 runs in a NAPI kthread pinned to CPU 1, with
+# memcached: the server's CPU, as a NIC queue's interrupt would be. Without
+# this veth runs the XDP program on the client's CPU.
+pin_napi() {
+	for p in $(pgrep -f "napi/ks0"); do taskset -pc 1 "$p" >/dev/null; done
+}
+
+ip netns add kbcli 2>/dev/null
+ip link add ks0 type veth peer name kc1 netns kbcli
+ip addr add 10.77.0.1/24 dev ks0
+ip link set ks0 up
+ip -n kbcli addr add 10.77.0.2/24 dev kc1
+ip -n kbcli link set kc1 up
+ip -n kbcli link set lo up
+ip netns exec kbcli ethtool -K kc1 gro on
+ethtool -K ks0 gro on
+echo 1 >/sys/class/net/ks0/threaded
+sysctl -qw kernel.bpf_stats_enabled=1
+bpftool=${KFLEX_CACHE:-/root/.cache/kflex}/build-y/linux/tools/bpf/bpftool/bpftool
+ip netns exec kbcli kflex-load --ifindex "$(ip netns exec kbcli cat /sys/class/net/kc1/ifindex)" \
+	>"$out/raw/peer-xdp.log" 2>&1 &
+peer=$!
+taskset -c 1 memcached -u nobody -l 10.77.0.1 -p 6969 -U 6969 -t 1 -m 1024 &
+mc=$!
+sleep 2
+pin_napi
+ifindex=$(cat /sys/class/net/ks0/ifindex)
+
+# memaslap's summary: TPS, and from the Total statistics the average and the
+# log2 histogram (lines "  n: count ..." give the count of latencies in
+# [2^n, 2^(n+1)) us); prints "tps avg_us p50_us p99_us".
+summarise() {
+	awk '
+	/TPS:/ { for (i = 1; i <= NF; i++) if ($i == "TPS:") tps = $(i + 1) }
+	/^Total Statistics \(/ { total = 1; next }
+	total && /^ *Avg:/ { avg = $2 }
+	total && /Log2 Dist:/ { dist = 1; next }
+	total && dist && /^ *[0-9]+:/ {
+		sub(":", "", $1); base = $1
+		for (i = 2; i <= NF; i++) { n[base + i - 2] = $i; count += $i }
+		next
+	}
+	dist { dist = 0; total = 0 }
+	END {
+		p50 = p99 = "-"; c = 0
+		for (b = 0; b < 64; b++) {
+			c += n[b]
+			if (p50 == "-" && count && c >= count * 0.5) p50 = 2 ^ b
+			if (p99 == "-" && count && c >= count * 0.99) p99 = 2 ^ b
+		}
+		printf "%s %s %s %s\n", tps ? tps : 0, avg ? avg : "-", p50, p99
+	}'
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+printf '%-22s %12s %12s %10s %10s %10s\n' "workload" "variant" "TPS" "avg_us" "p50_us<" "p99_us<" >"$out/table.txt"
+for value in 64 1024; do
+	for mix in "0.1 0.9" "0.5 0.5"; do
+		set -- $mix
+		name="v${value}-get$(echo "$2 * 10" | bc | cut -d. -f1):set$(echo "$1 * 10" | bc | cut -d. -f1)"
+		cfg=/tmp/ms-$name.cfg
+		printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$value" "$value" "$1" "$2" >"$cfg"
+		for r in $(seq "$rounds"); do
+			for variant in memcached offload; do
+				if [ "$variant" = offload ]; then
+					kflex-load --kmemcached --ifindex "$ifindex" --heap-size 1G \
+						>"$out/raw/$name-$r-kflex-load.log" 2>&1 &
+					kl=$!
+					for _ in $(seq 300); do
+						grep -q '^ready:' "$out/raw/$name-$r-kflex-load.log" && break
+						sleep 0.2
+					done
+				fi
+				pin_napi
+				log=$out/raw/$name-$r-$variant.txt
+				ip netns exec kbcli taskset -c 0 timeout -s KILL 600 memcaslap -s 10.77.0.1:6969 -U \
+					-F "$cfg" -T 1 -c 16 -t "$dur" -S "$dur" >"$log" 2>&1
+				echo "$name $variant $(summarise <"$log")" >>"$out/runs.txt"
+				echo "bench: $name round $r $variant: $(summarise <"$log")" >&2
+				if [ "$variant" = offload ]; then
+					# Where the time goes: the XDP program's run time per request.
+					"$bpftool" prog show name kmc_xdp | tr -s ' ' | sed -n 's/.*run_time_ns \([0-9]*\) run_cnt \([0-9]*\).*/\1 \2/p' |
+						awk -v n="$name" '$2 > 0 { printf "%s kmc_xdp %.0f ns per run, %d runs\n", n, $1 / $2, $2 }' >>"$out/bpf-stats.txt"
+					kill -TERM "$kl"
+					wait "$kl"
+				fi
+			done
+		done
+		for variant in memcached offload; do
+			for col in 3 4 5 6; do
+				grep "^$name $variant " "$out/runs.txt" | awk -v c="$col" '{ print $c }' | median
+			done | paste -sd' ' | awk -v n="$name" -v v="$variant" \
+				'{ printf "%-22s %12s %12s %10s %10s %10s\n", n, v, $1, $2, $3, $4 }' >>"$out/table.txt"
+		done
+		awk -v n="$name" '$1 == n && $2 == "memcached" { m = $3 } $1 == n && $2 == "offload" { o = $3 }
+			END { if (m > 0) printf "%-22s %12s %12.2fx\n", n, "ratio", o / m }' "$out/table.txt" >>"$out/table.txt"
+	done
+done
+kill "$mc" "$peer" 2>/dev/null
+cat "$out/table.txt" "$out/bpf-stats.txt"
