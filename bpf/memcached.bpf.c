@@ -22,6 +22,16 @@
  * Datagram: 8-byte frame header (request id, sequence, total, reserved) and
  * one command; a reply is one datagram of at most MC_REPLY_MAX bytes of UDP
  * payload (memaslap's limit), sent back with XDP_TX.
+ *
+ * With mc_bmc set (kflex-load --kmemcached --policy bmc) the same code runs
+ * BMC's policy instead, the baseline `make bench-offloads` compares with:
+ * the table is a look-aside cache and memcached owns the key space. A get
+ * is answered here only when every key is a hit, else it goes on to
+ * memcached; every other command goes on to memcached, and one naming a key
+ * first drops that key from the table; the tc egress program kmc_fill fills
+ * the table from memcached's one-key VALUE replies. The cache does not know
+ * a value's expiry time (memcached's replies do not carry it) and a reply in
+ * flight can refill a key a later set just dropped: BMC's own limits.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_endian.h>
@@ -33,6 +43,7 @@ KFLEX_HEAP(kmc_heap, 1 << 30);
 
 /* Set by the loader before loading. */
 const volatile __u16 mc_port = 6969;
+const volatile __u8 mc_bmc = 0;		/* BMC's look-aside policy */
 
 #define ETH_P_IP 0x0800
 #define IPPROTO_UDP 17
@@ -71,6 +82,8 @@ struct mc_stats {
 	__u64 reply_too_big;	/* hits left out to keep a reply in one datagram */
 	__u64 not_ipv4_udp;	/* other traffic, passed */
 	__u64 to_tc;		/* gets answered by kmc_tc: no room in the XDP frame */
+	__u64 fills;		/* BMC policy: entries filled from memcached's replies */
+	__u64 invalidations;	/* BMC policy: keyed commands that dropped their key */
 };
 
 struct {
@@ -80,7 +93,8 @@ struct {
 	__type(value, struct mc_stats);
 } mc_stats SEC(".maps");
 
-/* Per-CPU scratch space: the request, the reply, the tokens. */
+/* Per-CPU scratch space: the request, the reply, the tokens. Slot 0 for
+ * the ingress programs, slot 1 for kmc_fill (egress). */
 struct mc_scratch {
 	__u8 req[KV_BUF + 8];
 	__u8 rep[KV_BUF + 8];
@@ -98,7 +112,7 @@ struct mc_scratch {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct mc_scratch);
 } mc_scratch SEC(".maps");
@@ -313,8 +327,9 @@ static __always_inline int reply(struct mc_scratch *sc, const char *text, __u32 
 
 /*
  * One key (token t) of a get: appends its VALUE block if it is a live hit
- * that fits in the datagram. Returns 0, or -1 when the bucket lock or the
- * loop budget ran out.
+ * that fits in the datagram. Returns 0, 1 for a miss under BMC's policy
+ * (the get goes on to memcached), or -1 when the bucket lock or the loop
+ * budget ran out.
  */
 __noinline int mc_get_key(struct mc_scratch *sc, __u32 t, int with_cas, struct mc_stats *st)
 {
@@ -338,7 +353,7 @@ __noinline int mc_get_key(struct mc_scratch *sc, __u32 t, int with_cas, struct m
 	if (need + 5 >= MC_REPLY_MAX) {
 		st->reply_too_big++;
 		st->misses++;
-		return 0;
+		return mc_bmc ? 1 : 0;
 	}
 	r = kv_get(&mc_table, sc->req, tok_off(sc, t), klen, now_ns(), sc->rep, need,
 		   MC_REPLY_MAX - 5 - need, &f, &too_big, &ks);
@@ -350,7 +365,7 @@ __noinline int mc_get_key(struct mc_scratch *sc, __u32 t, int with_cas, struct m
 		if (too_big)
 			st->reply_too_big++;
 		st->misses++;
-		return 0;
+		return mc_bmc ? 1 : 0;
 	}
 	st->hits++;
 	sc->rlen = off;
@@ -401,7 +416,13 @@ __noinline int mc_get(struct mc_scratch *sc, int with_cas, struct mc_stats *st)
 	sc->is_get = 1;
 	sc->rlen = MC_HDR;
 	bpf_for(t, 1, ntok) {
-		if (mc_get_key(sc, t, with_cas, st) < 0) {
+		int r = mc_get_key(sc, t, with_cas, st);
+
+		if (r > 0)
+			return MC_PASS;	/* BMC: a miss goes to memcached */
+		if (r < 0) {
+			if (mc_bmc)
+				return MC_PASS;
 			st->lock_timeouts++;
 			return REPLY(sc, "SERVER_ERROR busy, try again\r\n");
 		}
@@ -552,6 +573,32 @@ __noinline int mc_tokenize(struct mc_scratch *sc)
 	return eol;
 }
 
+/*
+ * BMC's policy: gets of hits only (see the top of the file); every other
+ * command goes on to memcached, after dropping the key it names (token 1)
+ * from the table.
+ */
+__noinline int mc_run_bmc(struct mc_scratch *sc, struct mc_stats *st, __u32 next)
+{
+	struct kv_stats ks = {};
+
+	if (!sc || !st)
+		return MC_PASS;
+	if (TOK_IS(sc, 0, "get"))
+		return next == sc->len ? mc_get(sc, 0, st) : MC_PASS;
+	if (TOK_IS(sc, 0, "flush_all")) {
+		kv_flush(&mc_table);
+		st->flushes++;
+		return MC_PASS;
+	}
+	if (sc->ntok >= 2 && !TOK_IS(sc, 0, "gets") && key_ok(sc, 1)) {
+		if (kv_erase(&mc_table, sc->req, tok_off(sc, 1), tok_len(sc, 1), now_ns(), &ks) < 0)
+			st->lock_timeouts++;
+		st->invalidations++;
+	}
+	return MC_PASS;
+}
+
 /* Runs the command in sc->req[0 .. sc->len). */
 __noinline int mc_run(struct mc_scratch *sc, struct mc_stats *st)
 {
@@ -567,6 +614,8 @@ __noinline int mc_run(struct mc_scratch *sc, struct mc_stats *st)
 	next = eol + 1;
 	sc->rlen = MC_HDR;
 	sc->is_get = 0;
+	if (mc_bmc)
+		return mc_run_bmc(sc, st, next);
 	if (TOK_IS(sc, 0, "get"))
 		return next == len ? mc_get(sc, 0, st) : MC_PASS;
 	if (TOK_IS(sc, 0, "gets"))
@@ -626,30 +675,19 @@ static __always_inline int resize(struct xdp_md *ctx, int len)
 }
 
 /*
- * Turns the request into the reply of sc->rlen bytes: addresses and ports
- * swapped, lengths and the IPv4 checksum fixed, UDP checksum 0, payload
- * from the scratch space. The original headers were saved in sc->hdr.
- * Returns XDP_TX, or -1 if the frame cannot hold the reply.
+ * Turns the request's headers saved in sc->hdr into those of a reply with
+ * `rlen` bytes of UDP payload: addresses and ports swapped, lengths and the
+ * IPv4 checksum fixed, UDP checksum 0.
  */
-static __always_inline int send_reply(struct xdp_md *ctx, struct mc_scratch *sc)
+static __always_inline void reply_headers(struct mc_scratch *sc, __u32 rlen)
 {
 	struct ethhdr *eth = (void *)sc->hdr;
 	struct iphdr *ip = (void *)(sc->hdr + sizeof(*eth));
 	struct udphdr *udp = (void *)ip + sizeof(*ip);
-	__u64 rlen = sc->rlen;
 	__u32 addr, sum = 0, i;
 	__u8 mac[6];
 	__u16 port;
 
-	if (rlen > MC_REPLY_MAX)
-		return -1;
-	/* Bounds the verifier keeps: clang would fold a plain mask into the
-	 * range check above, which the verifier does not follow. */
-	asm volatile("%[r] &= 2047" : [r] "+r"(rlen));
-	if (rlen < MC_HDR)
-		return -1;
-	if (resize(ctx, MC_PAYLOAD_OFF + rlen))
-		return -1;
 	__builtin_memcpy(mac, eth->h_source, 6);
 	__builtin_memcpy(eth->h_source, eth->h_dest, 6);
 	__builtin_memcpy(eth->h_dest, mac, 6);
@@ -667,6 +705,39 @@ static __always_inline int send_reply(struct xdp_md *ctx, struct mc_scratch *sc)
 	udp->dest = port;
 	udp->len = bpf_htons(sizeof(*udp) + rlen);
 	udp->check = 0;
+}
+
+/* The frame header of a one-datagram reply; the request id is in place. */
+static __always_inline void reply_frame_header(struct mc_scratch *sc)
+{
+	sc->rep[2] = 0;
+	sc->rep[3] = 0;
+	sc->rep[4] = 0;
+	sc->rep[5] = 1;
+	sc->rep[6] = 0;
+	sc->rep[7] = 0;
+}
+
+/*
+ * Turns the request into the reply of sc->rlen bytes: addresses and ports
+ * swapped, lengths and the IPv4 checksum fixed, UDP checksum 0, payload
+ * from the scratch space. The original headers were saved in sc->hdr.
+ * Returns XDP_TX, or -1 if the frame cannot hold the reply.
+ */
+static __always_inline int send_reply(struct xdp_md *ctx, struct mc_scratch *sc)
+{
+	__u64 rlen = sc->rlen;
+
+	if (rlen > MC_REPLY_MAX)
+		return -1;
+	/* Bounds the verifier keeps: clang would fold a plain mask into the
+	 * range check above, which the verifier does not follow. */
+	asm volatile("%[r] &= 2047" : [r] "+r"(rlen));
+	if (rlen < MC_HDR)
+		return -1;
+	if (resize(ctx, MC_PAYLOAD_OFF + rlen))
+		return -1;
+	reply_headers(sc, rlen);
 	if (bpf_xdp_store_bytes(ctx, 0, sc->hdr, MC_PAYLOAD_OFF) ||
 	    bpf_xdp_store_bytes(ctx, MC_PAYLOAD_OFF, sc->rep, rlen))
 		return -1;
@@ -742,12 +813,7 @@ int kmc_xdp(struct xdp_md *ctx)
 	/* Frame header: the request's id, sequence 0, one datagram. */
 	sc->rep[0] = hdr[0];
 	sc->rep[1] = hdr[1];
-	sc->rep[2] = 0;
-	sc->rep[3] = 0;
-	sc->rep[4] = 0;
-	sc->rep[5] = 1;
-	sc->rep[6] = 0;
-	sc->rep[7] = 0;
+	reply_frame_header(sc);
 	if (bpf_xdp_load_bytes(ctx, 0, sc->hdr, MC_PAYLOAD_OFF))
 		return XDP_DROP;
 	r = send_reply(ctx, sc);
@@ -784,14 +850,9 @@ int kmc_tc(struct __sk_buff *skb)
 	void *meta = (void *)(long)skb->data_meta, *data = (void *)(long)skb->data;
 	struct mc_scratch *sc;
 	struct mc_stats *st;
-	__u32 zero = 0, rlen, sum = 0, i, addr;
-	__u64 plen;
-	struct ethhdr *eth;
-	struct iphdr *ip;
-	struct udphdr *udp;
-	__u64 len;
-	__u8 mac[6];
-	__u16 port;
+	__u32 zero = 0, rlen;
+	__u64 plen, len;
+	int r;
 
 	if (meta + sizeof(__u32) > data || *(__u32 *)meta != MC_META_BIG_GET)
 		return TCX_NEXT;
@@ -812,14 +873,12 @@ int kmc_tc(struct __sk_buff *skb)
 	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF + MC_HDR, sc->req, plen))
 		return TCX_DROP;
 	sc->len = plen;
-	if (mc_run(sc, st) != MC_REPLY || !sc->is_get)
+	r = mc_run(sc, st);
+	if (r == MC_PASS && mc_bmc)
+		return TCX_NEXT;	/* BMC: now a miss, on to memcached */
+	if (r != MC_REPLY || !sc->is_get)
 		return TCX_DROP;	/* it was a get in kmc_xdp */
-	sc->rep[2] = 0;
-	sc->rep[3] = 0;
-	sc->rep[4] = 0;
-	sc->rep[5] = 1;
-	sc->rep[6] = 0;
-	sc->rep[7] = 0;
+	reply_frame_header(sc);
 	len = sc->rlen;
 	if (len > MC_REPLY_MAX)
 		return TCX_DROP;
@@ -829,30 +888,88 @@ int kmc_tc(struct __sk_buff *skb)
 	rlen = len;
 	if (bpf_skb_change_tail(skb, MC_PAYLOAD_OFF + rlen, 0))
 		return TCX_DROP;
-	eth = (void *)sc->hdr;
-	ip = (void *)(sc->hdr + sizeof(*eth));
-	udp = (void *)ip + sizeof(*ip);
-	__builtin_memcpy(mac, eth->h_source, 6);
-	__builtin_memcpy(eth->h_source, eth->h_dest, 6);
-	__builtin_memcpy(eth->h_dest, mac, 6);
-	addr = ip->saddr;
-	ip->saddr = ip->daddr;
-	ip->daddr = addr;
-	ip->tot_len = bpf_htons(sizeof(*ip) + sizeof(*udp) + rlen);
-	ip->ttl = 64;
-	ip->check = 0;
-	for (i = 0; i < sizeof(*ip) / 2; i++)
-		sum += ((__u16 *)ip)[i];
-	ip->check = csum_fold(sum);
-	port = udp->source;
-	udp->source = udp->dest;
-	udp->dest = port;
-	udp->len = bpf_htons(sizeof(*udp) + rlen);
-	udp->check = 0;
+	reply_headers(sc, rlen);
 	if (bpf_skb_store_bytes(skb, 0, sc->hdr, MC_PAYLOAD_OFF, 0) ||
 	    bpf_skb_store_bytes(skb, MC_PAYLOAD_OFF, sc->rep, len, 0))
 		return TCX_DROP;
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+/*
+ * BMC's policy: one-key get replies of memcached ("VALUE <key> <flags>
+ * <bytes> [<cas>]\r\n<data>\r\nEND\r\n") fill the table.
+ */
+__noinline int mc_fill(struct mc_scratch *sc, struct mc_stats *st)
+{
+	struct kv_entry __arena *e = NULL;
+	struct kv_stats ks = {};
+	__u64 flags, bytes;
+	__u32 data, len, klen;
+	int eol;
+
+	if (!sc || !st)
+		return 0;
+	eol = mc_tokenize(sc);
+	if (eol < 0 || (sc->ntok != 4 && sc->ntok != 5) || !TOK_IS(sc, 0, "VALUE") ||
+	    !key_ok(sc, 1) || !tok_u64(sc, 2, &flags) || flags > 0xffffffffULL ||
+	    !tok_u64(sc, 3, &bytes))
+		return 0;
+	data = eol + 1;
+	len = sc->len;
+	if (bytes > MC_REQ_MAX || (__u64)data + bytes + 2 + 5 != len ||
+	    MC_BYTE(sc->req, data + bytes) != '\r' || MC_BYTE(sc->req, data + bytes + 1) != '\n' ||
+	    MC_BYTE(sc->req, len - 5) != 'E' || MC_BYTE(sc->req, len - 4) != 'N' ||
+	    MC_BYTE(sc->req, len - 3) != 'D')
+		return 0;
+	klen = tok_len(sc, 1);
+	if (MC_HDR + 6 + klen + 1 + 10 + 1 + 4 + 21 + 2 + bytes + 2 + 5 > MC_REPLY_MAX)
+		return 0;
+	e = kv_new(&mc_table, sc->req, tok_off(sc, 1), klen, data, bytes + 2, flags, 0);
+	if (!e) {
+		st->store_failures++;
+		return 0;
+	}
+	if (kv_store(&mc_table, e, 0, now_ns(), sc->req, tok_off(sc, 1), &ks) == 1)
+		st->fills++;
+	else
+		st->lock_timeouts++;
+	return 0;
+}
+
+/* tc egress under BMC's policy: memcached's replies from the port go out
+ * unchanged, and fill the table on the way. */
+SEC("tc")
+int kmc_fill(struct __sk_buff *skb)
+{
+	__u32 zero = 0, one = 1;
+	struct mc_scratch *sc;
+	struct mc_stats *st;
+	struct udphdr udp;
+	struct iphdr ip;
+	__u8 hdr[MC_HDR];
+	__u64 plen;
+
+	if (!mc_bmc || skb->protocol != bpf_htons(ETH_P_IP) ||
+	    skb->len < MC_PAYLOAD_OFF + MC_HDR + 1 ||
+	    bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &ip, sizeof(ip)) ||
+	    ip.ihl != 5 || ip.protocol != IPPROTO_UDP || (ip.frag_off & bpf_htons(0x3fff)) ||
+	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF - sizeof(udp), &udp, sizeof(udp)) ||
+	    udp.source != bpf_htons(mc_port) ||
+	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF, hdr, MC_HDR) ||
+	    hdr[2] || hdr[3] || hdr[4] || hdr[5] != 1)
+		return TCX_NEXT;
+	plen = skb->len - MC_PAYLOAD_OFF - MC_HDR;
+	if (plen > MC_REQ_MAX)
+		return TCX_NEXT;
+	asm volatile("%[r] &= 4095" : [r] "+r"(plen));
+	st = bpf_map_lookup_elem(&mc_stats, &zero);
+	sc = bpf_map_lookup_elem(&mc_scratch, &one);
+	if (!st || !sc || plen == 0 ||
+	    bpf_skb_load_bytes(skb, MC_PAYLOAD_OFF + MC_HDR, sc->req, plen))
+		return TCX_NEXT;
+	sc->len = plen;
+	mc_fill(sc, st);
+	return TCX_NEXT;
 }
 
 /* Allocates the table's buckets (run once by the loader). */

@@ -160,6 +160,33 @@ kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, 
 	return e;
 }
 
+/*
+ * Unlinks `n` from bucket `b` (`prev` its predecessor, NULL at the head)
+ * and frees it. The bucket lock is held.
+ */
+static __always_inline void kv_unlink(struct kv_table *t, struct hm_bucket __arena *b,
+				      struct kv_entry __arena *prev, struct kv_entry __arena *n)
+{
+	struct kv_entry __arena *next = n->next;
+
+	if (prev)
+		prev->next = next;
+	else
+		b->head = (struct hm_node __arena *)next;
+	hm_free(&t->m, n);
+	__sync_fetch_and_sub(&t->m.count, 1);
+}
+
+/* Counts a dead entry met on a walk: flushed (stale) or expired. */
+static __always_inline void kv_count_dead(struct kv_table *t, struct kv_entry __arena *n,
+					  struct kv_stats *st)
+{
+	if (n->gen != t->gen)
+		st->stale++;
+	else
+		st->expired++;
+}
+
 /* Frees an entry that was never linked (or is unlinked). */
 static __always_inline void kv_drop(struct kv_table *t, struct kv_entry __arena *e)
 {
@@ -198,16 +225,8 @@ static __always_inline int kv_store(struct kv_table *t, struct kv_entry __arena 
 				break;
 			}
 			/* Dead entry of this key: unlink and free it. */
-			if (n->gen != t->gen)
-				st->stale++;
-			else
-				st->expired++;
-			if (prev)
-				prev->next = next;
-			else
-				b->head = (struct hm_node __arena *)next;
-			hm_free(&t->m, n);
-			__sync_fetch_and_sub(&t->m.count, 1);
+			kv_count_dead(t, n, st);
+			kv_unlink(t, b, prev, n);
 			n = next;
 			continue;
 		}
@@ -262,16 +281,9 @@ static __always_inline int kv_erase(struct kv_table *t, const void *buf, __u32 k
 		if (n->hash == h && kv_key_eq(n, buf, koff, klen)) {
 			if (kv_live(t, n, now))
 				ret = 1;
-			else if (n->gen != t->gen)
-				st->stale++;
 			else
-				st->expired++;
-			if (prev)
-				prev->next = next;
-			else
-				b->head = (struct hm_node __arena *)next;
-			hm_free(&t->m, n);
-			__sync_fetch_and_sub(&t->m.count, 1);
+				kv_count_dead(t, n, st);
+			kv_unlink(t, b, prev, n);
 			break;
 		}
 		prev = n;
@@ -320,16 +332,8 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 			continue;
 		}
 		if (!kv_live(t, n, now)) {
-			if (n->gen != t->gen)
-				st->stale++;
-			else
-				st->expired++;
-			if (prev)
-				prev->next = next;
-			else
-				b->head = (struct hm_node __arena *)next;
-			hm_free(&t->m, n);
-			__sync_fetch_and_sub(&t->m.count, 1);
+			kv_count_dead(t, n, st);
+			kv_unlink(t, b, prev, n);
 			break;
 		}
 		if (n->ilen > cap || n->ilen > KV_ITEM_MAX) {

@@ -81,6 +81,14 @@ struct Cli {
     /// K, M, G). --kmemcached only.
     #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_heap_size)]
     heap_size: u64,
+    /// Who owns the key space, --kmemcached only. kflex: the offload (above). bmc:
+    /// BMC's look-aside cache policy, the baseline of `make bench-offloads`: memcached
+    /// owns the keys; gets of keys in the kernel's table are answered at XDP, every
+    /// other request goes to memcached (one naming a key drops it from the table
+    /// first), and memcached's one-key get replies fill the table at tc egress.
+    /// Values are cached without their expiry time, as in BMC.
+    #[arg(long, value_enum, default_value_t = memcached::Policy::Kflex)]
+    policy: memcached::Policy,
 }
 
 /// A heap size: a power of two between 64 KiB and 256 GiB, with an optional
@@ -265,6 +273,9 @@ fn run(cli: Cli) -> Result<()> {
     }
     let mode = cli.mode();
     check_mode(&mode)?;
+    if cli.policy != memcached::Policy::Kflex && mode != Mode::Memcached {
+        bail!("--policy applies to the memcached offload only: add --kmemcached");
+    }
     check_root()?;
     Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
     let Some(ifindex) = cli.ifindex else {
@@ -278,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
             ifname: &ifname,
             port: cli.port,
             heap_size: cli.heap_size,
+            policy: cli.policy,
         };
         return memcached::run(&o, &signals);
     }
@@ -330,6 +342,15 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["kflex-load", "--kmemcached", "--heap-size", "64M"]);
         assert_eq!(cli.unwrap().heap_size, 64 << 20);
+    }
+
+    #[test]
+    fn policies() {
+        let cli = Cli::try_parse_from(["kflex-load", "--kmemcached"]).unwrap();
+        assert_eq!(cli.policy, memcached::Policy::Kflex);
+        let cli = Cli::try_parse_from(["kflex-load", "--kmemcached", "--policy", "bmc"]).unwrap();
+        assert_eq!(cli.policy, memcached::Policy::Bmc);
+        assert!(Cli::try_parse_from(["kflex-load", "--kmemcached", "--policy", "x"]).is_err());
     }
 
     #[test]

@@ -56,10 +56,12 @@ pub const COUNTERS: [&str; N] = [
     "reply_too_big",
     "not_ipv4_udp",
     "to_tc",
+    "fills",
+    "invalidations",
 ];
 
 /// Number of counters.
-pub const N: usize = 17;
+pub const N: usize = 19;
 
 // The BPF program's counters are exactly these.
 const _: () = assert!(size_of::<types::mc_stats>() == COUNTERS.len() * 8);
@@ -67,12 +69,22 @@ const _: () = assert!(size_of::<types::mc_stats>() == COUNTERS.len() * 8);
 /// log2 of the table's buckets.
 const BUCKET_ORDER: u32 = 16;
 
+/// Who owns the UDP key space of the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// The offload: keyed commands are answered in the kernel.
+    Kflex,
+    /// memcached, with the kernel's table as a look-aside cache (BMC's policy).
+    Bmc,
+}
+
 /// What `--kmemcached` runs with.
 pub struct Options<'a> {
     pub ifindex: u32,
     pub ifname: &'a str,
     pub port: u16,
     pub heap_size: u64,
+    pub policy: Policy,
 }
 
 /// Pin path of the statistics of the offload on interface `ifindex`.
@@ -181,26 +193,38 @@ fn attach_native_xdp(prog: &libbpf_rs::ProgramMut, ifindex: u32, ifname: &str) -
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Attaches the tc ingress half (gets whose reply does not fit in the XDP
-/// frame) through a tcx link, which goes away with this process.
-fn attach_tc_ingress(prog: &libbpf_rs::ProgramMut, ifindex: u32, ifname: &str) -> Result<OwnedFd> {
+/// Where a tc program runs.
+#[derive(Clone, Copy, Debug)]
+enum TcSide {
+    Ingress,
+    Egress,
+}
+
+/// Attaches a tc program through a tcx link, which goes away with this
+/// process: at ingress the half that answers gets whose reply does not fit
+/// in the XDP frame, at egress (BMC's policy) the one that fills the table.
+fn attach_tc(
+    prog: &libbpf_rs::ProgramMut,
+    ifindex: u32,
+    ifname: &str,
+    side: TcSide,
+) -> Result<OwnedFd> {
+    let attach = match side {
+        TcSide::Ingress => libbpf_sys::BPF_TCX_INGRESS,
+        TcSide::Egress => libbpf_sys::BPF_TCX_EGRESS,
+    };
     let opts = libbpf_sys::bpf_link_create_opts {
         sz: size_of::<libbpf_sys::bpf_link_create_opts>() as _,
         ..Default::default()
     };
     // SAFETY: a valid program descriptor and options.
     let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_fd().as_raw_fd(),
-            ifindex as i32,
-            libbpf_sys::BPF_TCX_INGRESS,
-            &opts,
-        )
+        libbpf_sys::bpf_link_create(prog.as_fd().as_raw_fd(), ifindex as i32, attach, &opts)
     };
     if fd < 0 {
         return Err(std::io::Error::from_raw_os_error(-fd)).with_context(|| {
             format!(
-                "attaching the offload's tc ingress program to {ifname} (needs CONFIG_NET_XGRESS)"
+                "attaching the offload's tc {side:?} program to {ifname} (needs CONFIG_NET_XGRESS)"
             )
         });
     }
@@ -253,7 +277,9 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
     let mut open = MemcachedSkelBuilder::default()
         .open(&mut storage)
         .context("opening the memcached offload's BPF object")?;
-    open.maps.rodata_data.as_deref_mut().context("rodata")?.mc_port = o.port;
+    let rodata = open.maps.rodata_data.as_deref_mut().context("rodata")?;
+    rodata.mc_port = o.port;
+    rodata.mc_bmc = u8::from(o.policy == Policy::Bmc);
     open.maps
         .kmc_heap
         .set_max_entries((o.heap_size / 4096) as u32)
@@ -275,19 +301,33 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
         ),
     }
     let link = attach_native_xdp(&skel.progs.kmc_xdp, o.ifindex, o.ifname)?;
-    let tc_link = attach_tc_ingress(&skel.progs.kmc_tc, o.ifindex, o.ifname)?;
+    let tc_link = attach_tc(&skel.progs.kmc_tc, o.ifindex, o.ifname, TcSide::Ingress)?;
+    let fill_link = match o.policy {
+        Policy::Bmc => Some(attach_tc(&skel.progs.kmc_fill, o.ifindex, o.ifname, TcSide::Egress)?),
+        Policy::Kflex => None,
+    };
     let mut stats_map = skel.maps.mc_stats;
     stats_map.pin(&pin).with_context(|| format!("pinning the statistics at {}", pin.display()))?;
-    println!(
-        "ready: memcached offload on {} (ifindex {}), UDP port {}: {ANSWERED} answered in the \
-         kernel; keyless UDP commands and all TCP go to memcached",
-        o.ifname, o.ifindex, o.port
-    );
-    println!(
-        "note: while attached the kernel owns the UDP keys of port {}: TCP clients of \
-         memcached see a separate key space",
-        o.port
-    );
+    match o.policy {
+        Policy::Kflex => {
+            println!(
+                "ready: memcached offload on {} (ifindex {}), UDP port {}: {ANSWERED} answered \
+                 in the kernel; keyless UDP commands and all TCP go to memcached",
+                o.ifname, o.ifindex, o.port
+            );
+            println!(
+                "note: while attached the kernel owns the UDP keys of port {}: TCP clients of \
+                 memcached see a separate key space",
+                o.port
+            );
+        }
+        Policy::Bmc => println!(
+            "ready: memcached look-aside cache (BMC's policy) on {} (ifindex {}), UDP port {}: \
+             gets of cached keys answered in the kernel, everything else goes to memcached, \
+             whose get replies fill the cache",
+            o.ifname, o.ifindex, o.port
+        ),
+    }
     if let Some(h) = veth_hint(o.ifname) {
         println!("{h}");
     }
@@ -296,6 +336,7 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
     let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
     drop(link);
     drop(tc_link);
+    drop(fill_link);
     let counters = read_counters(&stats_map);
     let _ = stats_map.unpin(&pin);
     println!("{sig:?}: memcached offload on {} (ifindex {}):", o.ifname, o.ifindex);
@@ -362,7 +403,8 @@ mod tests {
         assert_eq!(c[15], 1);
         let j = format_counters(&c, true);
         assert!(
-            j.starts_with("{\"requests\":5,") && j.ends_with("\"not_ipv4_udp\":1,\"to_tc\":0}"),
+            j.starts_with("{\"requests\":5,")
+                && j.ends_with("\"not_ipv4_udp\":1,\"to_tc\":0,\"fills\":0,\"invalidations\":0}"),
             "{j}"
         );
     }

@@ -60,6 +60,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(memcached::memaslap_expiry, "ym"),
     t!(memcached::memccp_entries_readable_from_the_heap, "ym"),
     t!(memcached::keyless_commands_reach_memcached, "ym"),
+    t!(memcached::bmc_policy_caches_and_invalidates, "ym"),
     t!(memcached::two_cpus_same_keys, "ym"),
     t!(memcached::detach_under_load, "ym"),
     t!(ds::list_matches_model, "ym"),

@@ -343,12 +343,18 @@ struct Live {
     memcached: Background,
     offload: Option<Background>,
     _peer_xdp: Background,
+    policy: &'static str,
 }
 
 const PORT: &str = "6969";
 
 impl Live {
     fn new() -> Result<Live> {
+        Live::with_policy("kflex")
+    }
+
+    /// memcached and the offload with `--policy policy`.
+    fn with_policy(policy: &'static str) -> Result<Live> {
         ensure_kflex()?;
         let net = VethNs::new(9)?;
         sh("ip", &["netns", "exec", &net.ns, "ethtool", "-K", &net.inner, "gro", "on"])?;
@@ -372,7 +378,7 @@ impl Live {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = &mut memcached;
-        let mut l = Live { net, memcached, offload: None, _peer_xdp: peer };
+        let mut l = Live { net, memcached, offload: None, _peer_xdp: peer, policy };
         l.attach()?;
         Ok(l)
     }
@@ -381,7 +387,17 @@ impl Live {
         let idx = self.net.outer_ifindex()?.to_string();
         let mut off = Background::spawn(
             "kflex-load",
-            &["--kmemcached", "--ifindex", &idx, "--port", PORT, "--heap-size", "64M"],
+            &[
+                "--kmemcached",
+                "--ifindex",
+                &idx,
+                "--port",
+                PORT,
+                "--heap-size",
+                "64M",
+                "--policy",
+                self.policy,
+            ],
         )?;
         off.wait_for("ready:", Duration::from_secs(120))?;
         self.offload = Some(off);
@@ -651,6 +667,44 @@ pub fn memccp_entries_readable_from_the_heap() -> Result<()> {
         );
     }
     println!("memccp: {} files read back from the heap", files.len());
+    Ok(())
+}
+
+/// BMC's policy (`--policy bmc`, the benchmark baseline): memcached owns
+/// the keys; a get of a cached key is answered by the kernel, a miss goes
+/// to memcached and its reply fills the cache, a set drops the key from the
+/// cache and goes to memcached. memaslap verifies every value it gets.
+pub fn bmc_policy_caches_and_invalidates() -> Result<()> {
+    let l = Live::with_policy("bmc")?;
+    let text = |r: Vec<u8>| String::from_utf8_lossy(&r).into_owned();
+    ensure!(text(l.udp(1, b"set bk 7 0 2\r\nv1\r\n")?) == "STORED\r\n", "set");
+    let gets0 = l.memcached_stat("cmd_get")?;
+    ensure!(text(l.udp(2, b"get bk\r\n")?) == "VALUE bk 7 2\r\nv1\r\nEND\r\n", "first get");
+    ensure!(l.memcached_stat("cmd_get")? == gets0 + 1, "the miss did not reach memcached");
+    ensure!(l.offload_counter("fills")? == 1, "memcached's reply did not fill the cache");
+    ensure!(text(l.udp(3, b"get bk\r\n")?) == "VALUE bk 7 2\r\nv1\r\nEND\r\n", "cached get");
+    ensure!(l.memcached_stat("cmd_get")? == gets0 + 1, "a cached get reached memcached");
+    ensure!(l.offload_counter("hits")? == 1, "hits");
+    let inv = l.offload_counter("invalidations")?;
+    ensure!(text(l.udp(4, b"set bk 8 0 3\r\nv22\r\n")?) == "STORED\r\n", "second set");
+    ensure!(l.offload_counter("invalidations")? == inv + 1, "the set did not drop the key");
+    ensure!(text(l.udp(5, b"get bk\r\n")?) == "VALUE bk 8 3\r\nv22\r\nEND\r\n", "stale value");
+    ensure!(l.memcached_stat("cmd_get")? == gets0 + 2, "the get after a set was not a miss");
+    // Commands the KFlex policy refuses are memcached's here.
+    ensure!(text(l.udp(6, b"append bk 0 0 1\r\nx\r\n")?) == "STORED\r\n", "append");
+    ensure!(text(l.udp(7, b"get bk\r\n")?) == "VALUE bk 8 4\r\nv22x\r\nEND\r\n", "append");
+    let server = format!("{}:{PORT}", l.net.outer_ip);
+    let cfg = memaslap_cfg(64, 64)?;
+    let out = l.client(
+        "memcaslap",
+        &["-s", &server, "-U", "-F", &cfg, "-T", "2", "-c", "8", "-x", "20000", "-v", "1.0"],
+    )?;
+    for name in ["verify_failed", "get_misses", "packet_drop", "udp_timeout"] {
+        ensure!(memaslap_counter(&out, name)? == 0, "{name} != 0:\n{out}");
+    }
+    let (hits, fills) = (l.offload_counter("hits")?, l.offload_counter("fills")?);
+    println!("BMC policy under memaslap: {hits} hits in the kernel, {fills} fills");
+    ensure!(hits > 1000 && fills > 100, "hits {hits}, fills {fills}");
     Ok(())
 }
 
