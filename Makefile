@@ -45,7 +45,7 @@ tools: kernel
 	@linux/tools.sh
 
 demo: tools
-	@tests/vm.sh --variant y --timeout 300 -- bash $(CURDIR)/tests/demo.sh
+	@tests/vm.sh --variant y --timeout 900 -- bash $(CURDIR)/tests/demo.sh
 
 ifeq ($(VARIANT),debug)
 test: test-debug

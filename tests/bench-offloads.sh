@@ -9,10 +9,12 @@
 # counter on kc1 (veth delivers XDP_TX frames promptly only to a peer with
 # an XDP program). memcached -t 1 pinned to CPU 1, memaslap pinned to CPU 0.
 # For each value size (64, 1024) and get:set ratio (9:1, 5:5) the variants
-# alternate, memcached alone then memcached + kflex-load --kmemcached, three
-# rounds; the table gives the median of the three (TPS, average latency, the
-# log2 histogram's p50 and p99 buckets) and the ratio offload / memcached.
-# Raw memaslap outputs go to OUTDIR/raw/.
+# alternate: memcached alone, memcached behind BMC's policy on the same code
+# (kflex-load --kmemcached --policy bmc) and memcached behind the offload
+# (kflex-load --kmemcached), three rounds; the table gives the median of the
+# three (TPS, average latency, the log2 histogram's p50 and p99 buckets) and
+# the ratios offload / memcached and offload / bmc. Raw memaslap outputs go
+# to OUTDIR/raw/.
 #
 # Timings in a TCG guest are emulated: only the ratios mean anything.
 set -uo pipefail
@@ -21,7 +23,7 @@ out=${1:?usage: bench-offloads.sh OUTDIR}
 dur=${KFLEX_BENCH_DURATION:-20s}
 rounds=${KFLEX_BENCH_ROUNDS:-3}
 mkdir -p "$out/raw"
-rm -f "$out/runs.txt" "$out/bpf-stats.txt"
+rm -f "$out/runs.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
 cd /tmp
 
 # The receive side of ks0 runs in a NAPI kthread pinned to CPU 1, with
@@ -78,9 +80,21 @@ summarise() {
 	}'
 }
 
+# Busy and total jiffies of CPUs 0 and 1 from /proc/stat: "b0 t0 b1 t1".
+cpu_jiffies() {
+	awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%d %d ", t - $5 - $6, t }' /proc/stat
+}
+
 median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-printf '%-22s %12s %12s %10s %10s %10s\n' "workload" "variant" "TPS" "avg_us" "p50_us<" "p99_us<" >"$out/table.txt"
+{
+	echo "# memaslap (memcaslap -U -T 1 -c 16 -t $dur), key 64 B; medians of $rounds rounds per variant,"
+	echo "# variants alternating in one guest run (QEMU TCG, 2 vCPUs: only the ratios mean anything)."
+	echo "# memcached: memcached -t 1 alone; bmc: + kflex-load --kmemcached --policy bmc (BMC's"
+	echo "# look-aside policy on the same code); offload: + kflex-load --kmemcached. KeyDB and"
+	echo "# memtier_benchmark are not packaged for Debian 12: not measured."
+	printf '%-22s %12s %12s %10s %10s %10s\n' "workload" "variant" "TPS" "avg_us" "p50_us<" "p99_us<"
+} >"$out/table.txt"
 for value in 64 1024; do
 	for mix in "0.1 0.9" "0.5 0.5"; do
 		set -- $mix
@@ -88,40 +102,56 @@ for value in 64 1024; do
 		cfg=/tmp/ms-$name.cfg
 		printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$value" "$value" "$1" "$2" >"$cfg"
 		for r in $(seq "$rounds"); do
-			for variant in memcached offload; do
-				if [ "$variant" = offload ]; then
-					kflex-load --kmemcached --ifindex "$ifindex" --heap-size 1G \
-						>"$out/raw/$name-$r-kflex-load.log" 2>&1 &
+			for variant in memcached bmc offload; do
+				if [ "$variant" != memcached ]; then
+					policy=kflex
+					[ "$variant" = offload ] || policy=bmc
+					kflex-load --kmemcached --policy "$policy" --ifindex "$ifindex" --heap-size 1G \
+						>"$out/raw/$name-$r-$variant-kflex-load.log" 2>&1 &
 					kl=$!
 					for _ in $(seq 300); do
-						grep -q '^ready:' "$out/raw/$name-$r-kflex-load.log" && break
+						grep -q '^ready:' "$out/raw/$name-$r-$variant-kflex-load.log" && break
 						sleep 0.2
 					done
 				fi
 				pin_napi
 				log=$out/raw/$name-$r-$variant.txt
+				j0=$(cpu_jiffies)
 				ip netns exec kbcli taskset -c 0 timeout -s KILL 600 memcaslap -s 10.77.0.1:6969 -U \
 					-F "$cfg" -T 1 -c 16 -t "$dur" -S "$dur" >"$log" 2>&1
+				j1=$(cpu_jiffies)
 				echo "$name $variant $(summarise <"$log")" >>"$out/runs.txt"
+				# CPU shares: CPU 0 the client, CPU 1 memcached and the server side's NAPI.
+				echo "$j0 $j1" | awk -v n="$name" -v v="$variant" -v r="$r" \
+					'{ printf "%s %s round %s: cpu0 (client) %.0f%% busy, cpu1 (server) %.0f%% busy\n", n, v, r,
+						100 * ($5 - $1) / ($6 - $2), 100 * ($7 - $3) / ($8 - $4) }' >>"$out/cpu.txt"
 				echo "bench: $name round $r $variant: $(summarise <"$log")" >&2
-				if [ "$variant" = offload ]; then
-					# Where the time goes: the XDP program's run time per request.
-					"$bpftool" prog show name kmc_xdp | tr -s ' ' | sed -n 's/.*run_time_ns \([0-9]*\) run_cnt \([0-9]*\).*/\1 \2/p' |
-						awk -v n="$name" '$2 > 0 { printf "%s kmc_xdp %.0f ns per run, %d runs\n", n, $1 / $2, $2 }' >>"$out/bpf-stats.txt"
+				if [ "$variant" != memcached ]; then
+					# Where the time goes: the programs' run time per run.
+					for prog in kmc_xdp kmc_tc kmc_fill; do
+						"$bpftool" prog show name "$prog" | tr -s ' ' | sed -n 's/.*run_time_ns \([0-9]*\) run_cnt \([0-9]*\).*/\1 \2/p' |
+							awk -v n="$name" -v v="$variant" -v p="$prog" \
+								'$2 > 0 { printf "%s %s %s %.0f ns per run, %d runs\n", n, v, p, $1 / $2, $2 }' >>"$out/bpf-stats.txt"
+					done
 					kill -TERM "$kl"
 					wait "$kl"
 				fi
 			done
 		done
-		for variant in memcached offload; do
+		for variant in memcached bmc offload; do
 			for col in 3 4 5 6; do
 				grep "^$name $variant " "$out/runs.txt" | awk -v c="$col" '{ print $c }' | median
 			done | paste -sd' ' | awk -v n="$name" -v v="$variant" \
 				'{ printf "%-22s %12s %12s %10s %10s %10s\n", n, v, $1, $2, $3, $4 }' >>"$out/table.txt"
 		done
-		awk -v n="$name" '$1 == n && $2 == "memcached" { m = $3 } $1 == n && $2 == "offload" { o = $3 }
-			END { if (m > 0) printf "%-22s %12s %12.2fx\n", n, "ratio", o / m }' "$out/table.txt" >>"$out/table.txt"
+		awk -v n="$name" '$1 == n && $2 == "memcached" { m = $3 } $1 == n && $2 == "bmc" { b = $3 }
+			$1 == n && $2 == "offload" { o = $3 }
+			END {
+				if (m > 0) printf "%-22s %12s %12.2fx\n", n, "offload/mc", o / m
+				if (b > 0) printf "%-22s %12s %12.2fx\n", n, "offload/bmc", o / b
+				if (m > 0) printf "%-22s %12s %12.2fx\n", n, "bmc/mc", b / m
+			}' "$out/table.txt" >>"$out/table.txt"
 	done
 done
 kill "$mc" "$peer" 2>/dev/null
-cat "$out/table.txt" "$out/bpf-stats.txt"
+cat "$out/table.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
