@@ -5,6 +5,7 @@
 //! workloads, the PRNG and the BPF skeletons. The benchmarks themselves are
 //! in `bin/kflex-bench/`.
 
+pub mod cancel;
 pub mod ds;
 pub mod guardmode;
 pub mod heapstats;
@@ -62,5 +63,8 @@ pub mod skel {
     }
     pub mod native {
         include!(concat!(env!("OUT_DIR"), "/native.skel.rs"));
+    }
+    pub mod cancel {
+        include!(concat!(env!("OUT_DIR"), "/cancel.skel.rs"));
     }
 }

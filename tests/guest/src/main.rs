@@ -7,6 +7,7 @@
 //! time (`--test-threads=1` is implied).
 
 mod basic;
+mod cancel;
 mod ctx;
 mod ds;
 mod guards;
@@ -63,6 +64,10 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(memcached::bmc_policy_caches_and_invalidates, "ym"),
     t!(memcached::two_cpus_same_keys, "ym"),
     t!(memcached::detach_under_load, "ym"),
+    t!(cancel::endless_loops_are_cancelled, "ym"),
+    t!(cancel::syscall_run_returns_ecanceled, "ym"),
+    t!(cancel::callback_loops_end, "ym"),
+    t!(cancel::points_holding_resources_refused, "ym"),
     t!(ds::list_matches_model, "ym"),
     t!(ds::rbtree_matches_model, "ym"),
     t!(ds::hashmap_matches_model, "ym"),

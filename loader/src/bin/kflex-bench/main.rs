@@ -9,6 +9,8 @@
 //! - [`alloc`]: `alloc/...`, the heap allocator against the BPF allocators
 //!   of the upstream arena;
 //! - [`guards`]: `guards/...`, the cost of guards in each guard mode;
+//! - [`cancel`]: `cancel/loop/...`, the cost of loop termination:
+//!   cancellation points against the upstream bounds;
 //! - [`dsbench`]: `ds/<structure>/<op>/<dist>/<variant>`, the data
 //!   structures of `bpf/ds/` on the KFlex heap in every guard mode, on the
 //!   upstream arena, on the kernel's alternatives and as native code, and
@@ -24,6 +26,7 @@
 //! (`kflex_load::guardmode`), so the mode before the run is back after it.
 
 mod alloc;
+mod cancel;
 mod dsbench;
 mod guards;
 mod results;
@@ -66,6 +69,10 @@ struct Cli {
     /// array increments; a few ns each), at least 1024.
     #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1024..))]
     guard_ops: u64,
+    /// Loop steps per repetition of the cancellation benchmarks, at least
+    /// 1024.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1024..))]
+    loop_iters: u64,
     /// Keys in the data-structure key set (1 to 2^24).
     #[arg(long, default_value_t = 100_000)]
     #[arg(value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
@@ -132,25 +139,35 @@ fn run(cli: Cli) -> Result<()> {
         .iter()
         .flat_map(|c| guards::VARIANTS.iter().map(move |(v, _)| format!("guards/{c}/{v}")))
         .collect();
+    let mut cancel_names = cancel::names();
     let units = dsbench::units(cli.zipf);
     let mut ds_names: Vec<String> = units.iter().flat_map(|u| u.names(&modes)).collect();
     if let Some(f) = &cli.filter {
         alloc.retain(|c| c.name.contains(f.as_str()));
         guard_names.retain(|n| n.contains(f.as_str()));
+        cancel_names.retain(|n| n.contains(f.as_str()));
         ds_names.retain(|n| n.contains(f.as_str()));
     }
     if cli.guard_table {
         alloc.clear();
         guard_names.clear();
+        cancel_names.clear();
         ds_names.clear();
     }
     if cli.list {
-        for n in alloc.iter().map(|c| &c.name).chain(&guard_names).chain(&ds_names) {
+        for n in
+            alloc.iter().map(|c| &c.name).chain(&guard_names).chain(&cancel_names).chain(&ds_names)
+        {
             println!("{n}");
         }
         return Ok(());
     }
-    if alloc.is_empty() && guard_names.is_empty() && ds_names.is_empty() && !cli.guard_table {
+    if alloc.is_empty()
+        && guard_names.is_empty()
+        && cancel_names.is_empty()
+        && ds_names.is_empty()
+        && !cli.guard_table
+    {
         bail!("no benchmark matches the filter (see --list)");
     }
     if !nix::unistd::geteuid().is_root() {
@@ -172,6 +189,12 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("[guards {i}/{n}] {} {:.1} ns/op", r.name, r.ns_per_op);
         })?;
     }
+    let n = cancel_names.len();
+    let mut i = 0;
+    results.extend(cancel::run(cli.loop_iters, cli.reps, &cancel_names, |r| {
+        i += 1;
+        eprintln!("[cancel {i}/{n}] {} {:.2} ns/op", r.name, r.ns_per_op);
+    })?);
     alloc::run(&alloc, cli.reps, &mut results)?;
 
     if cli.guard_table {
@@ -240,6 +263,7 @@ fn output(
         "ops": cli.ops,
         "alloc_ops": cli.alloc_ops,
         "guard_ops": cli.guard_ops,
+        "loop_iters": cli.loop_iters,
         "keys": cli.keys,
         "reps": cli.reps,
         "batch": cli.batch,

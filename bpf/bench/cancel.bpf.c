@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Cost of loop termination (kflex-bench cancel/loop/<body>/<variant>): the
+ * same inner loop of CL_INNER steps and the same body, bounded four ways:
+ *
+ * - none:   a constant bound the verifier explores (no point, no counter);
+ * - points: a constant bound and can_loop: a KFlex cancellation point per
+ *           step, or, loaded with kernel.kflex_cancel_points=1, the upstream
+ *           may_goto counter (the "may_goto" variant);
+ * - for:    bpf_for() (a bpf_iter_num_next() call per step);
+ * - loop:   bpf_loop() (an indirect callback call per step).
+ *
+ * Bodies: empty (an add), load (a heap word), chase (a heap list step).
+ * An outer bpf_for() repeats the inner loop; its cost is the same in every
+ * variant. Inner loops are never unrolled.
+ */
+#include "vmlinux.h"
+#include "kflex.h"
+
+KFLEX_HEAP(heap, 1 << 20);
+
+#define CL_INNER 64
+
+struct cl_args {
+	__u64 outer;	/* repetitions of the inner loop */
+	__u64 ret;	/* the bodies' sum (keeps them alive) */
+};
+
+struct node {
+	struct node __arena *next;
+	__u64 value;
+};
+
+struct node __arena *cl_ring;
+__u64 __arena *cl_words;
+
+SEC("syscall")
+int cl_setup(struct cl_args *a)
+{
+	struct node __arena *first = NULL, *prev = NULL, *n;
+	__u64 i;
+
+	cl_words = kflex_malloc(heap, CL_INNER * sizeof(__u64));
+	if (!cl_words)
+		return 1;
+	bpf_for(i, 0, CL_INNER) {
+		n = kflex_malloc(heap, sizeof(*n));
+		if (!n)
+			return 1;
+		n->value = i;
+		cl_words[i] = i;
+		if (prev)
+			prev->next = n;
+		else
+			first = n;
+		prev = n;
+	}
+	if (!prev)
+		return 1;
+	prev->next = first;
+	cl_ring = first;
+	return 0;
+}
+
+struct cl_state {
+	__u64 acc;
+	struct node __arena *p;
+	__u64 __arena *w;
+};
+
+/* barrier_var: the compiler may not fold the loop into a closed form */
+#define BODY_empty(s, j) do { (s)->acc += (j); barrier_var((s)->acc); } while (0)
+#define BODY_load(s, j) ((s)->acc += (s)->w[(j) & (CL_INNER - 1)])
+#define BODY_chase(s, j) ((s)->p = (s)->p->next, (s)->acc += (j))
+
+#define UNROLL_OFF _Pragma("clang loop unroll(disable)")
+
+#define CL_PROGS(body)							\
+static int cl_cb_##body(__u64 j, struct cl_state *s)			\
+{									\
+	BODY_##body(s, j);						\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int cl_##body##_none(struct cl_args *a)					\
+{									\
+	struct cl_state s = { 0, cl_ring, cl_words };			\
+	__u64 o, j;							\
+									\
+	kflex_use_heap(heap);						\
+	bpf_for(o, 0, a->outer) {					\
+		UNROLL_OFF						\
+		for (j = 0; j < CL_INNER; j++)				\
+			BODY_##body(&s, j);				\
+	}								\
+	a->ret = s.acc;							\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int cl_##body##_points(struct cl_args *a)				\
+{									\
+	struct cl_state s = { 0, cl_ring, cl_words };			\
+	__u64 o, j;							\
+									\
+	kflex_use_heap(heap);						\
+	bpf_for(o, 0, a->outer) {					\
+		UNROLL_OFF						\
+		for (j = 0; j < CL_INNER && can_loop; j++)		\
+			BODY_##body(&s, j);				\
+	}								\
+	a->ret = s.acc;							\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int cl_##body##_for(struct cl_args *a)					\
+{									\
+	struct cl_state s = { 0, cl_ring, cl_words };			\
+	__u64 o;							\
+	int j;								\
+									\
+	kflex_use_heap(heap);						\
+	bpf_for(o, 0, a->outer) {					\
+		bpf_for(j, 0, CL_INNER)					\
+			BODY_##body(&s, (__u64)j);			\
+	}								\
+	a->ret = s.acc;							\
+	return 0;							\
+}									\
+									\
+SEC("syscall")								\
+int cl_##body##_loop(struct cl_args *a)					\
+{									\
+	struct cl_state s = { 0, cl_ring, cl_words };			\
+	__u64 o;							\
+									\
+	kflex_use_heap(heap);						\
+	bpf_for(o, 0, a->outer)						\
+		bpf_loop(CL_INNER, cl_cb_##body, &s, 0);		\
+	a->ret = s.acc;							\
+	return 0;							\
+}
+
+CL_PROGS(empty)
+CL_PROGS(load)
+CL_PROGS(chase)
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Programs the cancellation tests drive through BPF_PROG_TEST_RUN: loops
+ * that end only when the run is cancelled (KFlex cancellation points,
+ * kernel.kflex_budget_us), in the main program, in a subprogram and in
+ * callbacks (bpf_loop(), which the verifier may inline, and
+ * bpf_for_each_map_elem(), which it never does), over a heap list whose only
+ * node points to itself.
+ * A packet (or syscall argument) without the mark does not loop.
+ */
+#include "vmlinux.h"
+#include "kflex.h"
+
+KFLEX_HEAP(heap, 1 << 16);
+
+#define MARK 0xCA
+
+struct node {
+	struct node __arena *next;
+	__u64 value;
+};
+
+/* The ring: one node whose next is itself (made by make_ring). */
+struct node __arena *ring;
+/* Nodes visited by the loops; runs that got past their loop. */
+__u64 spins;
+__u64 finished;
+
+SEC("syscall")
+int make_ring(void *ctx)
+{
+	struct node __arena *n = kflex_malloc(heap, sizeof(*n));
+
+	if (!n)
+		return 1;
+	n->next = n;
+	n->value = MARK;
+	ring = n;
+	return 0;
+}
+
+/* Walks the ring until the run is cancelled (the walk never ends). */
+static __always_inline void walk_ring(void)
+{
+	struct node __arena *p = ring;
+
+	while (p && can_loop) {
+		p = p->next;
+		spins++;
+	}
+}
+
+static bool marked(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 *b = data;
+
+	return data + 1 <= end && b[0] == MARK;
+}
+
+SEC("xdp")
+int spin_main(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	walk_ring();
+	finished++;
+	return XDP_TX;
+}
+
+static __noinline int spin_in_subprog(__u64 depth)
+{
+	if (depth)
+		return spin_in_subprog(depth - 1) + 1;
+	walk_ring();
+	return 0;
+}
+
+SEC("xdp")
+int spin_sub(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	spin_in_subprog(3);
+	finished++;
+	return XDP_TX;
+}
+
+static int spin_cb(__u64 i, void *data)
+{
+	walk_ring();
+	return 1;
+}
+
+SEC("xdp")
+int spin_callback(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_loop(1, spin_cb, NULL, 0);
+	finished++;
+	return XDP_TX;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} one SEC(".maps");
+
+static long spin_elem(struct bpf_map *map, __u32 *key, __u64 *val, void *data)
+{
+	walk_ring();
+	return 1;
+}
+
+/* bpf_for_each_map_elem() calls its callback from the kernel, never inline. */
+SEC("xdp")
+int spin_foreach(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_for_each_map_elem(&one, spin_elem, NULL, 0);
+	finished++;
+	return XDP_TX;
+}
+
+SEC("syscall")
+int spin_syscall(__u64 *arg)
+{
+	kflex_use_heap(heap);
+	if (*arg != MARK)
+		return 0;
+	walk_ring();
+	finished++;
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";
