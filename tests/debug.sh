@@ -17,6 +17,9 @@ bin=$CARGO_TARGET_DIR/release/kflex-guest-tests
 [ -x "$bin" ] || kflex_die "no $bin: run \`make tools\` first"
 logdir=$(mktemp -d /tmp/kflex-debug.XXXXXX)
 cp "$bin" "$logdir/kflex-guest-tests"
+# What the report names: the tree and the binary as they were at the start.
+commit=$(git -C "$KFLEX_REPO" rev-parse --short HEAD 2>/dev/null || echo '?')
+built=$(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC')
 timeout=${KFLEX_DEBUG_TIMEOUT:-14400}
 
 # In the guest: the irqsoff tracer records the longest interrupts-off section
@@ -83,8 +86,8 @@ irq_us=$(cat "$logdir/irqsoff-max-us" 2>/dev/null || echo 'not recorded')
 {
 	echo "# The guest test suite on the debug kernel"
 	echo
-	echo "Produced by \`make test-debug\` ($(date -u +%Y-%m-%d), commit $(git -C "$KFLEX_REPO" rev-parse --short HEAD 2>/dev/null || echo '?'),"
-	echo "guest binary built $(date -u -r "$bin" '+%Y-%m-%d %H:%M UTC')). Kernel: the y configuration plus"
+	echo "Produced by \`make test-debug\` ($(date -u +%Y-%m-%d), commit $commit,"
+	echo "guest binary built $built). Kernel: the y configuration plus"
 	echo "\`linux/kflex-debug.config\` (generic inline KASAN, PROVE_LOCKING, DEBUG_ATOMIC_SLEEP, PREEMPT +"
 	echo "DEBUG_PREEMPT, soft-lockup and buddy hard-lockup detectors, hung-task detector, irqsoff tracer)."
 	echo "QEMU TCG, 2 vCPUs; the run took ${elapsed} s; guest exit status ${vrc}."
