@@ -124,6 +124,36 @@ unsafe extern "C" fn plan(
     }
 }
 
+unsafe extern "C" fn points(
+    insns: *const bindings::bpf_insn,
+    cnt: u32,
+    starts: *const u32,
+    nsub: u32,
+    marks: *mut u8,
+    placed: *mut u32,
+) -> c_int {
+    if insns.is_null() || starts.is_null() || marks.is_null() || placed.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the verifier passes arrays of `cnt` instructions and marks and
+    // `nsub` function starts, valid for the duration of the call.
+    let (insns, starts, marks, placed) = unsafe {
+        (
+            core::slice::from_raw_parts(insns.cast::<[u8; 8]>(), cnt as usize),
+            core::slice::from_raw_parts(starts, nsub as usize),
+            core::slice::from_raw_parts_mut(marks, cnt as usize),
+            &mut *placed,
+        )
+    };
+    match planner::plan_points(insns, starts, marks) {
+        Ok(n) => {
+            *placed = n;
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
 #[cfg(CONFIG_KFLEX_BENCH)]
 unsafe extern "C" fn native(
     info: *mut bindings::kflex_heap_info,
@@ -164,5 +194,6 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         native: Some(native),
         #[cfg(not(CONFIG_KFLEX_BENCH))]
         native: None,
+        points: Some(points),
     }
 }

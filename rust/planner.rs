@@ -3,6 +3,7 @@
 //! The guard pass as the verifier calls it: decodes the program, runs the
 //! range analysis of [`crate::logic::guard`] and turns its marks into the
 //! verifier's: register + 1 where a guard must precede the instruction.
+//! Also the placement of cancellation points ([`crate::logic::cancel`]).
 //!
 //! Casts to the kernel view are not the pass's business: the JIT always
 //! translates them (`dst = src & mask`, the heap offset of a user address),
@@ -12,6 +13,7 @@ use kernel::{alloc::KVVec, bindings, prelude::*};
 
 use crate::logic::{
     bpf::{Insn, CLASS_MASK, LDX, REG_AX, REG_FP},
+    cancel::{self, Frame},
     guard::{self, BlockState, Mark, Mode, Params, MAX_GUARD_REG},
 };
 
@@ -91,4 +93,31 @@ pub(crate) fn plan(
     }
     let elided = if no_elision { 0 } else { stats.elided };
     Ok((stats.accesses, elided))
+}
+
+/// Marks where the loops of `raw` (before verification) need a
+/// cancellation point: 1 before each marked instruction. Returns how many.
+pub(crate) fn plan_points(raw: &[[u8; 8]], starts: &[u32], marks: &mut [u8]) -> Result<u32> {
+    if marks.len() != raw.len() {
+        return Err(EINVAL);
+    }
+    let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    for r in raw {
+        insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
+    }
+    let mut subprogs = KVVec::with_capacity(starts.len(), GFP_KERNEL)?;
+    for s in starts {
+        subprogs.push(*s as usize, GFP_KERNEL)?;
+    }
+    let mut placed = KVVec::from_elem(false, raw.len(), GFP_KERNEL)?;
+    let mut state = KVVec::from_elem(0u8, raw.len(), GFP_KERNEL)?;
+    let mut stack = KVVec::from_elem(Frame::default(), raw.len(), GFP_KERNEL)?;
+    let stats = cancel::place(&insns, &subprogs, &mut placed, &mut state, &mut stack).map_err(|e| {
+        pr_warn!("cancellation point placement refused the program: {:?}\n", e);
+        EINVAL
+    })?;
+    for (m, p) in marks.iter_mut().zip(placed.iter()) {
+        *m = u8::from(*p);
+    }
+    Ok(stats.placed)
 }

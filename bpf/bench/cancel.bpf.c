@@ -147,4 +147,23 @@ CL_PROGS(empty)
 CL_PROGS(load)
 CL_PROGS(chase)
 
+
+/*
+ * Per-run cost of cancellation points (kflex-bench cancel/entry/xdp-empty):
+ * an XDP program whose one loop never runs (ce_n is 0), loaded with points
+ * (exception-boundary prologue, the frame's point slots) or without.
+ */
+__u64 ce_n;
+
+SEC("xdp")
+int ce_entry(struct xdp_md *ctx)
+{
+	__u64 i, n = ce_n;
+
+	kflex_use_heap(heap);
+	for (i = 0; i < n && can_loop; i++)
+		barrier_var(i);
+	return XDP_PASS;
+}
+
 char LICENSE[] SEC("license") = "GPL";

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Programs the verifier must refuse: each reaches a cancellation point
- * (may_goto) of a KFlex program while holding something a cancelled run
+ * (a may_goto, or the point of a loop without one) of a KFlex program while holding something a cancelled run
  * could not release. The test loads them one at a time.
  */
 #include "vmlinux.h"
@@ -55,6 +55,20 @@ int hold_task(u64 *ctx)
 		return 0;
 	SPIN();
 	bpf_task_release(t);
+	return 0;
+}
+
+/* An iterator loop's point, reached holding an RCU read lock. */
+SEC("syscall")
+int hold_rcu_for(void *ctx)
+{
+	int i;
+
+	kflex_use_heap(heap);
+	bpf_rcu_read_lock();
+	bpf_for(i, 0, 10)
+		n++;
+	bpf_rcu_read_unlock();
 	return 0;
 }
 

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Programs the cancellation tests drive through BPF_PROG_TEST_RUN: loops
- * that end only when the run is cancelled (KFlex cancellation points,
+ * that end only when the run is cancelled (or, for nested bpf_repeat(), after
+ * 2^46 steps) (KFlex cancellation points,
  * kernel.kflex_budget_us), in the main program, in a subprogram and in
  * callbacks (bpf_loop(), which the verifier may inline, and
  * bpf_for_each_map_elem(), which it never does), over a heap list whose only
@@ -127,6 +128,27 @@ int spin_foreach(struct xdp_md *ctx)
 	if (!marked(ctx))
 		return XDP_DROP;
 	bpf_for_each_map_elem(&one, spin_elem, NULL, 0);
+	finished++;
+	return XDP_TX;
+}
+
+/* BPF_MAX_LOOPS (include/linux/bpf.h) */
+#define MAX_LOOPS (1 << 23)
+
+/*
+ * Nested bpf_repeat(BPF_MAX_LOOPS): 2^46 steps, no may_goto; the verifier
+ * proves it ends, the loops' own points cancel it.
+ */
+SEC("xdp")
+int spin_repeat(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_repeat(MAX_LOOPS) {
+		bpf_repeat(MAX_LOOPS)
+			(*(volatile __u64 *)&spins)++;
+	}
 	finished++;
 	return XDP_TX;
 }

@@ -55,20 +55,34 @@ fn xdp_run(prog: &libbpf_rs::ProgramMut, first: u8) -> Result<(u32, u64)> {
     Ok((out.return_value, out.duration.as_micros() as u64))
 }
 
-/// The cancelled runs' time must lie in [budget, 2 × budget + 1 ms]; the
-/// budget starts at the run's first poll (after 1024 points), so a run is a
-/// little longer than its budget.
+/// A cancelled run never ends before its budget, and ends within
+/// [budget, 2 × budget + 1 ms]. The budget starts at the run's first poll
+/// (after 1024 points), so a run is a little longer than its budget. Under
+/// QEMU TCG a run is now and then stretched by the host (the emulated clock
+/// keeps going while the vCPU thread waits): a single run may take up to
+/// 50 ms more; the median of a series must be within the bound.
 fn check_time(what: &str, us: u64, budget: u64) -> Result<()> {
     ensure!(
-        us >= budget && us <= 2 * budget + 1000,
+        us >= budget && us <= 2 * budget + 50_000,
         "{what}: cancelled after {us} µs with a budget of {budget} µs"
     );
     Ok(())
 }
 
+fn check_median(what: &str, times: &mut [u64], budget: u64) -> Result<()> {
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    ensure!(
+        median <= 2 * budget + 1000,
+        "{what}: median {median} µs of {times:?} with a budget of {budget} µs"
+    );
+    Ok(())
+}
+
 /// An endless heap-list walk in an XDP program, in the main frame and four
-/// subprogram frames deep: cancelled within the budget, XDP_PASS, the code
-/// after the loop never runs; unmarked packets are unaffected; the run time
+/// subprogram frames deep, and two nested `bpf_repeat(BPF_MAX_LOOPS)`
+/// (2^46 steps: iterator loops, whose points the kernel placed): cancelled
+/// within the budget, XDP_PASS, the code after the loop never runs; unmarked packets are unaffected; the run time
 /// follows the budget (1, 10, 100 ms); kernel log lines and counters.
 pub fn endless_loops_are_cancelled() -> Result<()> {
     ensure_kflex()?;
@@ -78,18 +92,28 @@ pub fn endless_loops_are_cancelled() -> Result<()> {
     let mut report = Vec::new();
     for budget in [1000u64, 10_000, 100_000] {
         let _b = SysctlGuard::budget_us(budget)?;
-        for (name, prog) in [("main", &skel.progs.spin_main), ("subprog", &skel.progs.spin_sub)] {
+        for (name, prog) in [
+            ("main", &skel.progs.spin_main),
+            ("subprog", &skel.progs.spin_sub),
+            ("bpf_repeat", &skel.progs.spin_repeat),
+        ] {
             // A first run translates the code (TCG): not timed.
             ensure!(xdp_run(prog, MARK)?.0 == XDP_PASS, "{name}: first run not cancelled");
             cancelled += 1;
             let mut times = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..5 {
                 let spins = skel.maps.bss_data.as_deref().context("no .bss")?.spins;
                 let (verdict, us) = xdp_run(prog, MARK)?;
                 ensure!(verdict == XDP_PASS, "{name}: verdict {verdict} (XDP_PASS expected)");
                 check_time(name, us, budget)?;
                 let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
-                ensure!(bss.spins > spins, "{name}: the loop did not run");
+                // The loops count their steps: a few per ns at most.
+                let steps = bss.spins.wrapping_sub(spins);
+                ensure!(
+                    steps > 0 && steps < us * 1000,
+                    "{name}: {steps} steps counted in {us} µs (spins {spins} before, {} after)",
+                    bss.spins
+                );
                 ensure!(bss.finished == 0, "{name}: code after the endless loop ran");
                 cancelled += 1;
                 times.push(us);
@@ -97,6 +121,7 @@ pub fn endless_loops_are_cancelled() -> Result<()> {
             let (verdict, _) = xdp_run(prog, 0)?;
             ensure!(verdict == XDP_DROP, "{name}: unmarked packet: verdict {verdict}");
             report.push(format!("{name} budget {budget} µs: runs {times:?} µs"));
+            check_median(name, &mut times, budget)?;
         }
     }
     let after = counter("cancelled_budget")?;
@@ -110,6 +135,17 @@ pub fn endless_loops_are_cancelled() -> Result<()> {
         log.contains("kflex: cancelled prog=spin_main") && log.contains("cause=budget"),
         "no cancellation line in the kernel log"
     );
+    // spin_main: its may_goto; spin_repeat: at least one point per
+    // bpf_repeat loop (how many depends on how the compiler laid them out).
+    for (prog, least, most) in [("spin_main", 1, 1), ("spin_repeat", 2, 4)] {
+        let needle = format!("kflex: prog={prog} ");
+        let line = log.lines().rev().find(|l| l.contains(&needle)).context("no statistics line")?;
+        let n: u32 = line
+            .rsplit_once("cancel_points=")
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .with_context(|| format!("{prog}: no point count in {line:?}"))?;
+        ensure!((least..=most).contains(&n), "{prog}: {n} points ({line})");
+    }
     println!("{}", report.join("\n"));
     Ok(())
 }
@@ -207,20 +243,21 @@ fn load_refused(name: &str) -> Result<(bool, String)> {
     Ok((ok, log))
 }
 
-/// Points reached holding an RCU read lock, preemption disabled or a task
-/// reference are refused with a message naming it; the same loop holding
-/// nothing loads.
+/// Points reached holding an RCU read lock (at a may_goto and in a
+/// `bpf_for` loop), preemption disabled or a task reference are refused
+/// with a message naming it; the same loop holding nothing loads.
 pub fn points_holding_resources_refused() -> Result<()> {
     ensure_kflex()?;
     for (prog, what) in [
         ("hold_rcu", "an RCU read lock"),
+        ("hold_rcu_for", "an RCU read lock"),
         ("hold_preempt", "preemption disabled"),
         ("hold_task", "a referenced kernel object"),
     ] {
         let (ok, log) = load_refused(prog)?;
         ensure!(!ok, "{prog} loaded");
         ensure!(
-            log.contains("cancellation point (may_goto)") && log.contains(what),
+            log.contains("cancellation point (") && log.contains(what),
             "{prog}: no refusal naming {what:?} in the log:\n{}",
             log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
         );

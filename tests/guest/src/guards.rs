@@ -150,18 +150,18 @@ fn stats_line(prog: &str) -> Result<String> {
         .with_context(|| format!("no statistics line for {prog}"))
 }
 
-/// The statistics line of a hand-written program: 4 accesses, 3 elided; and
-/// in the other modes.
+/// The statistics line of a hand-written program: 4 accesses, 3 elided, no
+/// loop (no cancellation point); and in the other modes.
 pub fn stats_line_and_modes() -> Result<()> {
     ensure_kflex()?;
     // Mode 0 for the test (and the mode before it back after it); each
     // load below sets its own mode for the load.
     let _mode = GuardMode::Full.set()?;
     for (mode, want) in [
-        (GuardMode::Full, "range_analysis_call=4 elided=3"),
-        (GuardMode::AllGuards, "range_analysis_call=4 elided=0"),
-        (GuardMode::Performance, "range_analysis_call=3 elided=2"),
-        (GuardMode::Unguarded, "range_analysis_call=0 elided=0"),
+        (GuardMode::Full, "range_analysis_call=4 elided=3 cancel_points=0"),
+        (GuardMode::AllGuards, "range_analysis_call=4 elided=0 cancel_points=0"),
+        (GuardMode::Performance, "range_analysis_call=3 elided=2 cancel_points=0"),
+        (GuardMode::Unguarded, "range_analysis_call=0 elided=0 cancel_points=0"),
     ] {
         let h = {
             let _load = mode.set()?;

@@ -94,5 +94,19 @@ fn main() {
                 .with_ignored_flag(!variants.contains(variant.as_str()))
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit();
+    // Every loop of a KFlex program carries a cancellation point, so every
+    // run has a budget (kernel.kflex_budget_us, 10 ms by default). Under
+    // QEMU TCG the suite's syscall programs (thousands of allocations per
+    // run) take longer than that: the suite runs with the largest budget,
+    // and the cancellation tests set their own.
+    let budget = match kflex_load::cancel::SysctlGuard::budget_us(1_000_000) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("kflex-guest-tests: cannot raise the run budget: {e:#}");
+            None
+        }
+    };
+    let conclusion = libtest_mimic::run(&args, trials);
+    drop(budget);
+    conclusion.exit();
 }

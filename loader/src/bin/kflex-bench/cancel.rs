@@ -3,9 +3,15 @@
 //! Loop-termination benchmarks (`cancel/loop/<body>/<variant>`,
 //! `bpf/bench/cancel.bpf.c`): the same inner loop and body bounded by
 //! verifier exploration (`none`), by KFlex cancellation points (`points`),
-//! by the upstream may_goto counter (`may_goto`: the same program loaded
-//! with `kernel.kflex_cancel_points=1`), by `bpf_for` and by `bpf_loop`.
-//! ns per iteration; ratios are to `none`.
+//! by the upstream may_goto counter (`may_goto`), by `bpf_for` and by
+//! `bpf_loop`. With cancellation points on, the kernel also puts a point on
+//! every loop that has no may_goto (`bpf_for` loops, exploration-bounded
+//! loops); `none`, `may_goto` and `bpf_for_upstream` are loaded with
+//! `kernel.kflex_cancel_points=1`, i.e. as upstream runs them. ns per
+//! iteration; ratios are to `none`. `cancel/entry/xdp-empty/<variant>`:
+//! the per-run cost of the bookkeeping (exception-boundary prologue, point
+//! slots) of an XDP program whose loop never runs, with and without points;
+//! ns per run.
 
 use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd};
 
@@ -19,11 +25,13 @@ use crate::results;
 /// Loop bodies.
 pub const BODIES: [&str; 3] = ["empty", "load", "chase"];
 /// Variants: name, program suffix, and whether points are on at load.
-pub const VARIANTS: [(&str, &str, bool); 5] = [
-    ("none", "none", true),
+pub const VARIANTS: [(&str, &str, bool); 7] = [
+    ("none", "none", false),
+    ("none_points", "none", true),
     ("points", "points", true),
     ("may_goto", "points", false),
     ("bpf_for", "for", true),
+    ("bpf_for_upstream", "for", false),
     ("bpf_loop", "loop", true),
 ];
 /// Steps of the inner loop (`CL_INNER`).
@@ -58,12 +66,36 @@ impl Loaded {
     }
 }
 
+/// Entry-cost variants: name and whether points are on at load.
+pub const ENTRY: [(&str, bool); 2] = [("plain", false), ("kflex", true)];
+/// Runs per BPF_PROG_TEST_RUN call of the entry benchmark.
+const ENTRY_RUNS: u32 = 100_000;
+
 /// Every benchmark name.
 pub fn names() -> Vec<String> {
     BODIES
         .iter()
         .flat_map(|b| VARIANTS.iter().map(move |(v, _, _)| format!("cancel/loop/{b}/{v}")))
+        .chain(ENTRY.iter().map(|(v, _)| format!("cancel/entry/xdp-empty/{v}")))
         .collect()
+}
+
+/// `ENTRY_RUNS` XDP test runs of `prog` on a 64-byte packet: the kernel's
+/// mean ns per run.
+fn xdp_runs(prog: BorrowedFd<'_>) -> Result<f64> {
+    use std::os::fd::AsRawFd;
+    let pkt = [0u8; 64];
+    // SAFETY: zeroed options are valid; `pkt` outlives the call.
+    let mut opts = unsafe { std::mem::zeroed::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() };
+    opts.sz = std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() as _;
+    opts.data_in = pkt.as_ptr().cast();
+    opts.data_size_in = pkt.len() as u32;
+    opts.repeat = ENTRY_RUNS as i32;
+    // SAFETY: see above; the descriptor is a live program.
+    let r = unsafe { libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+    anyhow::ensure!(r == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::from_raw_os_error(-r));
+    anyhow::ensure!(opts.retval == 2, "ce_entry returned {}", opts.retval);
+    Ok(f64::from(opts.duration))
 }
 
 /// Runs the benchmarks named in `wanted`, about `iters` loop steps per
@@ -82,6 +114,31 @@ pub fn run(
     let _budget = SysctlGuard::budget_us(1_000_000)?;
     let with_points = Loaded::load(true).context("loading with cancellation points")?;
     let with_counter = Loaded::load(false).context("loading with the may_goto counter")?;
+    let entry: Vec<_> = ENTRY
+        .iter()
+        .filter(|(v, _)| wanted.contains(&format!("cancel/entry/xdp-empty/{v}")))
+        .collect();
+    let mut samples = vec![Vec::with_capacity(reps); entry.len()];
+    for rep in 0..=reps {
+        for ((_, points), s) in entry.iter().zip(samples.iter_mut()) {
+            let l = if *points { &with_points } else { &with_counter };
+            let t = xdp_runs(l.progs.get("ce_entry")?)?;
+            if rep > 0 {
+                s.push(t);
+            }
+        }
+    }
+    for ((variant, _), mut s) in entry.into_iter().zip(samples) {
+        let r = results::Result {
+            name: format!("cancel/entry/xdp-empty/{variant}"),
+            ns_per_op: results::median(&mut s),
+            ops: u64::from(ENTRY_RUNS),
+            baseline: Some("cancel/entry/xdp-empty/plain".to_string())
+                .filter(|_| *variant != "plain"),
+        };
+        progress(&r);
+        out.push(r);
+    }
     let outer = (iters / INNER).max(1);
     let per = outer * INNER;
     for body in BODIES {

@@ -179,6 +179,10 @@ fn run(cli: Cli) -> Result<()> {
     pin_to(0)?;
     // Mode 0 for the whole run; the mode before it comes back at the end.
     let _mode = GuardMode::Full.set()?;
+    // Every loop of a KFlex program carries a cancellation point: the
+    // benchmarks' runs (thousands of operations each, slow under TCG) get
+    // the largest budget, so that none is cut short.
+    let _budget = kflex_load::cancel::SysctlGuard::budget_us(1_000_000)?;
 
     let mut results = Vec::new();
     if !guard_names.is_empty() {
