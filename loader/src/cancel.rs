@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Cancellation points from user space: the sysctls
-//! `kernel.kflex_budget_us` (the budget of one run) and
-//! `kernel.kflex_cancel_points` (1 = the upstream may_goto counter,
-//! measurement only), both for root, and the counters of
-//! `/sys/kernel/kflex/cancel`.
+//! Cancellation from user space: the sysctls `kernel.kflex_budget_us` (the
+//! budget of one run), `kernel.kflex_cancel_points` (1 = the upstream
+//! may_goto counter, measurement only) and `kernel.kflex_fault_mode` (0 = a
+//! heap fault cancels the run, 1 = it reads 0 / drops the store; read at
+//! load), all for root, and the counters of `/sys/kernel/kflex/cancel`.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 pub const BUDGET_SYSCTL: &str = "/proc/sys/kernel/kflex_budget_us";
 /// `kernel.kflex_cancel_points`: 0 = points, 1 = the upstream counter.
 pub const POINTS_SYSCTL: &str = "/proc/sys/kernel/kflex_cancel_points";
+/// `kernel.kflex_fault_mode`: 0 = heap faults cancel, 1 = read 0 / drop.
+pub const FAULT_SYSCTL: &str = "/proc/sys/kernel/kflex_fault_mode";
 /// The counters since boot.
 pub const COUNTERS_PATH: &str = "/sys/kernel/kflex/cancel";
 
@@ -41,6 +43,12 @@ impl SysctlGuard {
     /// The run budget, in µs.
     pub fn budget_us(us: u64) -> Result<SysctlGuard> {
         SysctlGuard::set(BUDGET_SYSCTL, us)
+    }
+
+    /// Heap faults of programs loaded from now on cancel the run (`true`)
+    /// or read 0 / drop the store.
+    pub fn faults_cancel(on: bool) -> Result<SysctlGuard> {
+        SysctlGuard::set(FAULT_SYSCTL, if on { 0 } else { 1 })
     }
 
     /// Cancellation points on (`true`) or the upstream counter.

@@ -12,6 +12,9 @@
 #include "vmlinux.h"
 #include "kflex.h"
 
+extern void bpf_rcu_read_lock(void) __ksym;
+extern void bpf_rcu_read_unlock(void) __ksym;
+
 KFLEX_HEAP(heap, 1 << 16);
 
 #define MARK 0xCA
@@ -149,6 +152,105 @@ int spin_repeat(struct xdp_md *ctx)
 		bpf_repeat(MAX_LOOPS)
 			(*(volatile __u64 *)&spins)++;
 	}
+	finished++;
+	return XDP_TX;
+}
+
+/*
+ * Heap faults (kernel.kflex_fault_mode): accesses 32 KiB past the heap's
+ * last word and before its first land in the guard zones. fault_ptr is a
+ * user address in the heap (set by the test), fault_val what a load read.
+ */
+__u64 fault_ptr;
+__u64 fault_val;
+
+#define FAULT_LOAD_ABOVE(p, r)						\
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"		\
+		     "%[r] = *(u64 *)(%[p] + 32760)\n"			\
+		     : [p] "+r"(p), [r] "+r"(r) : : "memory")
+
+SEC("xdp")
+int fault_load(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, r = 0xdead;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	FAULT_LOAD_ABOVE(p, r);
+	fault_val = r;
+	finished++;
+	return XDP_TX;
+}
+
+SEC("xdp")
+int fault_store(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, v = 7;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "*(u64 *)(%[p] - 32768) = %[v]\n"
+		     : [p] "+r"(p) : [v] "r"(v) : "memory");
+	finished++;
+	return XDP_TX;
+}
+
+static __noinline __u64 load_in_subprog(__u64 p)
+{
+	__u64 r = 0xdead;
+
+	FAULT_LOAD_ABOVE(p, r);
+	return r;
+}
+
+SEC("xdp")
+int fault_sub(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	fault_val = load_in_subprog(fault_ptr);
+	finished++;
+	return XDP_TX;
+}
+
+/* Under an RCU read lock, which a cancelled run could not release. */
+SEC("xdp")
+int fault_rcu(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, r = 0xdead;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_rcu_read_lock();
+	FAULT_LOAD_ABOVE(p, r);
+	bpf_rcu_read_unlock();
+	fault_val = r;
+	finished++;
+	return XDP_TX;
+}
+
+static long fault_elem(struct bpf_map *map, __u32 *key, __u64 *val, void *data)
+{
+	__u64 p = fault_ptr, r = 0xdead;
+
+	FAULT_LOAD_ABOVE(p, r);
+	fault_val = r;
+	return 1;
+}
+
+/* In a callback the kernel calls, which cannot reach the main frame. */
+SEC("xdp")
+int fault_callback(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_for_each_map_elem(&one, fault_elem, NULL, 0);
 	finished++;
 	return XDP_TX;
 }

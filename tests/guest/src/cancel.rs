@@ -266,3 +266,77 @@ pub fn points_holding_resources_refused() -> Result<()> {
     ensure!(ok, "hold_nothing refused:\n{log}");
     Ok(())
 }
+
+/// Heap faults. In mode 0 (the default) a load past the heap's end and a
+/// store before its start (the guard zones), in the main program and in a
+/// subprogram, cancel the run: XDP_PASS, the code after the access never
+/// runs, `cancelled_fault` counts them, the kernel logs `cause=fault`. The
+/// same load under an RCU read lock (which a cancelled run could not
+/// release) and in a callback the kernel calls read 0 and the program goes
+/// on (`fault_zeroed`). Loaded in mode 1, every fault reads 0 / is dropped.
+pub fn heap_faults_cancel() -> Result<()> {
+    ensure_kflex()?;
+    const SIZE: u64 = 1 << 16;
+    let run = |mode1: bool| -> Result<()> {
+        let mut skel = {
+            let _mode = SysctlGuard::faults_cancel(!mode1)?;
+            loaded()?
+        };
+        let base = heap_base(&skel.maps.heap)?;
+        let tag = if mode1 { "mode 1" } else { "mode 0" };
+        let cases = [
+            ("load above", base + SIZE - 8, true),
+            ("store below", base, true),
+            ("load in a subprogram", base + SIZE - 8, true),
+            ("load under an RCU lock", base + SIZE - 8, false),
+            ("load in a callback", base + SIZE - 8, false),
+        ];
+        for (i, (what, ptr, cancels)) in cases.into_iter().enumerate() {
+            let cancels = cancels && !mode1;
+            let bss = skel.maps.bss_data.as_deref_mut().context("no .bss")?;
+            bss.fault_ptr = ptr;
+            bss.fault_val = 0xdead;
+            let finished = bss.finished;
+            let (before, zeroed) = (counter("cancelled_fault")?, counter("fault_zeroed")?);
+            let prog = match i {
+                0 => &skel.progs.fault_load,
+                1 => &skel.progs.fault_store,
+                2 => &skel.progs.fault_sub,
+                3 => &skel.progs.fault_rcu,
+                _ => &skel.progs.fault_callback,
+            };
+            let (verdict, _) = xdp_run(prog, MARK)?;
+            let (cancelled, zeroed) =
+                (counter("cancelled_fault")? - before, counter("fault_zeroed")? - zeroed);
+            let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+            let ran = bss.finished - finished;
+            if cancels {
+                ensure!(
+                    verdict == XDP_PASS && ran == 0 && cancelled == 1 && zeroed == 0,
+                    "{tag}, {what}: verdict {verdict}, after-access runs {ran}, cancelled {cancelled}, zeroed {zeroed}"
+                );
+            } else {
+                ensure!(
+                    verdict == XDP_TX && ran == 1 && cancelled == 0 && zeroed == 1,
+                    "{tag}, {what}: verdict {verdict}, after-access runs {ran}, cancelled {cancelled}, zeroed {zeroed}"
+                );
+                if what.starts_with("load") {
+                    ensure!(
+                        bss.fault_val == 0,
+                        "{tag}, {what}: the load read {:#x}",
+                        bss.fault_val
+                    );
+                }
+            }
+        }
+        Ok(())
+    };
+    run(false)?;
+    run(true)?;
+    let log = dmesg()?;
+    ensure!(
+        log.contains("cause=fault") && log.contains("kflex: cancelled prog=fault_sub"),
+        "no cause=fault line in the kernel log"
+    );
+    Ok(())
+}

@@ -68,6 +68,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
     t!(cancel::callback_loops_end, "ym"),
     t!(cancel::points_holding_resources_refused, "ym"),
+    t!(cancel::heap_faults_cancel, "ym"),
     t!(ds::list_matches_model, "ym"),
     t!(ds::rbtree_matches_model, "ym"),
     t!(ds::hashmap_matches_model, "ym"),
