@@ -37,6 +37,16 @@ print()
 tests = {}
 for n, r in res.items():
     tests.setdefault(n.split("/", 1)[0], []).append((n, r))
+# A test_progs process that died (a signal) or was stopped by the time limit
+# leaves no result line: its "#RUN <test>: exit N, S s" line tells.
+crashed = {}
+for m in re.finditer(r"^#RUN (\S+): exit (\d+), (\d+) s", text, re.M):
+    name, code = m.group(1), int(m.group(2))
+    if code != 0 and name not in tests:
+        crashed[name] = "killed by signal %d" % (code - 128) if code > 128 else (
+            "stopped by the time limit" if code == 124 else "exit %d" % code)
+        res[name] = "FAIL"
+        tests[name] = [(name, "FAIL")]
 print("| test | pass | fail | skip |")
 print("|---|---|---|---|")
 for t in sorted(tests):
@@ -46,7 +56,7 @@ print()
 fails = [n for n, r in sorted(res.items()) if r == "FAIL"]
 print(f"Failing ({len(fails)}):" + ("" if fails else " none."))
 for n in fails:
-    print(f"- `{n}`")
+    print(f"- `{n}`" + (f" (no result: test_progs {crashed[n]})" if n in crashed else ""))
 print()
 print(f"Arena maps converted by the shim ({len(shim)} distinct):")
 for name, pages, addr, npages, naddr, how in shim:
