@@ -51,6 +51,20 @@ fn address_reg(insn: &Insn) -> u8 {
     }
 }
 
+/// The instructions of `raw` (`struct bpf_insn`s) and the function starts,
+/// in the forms the passes take.
+fn decode(raw: &[[u8; 8]], starts: &[u32]) -> Result<(KVVec<Insn>, KVVec<usize>)> {
+    let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    for r in raw {
+        insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
+    }
+    let mut subprogs = KVVec::with_capacity(starts.len(), GFP_KERNEL)?;
+    for s in starts {
+        subprogs.push(*s as usize, GFP_KERNEL)?;
+    }
+    Ok((insns, subprogs))
+}
+
 /// Marks guards for `raw` (`struct bpf_insn`s). Returns (heap accesses that
 /// needed a decision, guards elided).
 pub(crate) fn plan(
@@ -65,14 +79,7 @@ pub(crate) fn plan(
     }
     let (pass_mode, no_elision) = mode(mode_nr)?;
     let params = Params { heap_size, mode: pass_mode };
-    let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
-    for r in raw {
-        insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
-    }
-    let mut subprogs = KVVec::with_capacity(starts.len(), GFP_KERNEL)?;
-    for s in starts {
-        subprogs.push(*s as usize, GFP_KERNEL)?;
-    }
+    let (insns, subprogs) = decode(raw, starts)?;
     let nblocks = guard::blocks_needed(&insns, &subprogs);
     let mut blocks = KVVec::from_elem(BlockState::EMPTY, nblocks, GFP_KERNEL)?;
     let mut out = KVVec::from_elem(0u8, raw.len(), GFP_KERNEL)?;
@@ -101,14 +108,7 @@ pub(crate) fn plan_points(raw: &[[u8; 8]], starts: &[u32], marks: &mut [u8]) -> 
     if marks.len() != raw.len() {
         return Err(EINVAL);
     }
-    let mut insns = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
-    for r in raw {
-        insns.push(Insn::from_raw(*r), GFP_KERNEL)?;
-    }
-    let mut subprogs = KVVec::with_capacity(starts.len(), GFP_KERNEL)?;
-    for s in starts {
-        subprogs.push(*s as usize, GFP_KERNEL)?;
-    }
+    let (insns, subprogs) = decode(raw, starts)?;
     let mut placed = KVVec::from_elem(false, raw.len(), GFP_KERNEL)?;
     let mut state = KVVec::from_elem(0u8, raw.len(), GFP_KERNEL)?;
     let mut stack = KVVec::from_elem(Frame::default(), raw.len(), GFP_KERNEL)?;

@@ -75,73 +75,36 @@ struct cl_state {
 
 #define UNROLL_OFF _Pragma("clang loop unroll(disable)")
 
+/* One program: `inner`, a loop over j on s, repeated a->outer times. */
+#define CL_PROG(body, variant, inner)					\
+SEC("syscall")								\
+int cl_##body##_##variant(struct cl_args *a)				\
+{									\
+	struct cl_state s = { 0, cl_ring, cl_words };			\
+	__u64 o;							\
+	int j __attribute__((unused));					\
+									\
+	kflex_use_heap(heap);						\
+	bpf_for(o, 0, a->outer) {					\
+		inner;							\
+	}								\
+	a->ret = s.acc;							\
+	return 0;							\
+}
+
 #define CL_PROGS(body)							\
 static int cl_cb_##body(__u64 j, struct cl_state *s)			\
 {									\
 	BODY_##body(s, j);						\
 	return 0;							\
 }									\
-									\
-SEC("syscall")								\
-int cl_##body##_none(struct cl_args *a)					\
-{									\
-	struct cl_state s = { 0, cl_ring, cl_words };			\
-	__u64 o, j;							\
-									\
-	kflex_use_heap(heap);						\
-	bpf_for(o, 0, a->outer) {					\
-		UNROLL_OFF						\
-		for (j = 0; j < CL_INNER; j++)				\
-			BODY_##body(&s, j);				\
-	}								\
-	a->ret = s.acc;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int cl_##body##_points(struct cl_args *a)				\
-{									\
-	struct cl_state s = { 0, cl_ring, cl_words };			\
-	__u64 o, j;							\
-									\
-	kflex_use_heap(heap);						\
-	bpf_for(o, 0, a->outer) {					\
-		UNROLL_OFF						\
-		for (j = 0; j < CL_INNER && can_loop; j++)		\
-			BODY_##body(&s, j);				\
-	}								\
-	a->ret = s.acc;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int cl_##body##_for(struct cl_args *a)					\
-{									\
-	struct cl_state s = { 0, cl_ring, cl_words };			\
-	__u64 o;							\
-	int j;								\
-									\
-	kflex_use_heap(heap);						\
-	bpf_for(o, 0, a->outer) {					\
-		bpf_for(j, 0, CL_INNER)					\
-			BODY_##body(&s, (__u64)j);			\
-	}								\
-	a->ret = s.acc;							\
-	return 0;							\
-}									\
-									\
-SEC("syscall")								\
-int cl_##body##_loop(struct cl_args *a)					\
-{									\
-	struct cl_state s = { 0, cl_ring, cl_words };			\
-	__u64 o;							\
-									\
-	kflex_use_heap(heap);						\
-	bpf_for(o, 0, a->outer)						\
-		bpf_loop(CL_INNER, cl_cb_##body, &s, 0);		\
-	a->ret = s.acc;							\
-	return 0;							\
-}
+CL_PROG(body, none, UNROLL_OFF						\
+	for (j = 0; j < CL_INNER; j++) BODY_##body(&s, (__u64)j))	\
+CL_PROG(body, points, UNROLL_OFF					\
+	for (j = 0; j < CL_INNER && can_loop; j++)			\
+		BODY_##body(&s, (__u64)j))				\
+CL_PROG(body, for, bpf_for(j, 0, CL_INNER) BODY_##body(&s, (__u64)j))	\
+CL_PROG(body, loop, bpf_loop(CL_INNER, cl_cb_##body, &s, 0))
 
 CL_PROGS(empty)
 CL_PROGS(load)
