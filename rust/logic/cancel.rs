@@ -65,6 +65,19 @@ pub fn is_may_goto(insn: &Insn) -> bool {
     insn.code == JMP | JCOND && insn.src == 0
 }
 
+/// `pc + 1 + delta` if it lies in the function `[lo, hi)`.
+fn inside(pc: usize, delta: i64, lo: usize, hi: usize) -> Result<usize, Error> {
+    let t = i64::try_from(pc)
+        .ok()
+        .and_then(|p| p.checked_add(1))
+        .and_then(|p| p.checked_add(delta))
+        .and_then(|t| usize::try_from(t).ok());
+    match t {
+        Some(t) if t >= lo && t < hi => Ok(t),
+        _ => Err(Error::BadJump { pc }),
+    }
+}
+
 /// Successors of the instruction at `pc` in the function `[lo, hi)`, in
 /// the order the search takes them (fall-through first).
 fn successors(
@@ -73,32 +86,24 @@ fn successors(
     lo: usize,
     hi: usize,
 ) -> Result<[Option<usize>; 2], Error> {
-    let insn = &insns[pc];
+    let insn = insns.get(pc).ok_or(Error::BadJump { pc })?;
     let class = insn.code & CLASS_MASK;
-    let inside = |t: i64| -> Result<usize, Error> {
-        if t >= lo as i64 && t < hi as i64 {
-            Ok(t as usize)
-        } else {
-            Err(Error::BadJump { pc })
-        }
-    };
-    let next = |len: usize| inside(pc as i64 + len as i64);
     if insn.code == LD_IMM64 {
-        if pc + 1 >= hi {
-            return Err(Error::BadLdImm64 { pc });
-        }
-        return Ok([Some(next(2)?), None]);
+        return match inside(pc, 1, lo, hi) {
+            Ok(next) => Ok([Some(next), None]),
+            Err(_) => Err(Error::BadLdImm64 { pc }),
+        };
     }
+    let next = inside(pc, 0, lo, hi);
     if class != JMP && class != JMP32 {
-        return Ok([Some(next(1)?), None]);
+        return Ok([Some(next?), None]);
     }
-    let target = |delta: i64| inside(pc as i64 + 1 + delta);
     match insn.code & OP_MASK {
         EXIT if class == JMP => Ok([None, None]),
-        CALL if class == JMP => Ok([Some(next(1)?), None]),
-        JA if class == JMP => Ok([Some(target(i64::from(insn.off))?), None]),
-        JA => Ok([Some(target(i64::from(insn.imm))?), None]),
-        _ => Ok([Some(next(1)?), Some(target(i64::from(insn.off))?)]),
+        CALL if class == JMP => Ok([Some(next?), None]),
+        JA if class == JMP => Ok([Some(inside(pc, i64::from(insn.off), lo, hi)?), None]),
+        JA => Ok([Some(inside(pc, i64::from(insn.imm), lo, hi)?), None]),
+        _ => Ok([Some(next?), Some(inside(pc, i64::from(insn.off), lo, hi)?)]),
     }
 }
 
@@ -106,7 +111,8 @@ fn successors(
 /// the source of each retreating edge of a depth-first search of each
 /// function (`starts`: the first instruction of each, increasing from 0)
 /// over its graph without `may_goto` instructions. `state` and `stack` are
-/// work buffers at least as long as the program.
+/// work buffers at least as long as the program. Indexes are checked, not
+/// assumed: a malformed program is an error, never a panic.
 pub fn place(
     insns: &[Insn],
     starts: &[usize],
@@ -115,34 +121,36 @@ pub fn place(
     stack: &mut [Frame],
 ) -> Result<Stats, Error> {
     let n = insns.len();
-    if marks.len() < n || state.len() < n || stack.len() < n {
+    let (Some(marks), Some(state)) = (marks.get_mut(..n), state.get_mut(..n)) else {
+        return Err(Error::Buffers);
+    };
+    if stack.len() < n {
         return Err(Error::Buffers);
     }
-    if starts.first() != Some(&0) || starts.windows(2).any(|w| w[0] >= w[1]) {
+    if starts.first() != Some(&0) || starts.windows(2).any(|w| w.first() >= w.get(1)) {
         return Err(Error::BadSubprogs);
     }
     if starts.last().is_some_and(|&s| s >= n) {
         return Err(Error::BadSubprogs);
     }
-    marks[..n].fill(false);
-    state[..n].fill(UNSEEN);
+    marks.fill(false);
+    state.fill(UNSEEN);
     let mut stats = Stats::default();
-    for (f, &lo) in starts.iter().enumerate() {
-        let hi = starts.get(f + 1).copied().unwrap_or(n);
-        // `may_goto`s are cut out of the graph (cycles through them have a
-        // point already); the search starts at the entry and again after
-        // every `may_goto`, so that what lies behind them is searched too.
-        if !is_may_goto(&insns[lo]) {
-            search(insns, lo, lo, hi, marks, state, stack, &mut stats)?;
+    let ends = starts.iter().skip(1).copied().chain(core::iter::once(n));
+    for (&lo, hi) in starts.iter().zip(ends) {
+        let mut w =
+            Work { insns, lo, hi, marks: &mut *marks, state: &mut *state, stack: &mut *stack };
+        if !may_goto_at(insns, lo) {
+            w.search(lo, &mut stats)?;
         }
         for pc in lo..hi {
-            if !is_may_goto(&insns[pc]) {
+            if !may_goto_at(insns, pc) {
                 continue;
             }
-            stats.may_gotos += 1;
+            stats.may_gotos = stats.may_gotos.saturating_add(1);
             for s in successors(insns, pc, lo, hi)?.into_iter().flatten() {
-                if !is_may_goto(&insns[s]) && state[s] == UNSEEN {
-                    search(insns, s, lo, hi, marks, state, stack, &mut stats)?;
+                if !may_goto_at(insns, s) && w.state.get(s) == Some(&UNSEEN) {
+                    w.search(s, &mut stats)?;
                 }
             }
         }
@@ -150,50 +158,57 @@ pub fn place(
     Ok(stats)
 }
 
-/// One depth-first search from `root` over the function `[lo, hi)` without
-/// its `may_goto`s, marking the sources of retreating edges.
-#[allow(clippy::too_many_arguments)]
-fn search(
-    insns: &[Insn],
-    root: usize,
+/// Whether the instruction at `pc` is a `may_goto`.
+fn may_goto_at(insns: &[Insn], pc: usize) -> bool {
+    insns.get(pc).is_some_and(is_may_goto)
+}
+
+/// The search over one function `[lo, hi)` and its buffers.
+struct Work<'a> {
+    insns: &'a [Insn],
     lo: usize,
     hi: usize,
-    marks: &mut [bool],
-    state: &mut [u8],
-    stack: &mut [Frame],
-    stats: &mut Stats,
-) -> Result<(), Error> {
-    let mut depth = 1;
-    stack[0] = Frame { pc: root as u32, next: 0 };
-    state[root] = ON_STACK;
-    while depth > 0 {
-        let top = &mut stack[depth - 1];
-        let pc = top.pc as usize;
-        let succ = successors(insns, pc, lo, hi)?;
-        let Some(&Some(s)) = succ.get(top.next as usize) else {
-            state[pc] = DONE;
-            depth -= 1;
-            continue;
-        };
-        top.next += 1;
-        if is_may_goto(&insns[s]) {
-            continue;
-        }
-        match state[s] {
-            UNSEEN => {
-                if depth >= stack.len() {
-                    return Err(Error::Buffers);
+    marks: &'a mut [bool],
+    state: &'a mut [u8],
+    stack: &'a mut [Frame],
+}
+
+impl Work<'_> {
+    /// One depth-first search from `root` over the function without its
+    /// `may_goto`s, marking the sources of retreating edges.
+    fn search(&mut self, root: usize, stats: &mut Stats) -> Result<(), Error> {
+        let buffers = Error::Buffers;
+        *self.stack.first_mut().ok_or(buffers)? = Frame { pc: root as u32, next: 0 };
+        *self.state.get_mut(root).ok_or(buffers)? = ON_STACK;
+        let mut depth: usize = 1;
+        while let Some(top) = depth.checked_sub(1).and_then(|d| self.stack.get_mut(d)) {
+            let pc = top.pc as usize;
+            let succ = successors(self.insns, pc, self.lo, self.hi)?;
+            let Some(&Some(s)) = succ.get(usize::from(top.next)) else {
+                *self.state.get_mut(pc).ok_or(buffers)? = DONE;
+                depth = depth.saturating_sub(1);
+                continue;
+            };
+            top.next = top.next.saturating_add(1);
+            if may_goto_at(self.insns, s) {
+                continue;
+            }
+            match self.state.get(s).copied().ok_or(buffers)? {
+                UNSEEN => {
+                    *self.stack.get_mut(depth).ok_or(buffers)? = Frame { pc: s as u32, next: 0 };
+                    *self.state.get_mut(s).ok_or(buffers)? = ON_STACK;
+                    depth = depth.saturating_add(1);
                 }
-                state[s] = ON_STACK;
-                stack[depth] = Frame { pc: s as u32, next: 0 };
-                depth += 1;
+                ON_STACK => {
+                    let m = self.marks.get_mut(pc).ok_or(buffers)?;
+                    if !*m {
+                        *m = true;
+                        stats.placed = stats.placed.saturating_add(1);
+                    }
+                }
+                _ => {}
             }
-            ON_STACK if !marks[pc] => {
-                marks[pc] = true;
-                stats.placed += 1;
-            }
-            _ => {}
         }
+        Ok(())
     }
-    Ok(())
 }
