@@ -218,3 +218,14 @@ impl Insn {
         ]
     }
 }
+
+/// The target of a jump at `pc` by `delta` (`pc + 1 + delta`) if it lies in
+/// `[lo, hi)`; computed without overflow whatever the operands.
+pub fn jump_target(pc: usize, delta: i64, lo: usize, hi: usize) -> Option<usize> {
+    i64::try_from(pc)
+        .ok()
+        .and_then(|p| p.checked_add(1))
+        .and_then(|p| p.checked_add(delta))
+        .and_then(|t| usize::try_from(t).ok())
+        .filter(|&t| t >= lo && t < hi)
+}

@@ -17,7 +17,9 @@
 //! check): raw instructions, subprogram calls as `BPF_PSEUDO_CALL`
 //! (not followed: another function), `LD_IMM64` as two slots.
 
-use crate::logic::bpf::{Insn, CALL, CLASS_MASK, EXIT, JA, JCOND, JMP, JMP32, LD_IMM64, OP_MASK};
+use crate::logic::bpf::{
+    jump_target, Insn, CALL, CLASS_MASK, EXIT, JA, JCOND, JMP, JMP32, LD_IMM64, OP_MASK,
+};
 
 /// Why a program cannot be analysed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,15 +69,7 @@ pub fn is_may_goto(insn: &Insn) -> bool {
 
 /// `pc + 1 + delta` if it lies in the function `[lo, hi)`.
 fn inside(pc: usize, delta: i64, lo: usize, hi: usize) -> Result<usize, Error> {
-    let t = i64::try_from(pc)
-        .ok()
-        .and_then(|p| p.checked_add(1))
-        .and_then(|p| p.checked_add(delta))
-        .and_then(|t| usize::try_from(t).ok());
-    match t {
-        Some(t) if t >= lo && t < hi => Ok(t),
-        _ => Err(Error::BadJump { pc }),
-    }
+    jump_target(pc, delta, lo, hi).ok_or(Error::BadJump { pc })
 }
 
 /// Successors of the instruction at `pc` in the function `[lo, hi)`, in

@@ -123,15 +123,7 @@ impl Pass<'_> {
     }
 
     fn target(&self, pc: usize, delta: i64, lo: usize, hi: usize) -> Result<usize, Error> {
-        let t = i64::try_from(pc)
-            .ok()
-            .and_then(|p| p.checked_add(1))
-            .and_then(|p| p.checked_add(delta))
-            .and_then(|t| usize::try_from(t).ok());
-        match t {
-            Some(t) if t >= lo && t < hi => Ok(t),
-            _ => Err(Error::JumpOutOfRange { pc }),
-        }
+        jump_target(pc, delta, lo, hi).ok_or(Error::JumpOutOfRange { pc })
     }
 
     fn subprog_target(&self, pc: usize, delta: i32) -> Result<usize, Error> {
