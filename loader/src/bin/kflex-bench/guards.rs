@@ -119,21 +119,13 @@ pub fn run(
         };
         let run: Vec<&(&str, Loaded)> =
             loaded.iter().filter(|(v, _)| wanted(&format!("guards/{case}/{v}"))).collect();
-        // Repetitions go round the variants (the first one is a warm-up),
-        // so that drift in the guest hits them alike.
-        let mut samples = vec![Vec::with_capacity(reps); run.len()];
-        for rep in 0..=reps {
-            for ((_, l), s) in run.iter().zip(samples.iter_mut()) {
-                let t = run_prog(l.prog(case)?, args)? / per as f64;
-                if rep > 0 {
-                    s.push(t);
-                }
-            }
-        }
-        for ((variant, _), mut s) in run.into_iter().zip(samples) {
+        let medians = results::interleaved(run.len(), reps, |i| {
+            Ok(run_prog(run[i].1.prog(case)?, args)? / per as f64)
+        })?;
+        for ((variant, _), ns) in run.into_iter().zip(medians) {
             let r = results::Result {
                 name: format!("guards/{case}/{variant}"),
-                ns_per_op: results::median(&mut s),
+                ns_per_op: ns,
                 ops: per,
                 baseline: Some(format!("guards/{case}/unguarded"))
                     .filter(|_| *variant != "unguarded"),

@@ -33,6 +33,26 @@ impl Result {
     }
 }
 
+/// `reps` repetitions of `n` variants after one warm-up repetition, going
+/// round the variants in each so that drift in the guest hits them alike:
+/// `sample(i)` measures variant `i` once. Returns the medians, in order.
+pub fn interleaved(
+    n: usize,
+    reps: usize,
+    mut sample: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut samples = vec![Vec::with_capacity(reps); n];
+    for rep in 0..=reps {
+        for (i, s) in samples.iter_mut().enumerate() {
+            let t = sample(i)?;
+            if rep > 0 {
+                s.push(t);
+            }
+        }
+    }
+    Ok(samples.iter_mut().map(|s| median(s)).collect())
+}
+
 /// Median of `v` (which must not be empty; 0 if it is).
 pub fn median(v: &mut [f64]) -> f64 {
     if v.is_empty() {
@@ -106,6 +126,20 @@ mod tests {
 
     fn r(name: &str, ns: f64, base: Option<&str>) -> Result {
         Result { name: name.into(), ns_per_op: ns, ops: 10, baseline: base.map(Into::into) }
+    }
+
+    #[test]
+    fn interleaved_goes_round_and_drops_the_warm_up() {
+        let mut calls = Vec::new();
+        let m = interleaved(2, 3, |i| {
+            calls.push(i);
+            Ok((calls.len() * 10 + i) as f64)
+        })
+        .unwrap();
+        assert_eq!(calls, [0, 1, 0, 1, 0, 1, 0, 1]);
+        // Variant 0 saw 10 (warm-up), 30, 50, 70; variant 1: 21, 41, 61, 81.
+        assert_eq!(m, [50.0, 61.0]);
+        assert!(interleaved(1, 1, |_| anyhow::bail!("no")).is_err());
     }
 
     #[test]
