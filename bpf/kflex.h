@@ -44,6 +44,9 @@
 extern void __arena *bpf_kflex_alloc(void *heap, __u64 size) __ksym __weak;
 extern void bpf_kflex_free(void *heap, void __arena *ptr) __ksym __weak;
 extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
+/* The last argument is set by the verifier (the calling frame): pass 0. */
+extern int bpf_kflex_lock(void *heap, void __arena *word, void *fp__ign) __ksym __weak;
+extern int bpf_kflex_unlock(void *heap, void __arena *word, void *fp__ign) __ksym __weak;
 
 #ifdef KFLEX_UPSTREAM_ARENA
 /* Upstream arena: the BPF free-list allocator (sleepable programs only). */
@@ -59,6 +62,21 @@ extern int bpf_kflex_reserve(void *heap, __u64 bytes) __ksym __weak;
 /* Populate `heap` so that `bytes` more can be allocated without waiting for
  * the background refill; sleepable programs only. 0 or -ENOMEM. */
 #define kflex_reserve(heap, bytes) bpf_kflex_reserve(&(heap), (bytes))
+/*
+ * Heap locks: `word` is an __arena pointer to a 4-byte aligned word (the
+ * first 4 bytes of an 8-byte one), 0 when free. kflex_lock() returns 0 with
+ * the lock held; a lock that would deadlock (AA, or a cycle of CPUs), that
+ * is not granted within the run's budget, or a ninth lock held on the CPU
+ * cancels the run instead (the program returns its default verdict, its
+ * locks are released). Non-zero only where the run cannot be cancelled (a
+ * callback called by a helper, kernel.kflex_cancel_points=1, NMI) or for a
+ * word that is not in the heap's objects. A program that calls them may not
+ * call anything that sleeps (bpf_kflex_reserve, bpf_copy_from_user, ...).
+ * kflex_unlock(): 0, or -EPERM if this run does not hold the lock. Locks
+ * still held when the program returns are released (and counted).
+ */
+#define kflex_lock(heap, word) bpf_kflex_lock(&(heap), (word), (void *)0)
+#define kflex_unlock(heap, word) bpf_kflex_unlock(&(heap), (word), (void *)0)
 #endif
 
 /*

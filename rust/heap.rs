@@ -42,9 +42,11 @@ use crate::{
     sys::{CpuLocal, IrqWork, LockKey, PerCpu, RawLock, Work},
 };
 
+mod locks;
 mod objects;
 mod populate;
 
+pub(crate) use locks::LockError;
 use objects::{Cache, CpuShared, GlobalList, PagePool};
 
 // One definition of what crosses the C boundary, checked here: the C side
@@ -141,6 +143,8 @@ pub(crate) struct Heap {
     lists: [RawLock<GlobalList>; NR_CLASSES],
     caches: CpuLocal<Cache>,
     cpus: PerCpu<CpuShared>,
+    /// Heap locks held and waited for, per CPU (`locks`).
+    locks: PerCpu<locks::LockCpu>,
     c: Counters,
 }
 
@@ -205,9 +209,11 @@ impl Heap {
         }
         let caches = CpuLocal::new_zeroed()?;
         let cpus = PerCpu::new_zeroed()?;
+        let held = PerCpu::new_zeroed()?;
         let meta = (nchunks * core::mem::size_of::<AtomicPtr<PageDesc>>())
             .saturating_add(caches.bytes())
             .saturating_add(cpus.bytes())
+            .saturating_add(held.bytes())
             .saturating_add(core::mem::size_of::<Heap>());
         // SAFETY: `info` is valid (see above) and not yet shared.
         unsafe {
@@ -239,6 +245,7 @@ impl Heap {
                 }),
                 caches,
                 cpus,
+                locks: held,
                 c: Counters { meta_bytes: AtomicU64::new(meta as u64), ..Default::default() },
             }? Error),
             flags::GFP_KERNEL,

@@ -7,7 +7,10 @@ use core::ffi::c_int;
 
 use kernel::{bindings, prelude::*, types::ForeignOwnable};
 
-use crate::{heap::Heap, planner};
+use crate::{
+    heap::{Heap, LockError},
+    planner,
+};
 
 /// What `kflex_heap_info.priv` owns: the heap, from `heap_init` to
 /// `heap_fini`.
@@ -88,6 +91,39 @@ unsafe extern "C" fn free(info: *mut bindings::kflex_heap_info, uaddr: u64) {
 unsafe extern "C" fn reserve(info: *mut bindings::kflex_heap_info, bytes: u64) -> c_int {
     // SAFETY: a running program pins its heap.
     unsafe { heap(info) }.reserve(bytes)
+}
+
+/// Takes a heap lock for the run tagged `run`: 0, `-EINVAL` for a word
+/// that is not a lock word of the heap, or the cause (`KFLEX_CAUSE_*`, > 0)
+/// for which the run must be cancelled.
+unsafe extern "C" fn lock(
+    info: *mut bindings::kflex_heap_info,
+    uaddr: u64,
+    run: u64,
+    deadline: u64,
+) -> c_int {
+    // SAFETY: a running program pins its heap.
+    match unsafe { heap(info) }.lock(uaddr, run, deadline) {
+        Ok(()) => 0,
+        Err(LockError::BadWord) => EINVAL.to_errno(),
+        Err(LockError::Cancel(cause)) => cause as c_int,
+    }
+}
+
+/// Releases a heap lock the run holds: 0, or `-EPERM` if it does not.
+unsafe extern "C" fn unlock(info: *mut bindings::kflex_heap_info, uaddr: u64, run: u64) -> c_int {
+    // SAFETY: a running program pins its heap.
+    if unsafe { heap(info) }.unlock(uaddr, run) {
+        0
+    } else {
+        EPERM.to_errno()
+    }
+}
+
+/// Releases every heap lock the run holds on this CPU; returns how many.
+unsafe extern "C" fn unlock_run(info: *mut bindings::kflex_heap_info, run: u64) -> u32 {
+    // SAFETY: a running program pins its heap.
+    unsafe { heap(info) }.unlock_run(run)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,5 +231,8 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         #[cfg(not(CONFIG_KFLEX_BENCH))]
         native: None,
         points: Some(points),
+        lock: Some(lock),
+        unlock: Some(unlock),
+        unlock_run: Some(unlock_run),
     }
 }

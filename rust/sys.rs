@@ -324,6 +324,12 @@ impl<T: Sync> PerCpu<T> {
         self.slots.get(s.cpu()).map(|b| &**b)
     }
 
+    /// The slot of CPU `cpu`.
+    #[inline]
+    pub(crate) fn of(&self, cpu: usize) -> Option<&T> {
+        self.slots.get(cpu).map(|b| &**b)
+    }
+
     /// Every CPU's slot.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter().map(|b| &**b)

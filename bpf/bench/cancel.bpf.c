@@ -129,4 +129,46 @@ int ce_entry(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/*
+ * Cost of an uncontended lock/unlock pair (kflex-bench locks/pair/<variant>)
+ * on the same heap word: a KFlex heap lock (two kfunc calls, the run's
+ * bookkeeping, a point after the lock) or a test-and-test-and-set spin lock
+ * written in BPF (hashmap.h's upstream-arena lock).
+ */
+#ifndef KFLEX_UPSTREAM_ARENA
+SEC("syscall")
+int lk_kflex(struct cl_args *a)
+{
+	__u64 __arena *w = cl_words;
+	__u64 o;
+
+	if (!w)
+		return 1;
+	bpf_for(o, 0, a->outer) {
+		if (kflex_lock(heap, w))
+			return 2;
+		kflex_unlock(heap, w);
+	}
+	return 0;
+}
+#endif
+
+SEC("syscall")
+int lk_ttas(struct cl_args *a)
+{
+	__u64 __arena *w = cl_words;
+	__u64 o;
+
+	if (!w)
+		return 1;
+	bpf_for(o, 0, a->outer) {
+		while (*(volatile __u64 __arena *)w || __sync_lock_test_and_set(w, 1))
+			if (!can_loop)
+				return 2;
+		asm volatile("" : : : "memory");
+		*(volatile __u64 __arena *)w = 0;
+	}
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "GPL";

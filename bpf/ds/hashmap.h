@@ -3,7 +3,8 @@
  * hashmap.h - chained hash map of key/value nodes in the heap.
  *
  * An array of 2^k buckets (allocated in the heap by hm_init), each a
- * spin lock and the head of a singly linked chain; nodes remember their
+ * lock (a KFlex heap lock, or a spin lock on the upstream arena) and the
+ * head of a singly linked chain; nodes remember their
  * key's full hash so that a chain walk compares keys only on a hash match.
  * Updates and deletes take the bucket's lock, so several CPUs may run
  * them at once. Lookups do not lock: a lookup racing with a delete of the
@@ -60,6 +61,19 @@ struct hm_map {
 		asm volatile("" : : : "memory");			\
 		*(volatile __typeof__(*(l)) *)(l) = 0;				\
 	} while (0)
+
+/*
+ * Bucket locks: KFlex heap locks on a KFlex heap (a deadlock or an endless
+ * wait cancels the run; -1 only where cancellation is unavailable), the
+ * spin lock above on the upstream arena.
+ */
+#ifdef KFLEX_UPSTREAM_ARENA
+#define hm_lock(l) hm_spin_lock(l)
+#define hm_unlock(l) hm_spin_unlock(l)
+#else
+#define hm_lock(l) (kflex_lock(DS_HEAP, (l)) ? -1 : 0)
+#define hm_unlock(l) kflex_unlock(DS_HEAP, (l))
+#endif
 
 static __always_inline void __arena *hm_alloc(struct hm_map *m, __u64 size)
 {
@@ -152,7 +166,7 @@ static __always_inline int hm_upsert(struct hm_map *m, const struct ds_key *k,
 	struct hm_node __arena *n;
 	int ret = 0;
 
-	if (hm_spin_lock(&b->lock)) {
+	if (hm_lock(&b->lock)) {
 		ds_stuck = 1;
 		return -1;
 	}
@@ -181,7 +195,7 @@ static __always_inline int hm_upsert(struct hm_map *m, const struct ds_key *k,
 	__sync_fetch_and_add(&m->count, 1);
 	ret = 1;
 out:
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	return ret;
 }
 
@@ -193,7 +207,7 @@ static __always_inline int hm_erase(struct hm_map *m, const struct ds_key *k)
 	struct hm_node __arena *n, *prev = NULL;
 	int ret = 0;
 
-	if (hm_spin_lock(&b->lock)) {
+	if (hm_lock(&b->lock)) {
 		ds_stuck = 1;
 		return -1;
 	}
@@ -218,7 +232,7 @@ static __always_inline int hm_erase(struct hm_map *m, const struct ds_key *k)
 		n = n->next;
 	}
 out:
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	return ret;
 }
 

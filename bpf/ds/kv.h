@@ -4,7 +4,7 @@
  * the table of the offloads (bpf/memcached.bpf.c).
  *
  * It is hashmap.h generalised: the same buckets (struct hm_bucket, a lock
- * word and a chain head), the same test-and-test-and-set bucket locks and
+ * word and a chain head), the same bucket locks (heap locks on a KFlex heap) and
  * the same allocation path; what changes is the entry, which holds a key of
  * up to KV_KEY_MAX bytes and an opaque item of up to KV_ITEM_MAX bytes in
  * one heap object, word-padded, after a small header.
@@ -207,7 +207,7 @@ static __always_inline int kv_store(struct kv_table *t, struct kv_entry __arena 
 	__u32 klen = e->klen;
 	int ret = 0, found = 0;
 
-	if (hm_spin_lock(&b->lock)) {
+	if (hm_lock(&b->lock)) {
 		st->lock_timeouts++;
 		kv_drop(t, e);
 		return -1;
@@ -247,10 +247,10 @@ static __always_inline int kv_store(struct kv_table *t, struct kv_entry __arena 
 		b->head = (struct hm_node __arena *)e;
 		__sync_fetch_and_add(&t->m.count, 1);
 	}
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	return 1;
 out_drop:
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	kv_drop(t, e);
 	return ret;
 }
@@ -267,7 +267,7 @@ static __always_inline int kv_erase(struct kv_table *t, const void *buf, __u32 k
 	struct kv_entry __arena *n, *prev = NULL, *next;
 	int ret = 0;
 
-	if (hm_spin_lock(&b->lock)) {
+	if (hm_lock(&b->lock)) {
 		st->lock_timeouts++;
 		return -1;
 	}
@@ -289,7 +289,7 @@ static __always_inline int kv_erase(struct kv_table *t, const void *buf, __u32 k
 		prev = n;
 		n = next;
 	}
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	return ret;
 }
 
@@ -315,7 +315,7 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 	struct kv_entry __arena *n, *prev = NULL, *next;
 	int ret = 0;
 
-	if (hm_spin_lock(&b->lock)) {
+	if (hm_lock(&b->lock)) {
 		st->lock_timeouts++;
 		return -1;
 	}
@@ -353,7 +353,7 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 		ret = 1;
 		break;
 	}
-	hm_spin_unlock(&b->lock);
+	hm_unlock(&b->lock);
 	return ret;
 }
 

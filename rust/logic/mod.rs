@@ -2,10 +2,11 @@
 
 //! KFlex logic that needs no kernel API, shared by the kernel component and
 //! the host tests: heap geometry, allocator bookkeeping, the BPF instruction
-//! set, the guard pass and the placement of cancellation points.
+//! set, the guard pass, the placement of cancellation points and the heap-lock rules.
 
 pub mod alloc;
 pub mod bpf;
 pub mod cancel;
 pub mod geometry;
 pub mod guard;
+pub mod locks;

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Programs the verifier must refuse: each reaches a cancellation point
- * (a may_goto, or the point of a loop without one) of a KFlex program while holding something a cancelled run
- * could not release. The test loads them one at a time.
+ * (a may_goto, the point of a loop without one, the point after a heap lock
+ * call) of a KFlex program while holding something a cancelled run could
+ * not release, or takes heap locks and calls a kfunc that sleeps. The test
+ * loads them one at a time.
  */
 #include "vmlinux.h"
 #include "kflex.h"
@@ -80,6 +82,35 @@ int hold_nothing(void *ctx)
 	bpf_rcu_read_unlock();
 	SPIN();
 	return 0;
+}
+
+/* The point after a heap lock call, reached holding an RCU read lock. */
+SEC("syscall")
+int lock_under_rcu(void *ctx)
+{
+	__u64 __arena *c = cell;
+
+	if (!c)
+		return 0;
+	bpf_rcu_read_lock();
+	if (!kflex_lock(heap, c))
+		kflex_unlock(heap, c);
+	bpf_rcu_read_unlock();
+	return 0;
+}
+
+/*
+ * Heap locks keep preemption disabled: a program that takes them may not
+ * call anything that sleeps (SEC("syscall") programs are sleepable).
+ */
+SEC("syscall")
+int lock_and_sleep(void *ctx)
+{
+	__u64 __arena *c = cell;
+
+	if (c && !kflex_lock(heap, c))
+		kflex_unlock(heap, c);
+	return kflex_reserve(heap, 4096);
 }
 
 char LICENSE[] SEC("license") = "GPL";

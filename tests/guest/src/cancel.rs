@@ -229,7 +229,7 @@ fn capture(_: PrintLevel, msg: String) {
 }
 
 /// Loads only program `name` of cancel_refused; returns the libbpf log.
-fn load_refused(name: &str) -> Result<(bool, String)> {
+pub(crate) fn load_refused(name: &str) -> Result<(bool, String)> {
     let mut open = CancelRefusedSkelBuilder::default().open(skel_storage())?;
     for mut p in open.open_object_mut().progs_mut() {
         let keep = p.name().to_string_lossy() == name;

@@ -12,6 +12,7 @@ mod ctx;
 mod ds;
 mod guards;
 mod heap;
+mod locks;
 mod memcached;
 mod native;
 mod util;
@@ -69,6 +70,15 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::callback_loops_end, "ym"),
     t!(cancel::points_holding_resources_refused, "ym"),
     t!(cancel::heap_faults_cancel, "ym"),
+    t!(locks::take_and_release, "ym"),
+    t!(locks::aa_cancels_at_once, "ym"),
+    t!(locks::abba_on_two_cpus, "ym"),
+    t!(locks::wait_past_budget_cancels, "ym"),
+    t!(locks::ninth_lock_cancels, "ym"),
+    t!(locks::foreign_unlock_refused, "ym"),
+    t!(locks::return_with_locks_releases_them, "ym"),
+    t!(locks::nested_run_cancelled_alone, "ym"),
+    t!(locks::lock_refusals, "ym"),
     t!(ds::list_matches_model, "ym"),
     t!(ds::rbtree_matches_model, "ym"),
     t!(ds::hashmap_matches_model, "ym"),

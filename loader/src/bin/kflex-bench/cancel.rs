@@ -11,7 +11,9 @@
 //! iteration; ratios are to `none`. `cancel/entry/xdp-empty/<variant>`:
 //! the per-run cost of the bookkeeping (exception-boundary prologue, point
 //! slots) of an XDP program whose loop never runs, with and without points;
-//! ns per run.
+//! ns per run. `locks/pair/<variant>`: an uncontended lock/unlock pair on
+//! one heap word, a KFlex heap lock (`kflex`) or a test-and-test-and-set
+//! spin lock in BPF (`ttas`); ns per pair.
 
 use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd};
 
@@ -71,12 +73,16 @@ pub const ENTRY: [(&str, bool); 2] = [("plain", false), ("kflex", true)];
 /// Runs per BPF_PROG_TEST_RUN call of the entry benchmark.
 const ENTRY_RUNS: u32 = 100_000;
 
+/// Lock-pair variants: name and program.
+pub const LOCKS: [(&str, &str); 2] = [("ttas", "lk_ttas"), ("kflex", "lk_kflex")];
+
 /// Every benchmark name.
 pub fn names() -> Vec<String> {
     BODIES
         .iter()
         .flat_map(|b| VARIANTS.iter().map(move |(v, _, _)| format!("cancel/loop/{b}/{v}")))
         .chain(ENTRY.iter().map(|(v, _)| format!("cancel/entry/xdp-empty/{v}")))
+        .chain(LOCKS.iter().map(|(v, _)| format!("locks/pair/{v}")))
         .collect()
 }
 
@@ -128,6 +134,24 @@ pub fn run(
             ops: u64::from(ENTRY_RUNS),
             baseline: Some("cancel/entry/xdp-empty/plain".to_string())
                 .filter(|_| *variant != "plain"),
+        };
+        progress(&r);
+        out.push(r);
+    }
+    let locks: Vec<_> =
+        LOCKS.iter().filter(|(v, _)| wanted.contains(&format!("locks/pair/{v}"))).collect();
+    let pairs = (iters / 16).max(1);
+    let medians = results::interleaved(locks.len(), reps, |i| {
+        let mut a = Args { outer: pairs, ret: 0 };
+        Ok(ds::run_ctx(with_points.progs.get(locks[i].1)?, &mut a)?.as_nanos() as f64
+            / pairs as f64)
+    })?;
+    for ((variant, _), ns) in locks.into_iter().zip(medians) {
+        let r = results::Result {
+            name: format!("locks/pair/{variant}"),
+            ns_per_op: ns,
+            ops: pairs,
+            baseline: Some("locks/pair/ttas".to_string()).filter(|_| *variant != "ttas"),
         };
         progress(&r);
         out.push(r);
