@@ -93,27 +93,35 @@ unsafe extern "C" fn reserve(info: *mut bindings::kflex_heap_info, bytes: u64) -
     unsafe { heap(info) }.reserve(bytes)
 }
 
-/// Takes a heap lock for the run tagged `run`: 0, `-EINVAL` for a word
-/// that is not a lock word of the heap, or the cause (`KFLEX_CAUSE_*`, > 0)
-/// for which the run must be cancelled.
+/// Takes a heap lock for the run tagged `run` on CPU `cpu`: 0, `-EINVAL`
+/// for a word that is not a lock word of the heap, `-EAGAIN` when it is
+/// held and `deadline` is 0 (do not wait), or the cause (`KFLEX_CAUSE_*`,
+/// > 0) for which the run must be cancelled.
 unsafe extern "C" fn lock(
     info: *mut bindings::kflex_heap_info,
     uaddr: u64,
     run: u64,
     deadline: u64,
+    cpu: u32,
 ) -> c_int {
     // SAFETY: a running program pins its heap.
-    match unsafe { heap(info) }.lock(uaddr, run, deadline) {
+    match unsafe { heap(info) }.lock(uaddr, run, deadline, cpu as usize) {
         Ok(()) => 0,
         Err(LockError::BadWord) => EINVAL.to_errno(),
+        Err(LockError::Busy) => EAGAIN.to_errno(),
         Err(LockError::Cancel(cause)) => cause as c_int,
     }
 }
 
 /// Releases a heap lock the run holds: 0, or `-EPERM` if it does not.
-unsafe extern "C" fn unlock(info: *mut bindings::kflex_heap_info, uaddr: u64, run: u64) -> c_int {
+unsafe extern "C" fn unlock(
+    info: *mut bindings::kflex_heap_info,
+    uaddr: u64,
+    run: u64,
+    cpu: u32,
+) -> c_int {
     // SAFETY: a running program pins its heap.
-    if unsafe { heap(info) }.unlock(uaddr, run) {
+    if unsafe { heap(info) }.unlock(uaddr, run, cpu as usize) {
         0
     } else {
         EPERM.to_errno()
@@ -121,9 +129,9 @@ unsafe extern "C" fn unlock(info: *mut bindings::kflex_heap_info, uaddr: u64, ru
 }
 
 /// Releases every heap lock the run holds on this CPU; returns how many.
-unsafe extern "C" fn unlock_run(info: *mut bindings::kflex_heap_info, run: u64) -> u32 {
+unsafe extern "C" fn unlock_run(info: *mut bindings::kflex_heap_info, run: u64, cpu: u32) -> u32 {
     // SAFETY: a running program pins its heap.
-    unsafe { heap(info) }.unlock_run(run)
+    unsafe { heap(info) }.unlock_run(run, cpu as usize)
 }
 
 #[allow(clippy::too_many_arguments)]

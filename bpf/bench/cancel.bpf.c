@@ -159,6 +159,7 @@ int lk_ttas(struct cl_args *a)
 	__u64 __arena *w = cl_words;
 	__u64 o;
 
+	kflex_use_heap(heap);
 	if (!w)
 		return 1;
 	bpf_for(o, 0, a->outer) {

@@ -6,15 +6,20 @@
 //! search are `logic::locks`).
 //!
 //! The glue calls these with preemption disabled (so a waiting or holding
-//! run stays on its CPU), never in NMI context, and with the *run* tag: the
-//! frame pointer of the run's main BPF frame, distinct for every run active
-//! on a CPU (runs that interrupt others have their own frames). Table slots
-//! are written only by their own CPU with interrupts off (a [`Section`]), so
-//! a run that interrupts another sees its table between two updates, never
-//! during one; other CPUs read them (the cycle search) with plain atomic
-//! loads and may see a stale slot, which can only make a search miss a cycle
-//! (the next one finds it, or the budget ends the wait) or see one that has
-//! just been broken (a spurious cancellation, never a wrong grant).
+//! run stays on its CPU, whose id it passes), never in NMI context, and with
+//! the *run* tag: the frame pointer of the run's main BPF frame, distinct
+//! for every run active on a CPU (runs that interrupt others have their own
+//! frames). Table slots are written only by their own CPU. A run that
+//! interrupts another on the CPU ends (releasing or, at exit, having
+//! released its slots) before the interrupted one goes on, so a slot the
+//! interrupted run found free is free again when it fills it; the only
+//! window is between the compare-and-swap that takes a word and the slot
+//! update, where an interrupting run asking for that word would wait for it
+//! (until its budget) instead of being refused as AA at once. Other CPUs read
+//! the tables (the cycle search) with plain atomic loads and may see a stale
+//! slot, which can only make a search miss a cycle (the next one finds it,
+//! or the budget ends the wait) or see one that has just been broken (a
+//! spurious cancellation, never a wrong grant).
 //!
 //! The word says nothing the kernel trusts: a program that writes it can
 //! stall its own runs (until their budget ends) or let two of them in at
@@ -29,7 +34,7 @@ use crate::{
         geometry::PAGE_SIZE,
         locks::{self, Refusal, Slot, MAX_HELD},
     },
-    sys::{Section, ZeroValid},
+    sys::ZeroValid,
 };
 
 use super::Heap;
@@ -61,6 +66,8 @@ pub(crate) enum LockError {
     /// allocator never handed out): an error for the program, no
     /// cancellation.
     BadWord,
+    /// Held by another run and the caller asked not to wait.
+    Busy,
     /// The run must be cancelled.
     Cancel(Refusal),
 }
@@ -127,48 +134,50 @@ impl Heap {
             .position(|c| c.slots.iter().any(|s| s.off.load(Ordering::Relaxed) == off))
     }
 
-    /// Takes the lock at `uaddr` for `run`, waiting until the monotonic
-    /// clock passes `deadline` (ns) at most. Preemption disabled, not NMI.
-    pub(crate) fn lock(&self, uaddr: u64, run: u64, deadline: u64) -> Result<(), LockError> {
+    /// Takes the lock at `uaddr` for `run` on CPU `me`, waiting until the
+    /// monotonic clock passes `deadline` (ns) at most; `deadline` 0: do not
+    /// wait ([`LockError::Busy`]). Preemption disabled, not NMI.
+    pub(crate) fn lock(
+        &self,
+        uaddr: u64,
+        run: u64,
+        deadline: u64,
+        me: usize,
+    ) -> Result<(), LockError> {
         let (off, word) = self.lock_word(uaddr).ok_or(LockError::BadWord)?;
-        let s = Section::enter();
-        let me = s.cpu();
-        let cpu = self.locks.this(&s).ok_or(LockError::BadWord)?;
+        let cpu = self.locks.of(me).ok_or(LockError::BadWord)?;
         let hint = (me as u32).wrapping_add(1);
         let slot = locks::admit(&cpu.snapshot(), off).map_err(LockError::Cancel)?;
         if word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             cpu.fill(slot, off, run);
             return Ok(());
         }
-        // Wait with interrupts on: runs that interrupt this one end before it
-        // goes on, and leave `waiting` and the table as they found them.
+        if deadline == 0 {
+            return Err(LockError::Busy);
+        }
+        // Runs that interrupt this one end before it goes on, and leave
+        // `waiting` and the table as they found them.
         let before = cpu.waiting.swap(off, Ordering::Relaxed);
-        drop(s);
         let ncpu = crate::sys::nr_cpu_ids();
         let result = loop {
             let mut taken = None;
             for _ in 0..SPINS_PER_CHECK {
-                if word.load(Ordering::Relaxed) == 0 {
-                    let s = Section::enter();
-                    if word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                    {
-                        taken = Some(match locks::admit(&cpu.snapshot(), off) {
-                            Ok(i) => {
-                                cpu.fill(i, off, run);
-                                Ok(())
-                            }
-                            Err(r) => {
-                                // cannot happen (see above); never hold a
-                                // lock the table does not show
-                                word.store(0, Ordering::Release);
-                                Err(LockError::Cancel(r))
-                            }
-                        });
-                    }
-                    drop(s);
-                    if taken.is_some() {
-                        break;
-                    }
+                if word.load(Ordering::Relaxed) == 0
+                    && word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).is_ok()
+                {
+                    taken = Some(match locks::admit(&cpu.snapshot(), off) {
+                        Ok(i) => {
+                            cpu.fill(i, off, run);
+                            Ok(())
+                        }
+                        Err(r) => {
+                            // cannot happen (see above); never hold a lock
+                            // the table does not show
+                            word.store(0, Ordering::Release);
+                            Err(LockError::Cancel(r))
+                        }
+                    });
+                    break;
                 }
                 core::hint::spin_loop();
             }
@@ -194,14 +203,13 @@ impl Heap {
         result
     }
 
-    /// Releases the lock at `uaddr` if `run` holds it on this CPU; false
-    /// (nothing changes) otherwise.
-    pub(crate) fn unlock(&self, uaddr: u64, run: u64) -> bool {
+    /// Releases the lock at `uaddr` if `run` holds it on CPU `me`; false
+    /// (nothing changes) otherwise. Preemption disabled.
+    pub(crate) fn unlock(&self, uaddr: u64, run: u64, me: usize) -> bool {
         let Some((off, word)) = self.lock_word(uaddr) else {
             return false;
         };
-        let s = Section::enter();
-        let Some(cpu) = self.locks.this(&s) else {
+        let Some(cpu) = self.locks.of(me) else {
             return false;
         };
         let Some(i) = locks::held_by(&cpu.snapshot(), off, run) else {
@@ -212,11 +220,12 @@ impl Heap {
         true
     }
 
-    /// Releases every lock `run` holds on this CPU (the run is cancelled or
-    /// returned with locks held); returns how many.
-    pub(crate) fn unlock_run(&self, run: u64) -> u32 {
-        let s = Section::enter();
-        let Some(cpu) = self.locks.this(&s) else {
+    /// Releases every lock `run` holds on CPU `me` (the run is cancelled or
+    /// returned with locks held); returns how many. A run holding locks
+    /// keeps preemption disabled, so it is on `me`; one holding none finds
+    /// no slot of its own on any CPU.
+    pub(crate) fn unlock_run(&self, run: u64, me: usize) -> u32 {
+        let Some(cpu) = self.locks.of(me) else {
             return 0;
         };
         let mut n = 0u32;

@@ -176,6 +176,38 @@ pub fn syscall_run_returns_ecanceled() -> Result<()> {
     Ok(())
 }
 
+/// The budget follows `kernel.kflex_budget_us` from one run to the next:
+/// 1 ms, 10 ms and 100 ms runs of the same endless loop are cancelled after
+/// at least their budget and well before the next one's.
+pub fn budget_follows_the_sysctl() -> Result<()> {
+    ensure_kflex()?;
+    let skel = loaded()?;
+    let mut times = Vec::new();
+    for budget in [1_000u64, 10_000, 100_000] {
+        let _b = SysctlGuard::budget_us(budget)?;
+        let mut bytes = u64::from(MARK).to_ne_bytes();
+        let t = Instant::now();
+        let out = skel
+            .progs
+            .spin_syscall
+            .test_run(ProgramInput { context_in: Some(&mut bytes), ..Default::default() })?;
+        let us = t.elapsed().as_micros() as u64;
+        ensure!(
+            out.return_value as i32 == -ECANCELED,
+            "budget {budget}: returned {}",
+            out.return_value as i32
+        );
+        // emulated: the syscall and the first 1024 points around the run
+        ensure!(
+            (budget..2 * budget + 20_000).contains(&us),
+            "budget {budget} µs: cancelled after {us} µs"
+        );
+        times.push(us);
+    }
+    println!("budgets 1/10/100 ms: cancelled after {times:?} µs");
+    Ok(())
+}
+
 /// Endless loops in callbacks. bpf_for_each_map_elem() calls its callback
 /// from the kernel, where the main frame cannot be reached: the callback's
 /// points keep a budget of their own frame and leave the loop past it, and

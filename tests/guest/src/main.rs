@@ -67,6 +67,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(memcached::detach_under_load, "ym"),
     t!(cancel::endless_loops_are_cancelled, "ym"),
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
+    t!(cancel::budget_follows_the_sysctl, "ym"),
     t!(cancel::callback_loops_end, "ym"),
     t!(cancel::points_holding_resources_refused, "ym"),
     t!(cancel::heap_faults_cancel, "ym"),
