@@ -133,7 +133,9 @@ int ce_entry(struct xdp_md *ctx)
  * Cost of an uncontended lock/unlock pair (kflex-bench locks/pair/<variant>)
  * on the same heap word: a KFlex heap lock (two kfunc calls, the run's
  * bookkeeping, a point after the lock) or a test-and-test-and-set spin lock
- * written in BPF (hashmap.h's upstream-arena lock).
+ * written in BPF (hashmap.h's upstream-arena lock); and, to break the pair
+ * down, a KFlex kfunc call that returns at once and an unlock that finds
+ * the word not held (locks/call/<variant>, ns per call).
  */
 #ifndef KFLEX_UPSTREAM_ARENA
 SEC("syscall")
@@ -149,6 +151,33 @@ int lk_kflex(struct cl_args *a)
 			return 2;
 		kflex_unlock(heap, w);
 	}
+	return 0;
+}
+
+/* Breakdown: a kfunc call that returns at once (bpf_kflex_free of NULL). */
+SEC("syscall")
+int lk_call(struct cl_args *a)
+{
+	__u64 o;
+
+	kflex_use_heap(heap);
+	bpf_for(o, 0, a->outer)
+		bpf_kflex_free(&heap, NULL);
+	return 0;
+}
+
+/* Breakdown: an unlock of a word not held: the glue and the table lookup. */
+SEC("syscall")
+int lk_unheld(struct cl_args *a)
+{
+	__u64 __arena *w = cl_words;
+	__u64 o;
+
+	if (!w)
+		return 1;
+	bpf_for(o, 0, a->outer)
+		if (kflex_unlock(heap, w) != -1)
+			return 2;
 	return 0;
 }
 #endif

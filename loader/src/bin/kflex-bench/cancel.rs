@@ -13,7 +13,9 @@
 //! slots) of an XDP program whose loop never runs, with and without points;
 //! ns per run. `locks/pair/<variant>`: an uncontended lock/unlock pair on
 //! one heap word, a KFlex heap lock (`kflex`) or a test-and-test-and-set
-//! spin lock in BPF (`ttas`); ns per pair.
+//! spin lock in BPF (`ttas`); ns per pair. `locks/call/<variant>`: a KFlex
+//! kfunc call that returns at once, and an unlock of a word not held; ns per
+//! call.
 
 use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd};
 
@@ -74,7 +76,12 @@ pub const ENTRY: [(&str, bool); 2] = [("plain", false), ("kflex", true)];
 const ENTRY_RUNS: u32 = 100_000;
 
 /// Lock-pair variants: name and program.
-pub const LOCKS: [(&str, &str); 2] = [("ttas", "lk_ttas"), ("kflex", "lk_kflex")];
+pub const LOCKS: [(&str, &str); 4] = [
+    ("pair/ttas", "lk_ttas"),
+    ("pair/kflex", "lk_kflex"),
+    ("call/kfunc-return", "lk_call"),
+    ("call/unlock-not-held", "lk_unheld"),
+];
 
 /// Every benchmark name.
 pub fn names() -> Vec<String> {
@@ -82,7 +89,7 @@ pub fn names() -> Vec<String> {
         .iter()
         .flat_map(|b| VARIANTS.iter().map(move |(v, _, _)| format!("cancel/loop/{b}/{v}")))
         .chain(ENTRY.iter().map(|(v, _)| format!("cancel/entry/xdp-empty/{v}")))
-        .chain(LOCKS.iter().map(|(v, _)| format!("locks/pair/{v}")))
+        .chain(LOCKS.iter().map(|(v, _)| format!("locks/{v}")))
         .collect()
 }
 
@@ -139,7 +146,7 @@ pub fn run(
         out.push(r);
     }
     let locks: Vec<_> =
-        LOCKS.iter().filter(|(v, _)| wanted.contains(&format!("locks/pair/{v}"))).collect();
+        LOCKS.iter().filter(|(v, _)| wanted.contains(&format!("locks/{v}"))).collect();
     let pairs = (iters / 16).max(1);
     let medians = results::interleaved(locks.len(), reps, |i| {
         let mut a = Args { outer: pairs, ret: 0 };
@@ -148,10 +155,10 @@ pub fn run(
     })?;
     for ((variant, _), ns) in locks.into_iter().zip(medians) {
         let r = results::Result {
-            name: format!("locks/pair/{variant}"),
+            name: format!("locks/{variant}"),
             ns_per_op: ns,
             ops: pairs,
-            baseline: Some("locks/pair/ttas".to_string()).filter(|_| *variant != "ttas"),
+            baseline: Some("locks/pair/ttas".to_string()).filter(|_| *variant != "pair/ttas"),
         };
         progress(&r);
         out.push(r);
