@@ -321,7 +321,7 @@ impl<T: Sync> PerCpu<T> {
     /// The slot of the section's CPU.
     #[inline]
     pub(crate) fn this(&self, s: &Section) -> Option<&T> {
-        self.slots.get(s.cpu()).map(|b| &**b)
+        self.of(s.cpu())
     }
 
     /// The slot of CPU `cpu`.

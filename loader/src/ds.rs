@@ -176,9 +176,9 @@ pub struct NativeArgs {
 }
 
 /// Runs a syscall program once with context `ctx` (BPF_PROG_TEST_RUN),
-/// which the program may update; returns the wall time of the call and
-/// fails unless the program returned 0. `T` must be plain old data.
-pub fn run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<Duration> {
+/// which the program may update; returns the program's return value and
+/// the wall time of the call. `T` must be plain old data.
+pub fn test_run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<(i32, Duration)> {
     // SAFETY: zeroed options are valid; `ctx` outlives the call and is
     // plain old data of the size given.
     let mut opts = unsafe { std::mem::zeroed::<libbpf_sys::bpf_test_run_opts>() };
@@ -192,7 +192,13 @@ pub fn run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<Duration> {
     if r < 0 {
         return Err(std::io::Error::from_raw_os_error(-r)).context("BPF_PROG_TEST_RUN");
     }
-    ensure!(opts.retval == 0, "program returned {}", opts.retval as i32);
+    Ok((opts.retval as i32, elapsed))
+}
+
+/// [`test_run_ctx`] of a program that must return 0; returns the wall time.
+pub fn run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<Duration> {
+    let (ret, elapsed) = test_run_ctx(prog, ctx)?;
+    ensure!(ret == 0, "program returned {ret}");
     Ok(elapsed)
 }
 

@@ -81,7 +81,7 @@ impl LockCpu {
         t
     }
 
-    /// Fills slot `i` (empty, this CPU, interrupts off).
+    /// Fills slot `i` (empty; this CPU only).
     fn fill(&self, i: usize, off: u64, run: u64) {
         if let Some(s) = self.slots.get(i) {
             s.run.store(run, Ordering::Relaxed);
@@ -89,11 +89,43 @@ impl LockCpu {
         }
     }
 
+    /// Empties slot `i` (this CPU only).
     fn clear(&self, i: usize) {
         if let Some(s) = self.slots.get(i) {
             s.off.store(0, Ordering::Release);
             s.run.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// One attempt at the word: the compare-and-swap, then slot `slot` (a
+    /// free one the caller admitted just before) or, after a wait, a free
+    /// slot admitted again. `None`: the word is held.
+    fn try_take(
+        &self,
+        word: &AtomicU32,
+        off: u64,
+        hint: u32,
+        run: u64,
+        slot: Option<usize>,
+    ) -> Option<Result<(), LockError>> {
+        word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).ok()?;
+        let slot = match slot {
+            Some(i) => Ok(i),
+            None => locks::admit(&self.snapshot(), off),
+        };
+        Some(match slot {
+            Ok(i) => {
+                self.fill(i, off, run);
+                Ok(())
+            }
+            Err(r) => {
+                // cannot happen (runs that interrupted the wait ended and
+                // left the table as they found it); never hold a lock the
+                // table does not show
+                word.store(0, Ordering::Release);
+                Err(LockError::Cancel(r))
+            }
+        })
     }
 }
 
@@ -148,9 +180,8 @@ impl Heap {
         let cpu = self.locks.of(me).ok_or(LockError::BadWord)?;
         let hint = (me as u32).wrapping_add(1);
         let slot = locks::admit(&cpu.snapshot(), off).map_err(LockError::Cancel)?;
-        if word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            cpu.fill(slot, off, run);
-            return Ok(());
+        if let Some(taken) = cpu.try_take(word, off, hint, run, Some(slot)) {
+            return taken;
         }
         if deadline == 0 {
             return Err(LockError::Busy);
@@ -162,22 +193,11 @@ impl Heap {
         let result = loop {
             let mut taken = None;
             for _ in 0..SPINS_PER_CHECK {
-                if word.load(Ordering::Relaxed) == 0
-                    && word.compare_exchange(0, hint, Ordering::Acquire, Ordering::Relaxed).is_ok()
-                {
-                    taken = Some(match locks::admit(&cpu.snapshot(), off) {
-                        Ok(i) => {
-                            cpu.fill(i, off, run);
-                            Ok(())
-                        }
-                        Err(r) => {
-                            // cannot happen (see above); never hold a lock
-                            // the table does not show
-                            word.store(0, Ordering::Release);
-                            Err(LockError::Cancel(r))
-                        }
-                    });
-                    break;
+                if word.load(Ordering::Relaxed) == 0 {
+                    taken = cpu.try_take(word, off, hint, run, None);
+                    if taken.is_some() {
+                        break;
+                    }
                 }
                 core::hint::spin_loop();
             }
@@ -229,11 +249,7 @@ impl Heap {
             return 0;
         };
         let mut n = 0u32;
-        let table = cpu.snapshot();
-        for i in 0..MAX_HELD {
-            let Some(slot) = table.get(i) else {
-                break;
-            };
+        for (i, slot) in (0..MAX_HELD).zip(cpu.snapshot()) {
             if slot.off == 0 || slot.run != run {
                 continue;
             }

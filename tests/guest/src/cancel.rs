@@ -8,8 +8,8 @@
 //! what a cancelled run could not release are refused at load.
 
 use std::{
+    os::fd::AsFd,
     sync::{Mutex, OnceLock},
-    time::Instant,
 };
 
 use anyhow::{bail, ensure, Context, Result};
@@ -18,7 +18,10 @@ use libbpf_rs::{
     PrintLevel, ProgramInput,
 };
 
-use kflex_load::cancel::{counter, SysctlGuard};
+use kflex_load::{
+    cancel::{counter, SysctlGuard},
+    ds,
+};
 
 use crate::util::*;
 
@@ -150,24 +153,22 @@ pub fn endless_loops_are_cancelled() -> Result<()> {
     Ok(())
 }
 
+/// One run of `spin_syscall` with argument `arg`: its return value and the
+/// wall time of the call in µs.
+fn spin_syscall(skel: &CancelTestSkel<'_>, mut arg: u64) -> Result<(i32, u64)> {
+    let (r, t) = ds::test_run_ctx(skel.progs.spin_syscall.as_fd(), &mut arg)?;
+    Ok((r, t.as_micros() as u64))
+}
+
 /// A syscall program's cancelled run returns -ECANCELED; unmarked, 0.
 pub fn syscall_run_returns_ecanceled() -> Result<()> {
     ensure_kflex()?;
     let skel = loaded()?;
     let _b = SysctlGuard::budget_us(5000)?;
-    let run = |arg: u64| -> Result<(i32, u128)> {
-        let mut bytes = arg.to_ne_bytes();
-        let t = Instant::now();
-        let out = skel
-            .progs
-            .spin_syscall
-            .test_run(ProgramInput { context_in: Some(&mut bytes), ..Default::default() })?;
-        Ok((out.return_value as i32, t.elapsed().as_micros()))
-    };
-    let (r, us) = run(u64::from(MARK))?;
+    let (r, us) = spin_syscall(&skel, u64::from(MARK))?;
     ensure!(r == -ECANCELED, "marked run returned {r} (-ECANCELED expected)");
     ensure!(us >= 5000, "cancelled after {us} µs, budget 5000 µs");
-    let (r, _) = run(0)?;
+    let (r, _) = spin_syscall(&skel, 0)?;
     ensure!(r == 0, "unmarked run returned {r}");
     ensure!(
         skel.maps.bss_data.as_deref().context("no .bss")?.finished == 0,
@@ -185,18 +186,8 @@ pub fn budget_follows_the_sysctl() -> Result<()> {
     let mut times = Vec::new();
     for budget in [1_000u64, 10_000, 100_000] {
         let _b = SysctlGuard::budget_us(budget)?;
-        let mut bytes = u64::from(MARK).to_ne_bytes();
-        let t = Instant::now();
-        let out = skel
-            .progs
-            .spin_syscall
-            .test_run(ProgramInput { context_in: Some(&mut bytes), ..Default::default() })?;
-        let us = t.elapsed().as_micros() as u64;
-        ensure!(
-            out.return_value as i32 == -ECANCELED,
-            "budget {budget}: returned {}",
-            out.return_value as i32
-        );
+        let (r, us) = spin_syscall(&skel, u64::from(MARK))?;
+        ensure!(r == -ECANCELED, "budget {budget}: returned {r}");
         // emulated: the syscall and the first 1024 points around the run
         ensure!(
             (budget..2 * budget + 20_000).contains(&us),

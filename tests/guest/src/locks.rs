@@ -9,11 +9,7 @@
 //! not call what sleeps, and the point after a lock call is checked like
 //! any other. Lock words are read through the heap mapping afterwards: free.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr,
-    time::Instant,
-};
+use std::{os::fd::AsFd, ptr, time::Instant};
 
 use anyhow::{ensure, Context, Result};
 use libbpf_rs::{
@@ -22,7 +18,10 @@ use libbpf_rs::{
 };
 use nix::{sched::CpuSet, unistd::Pid};
 
-use kflex_load::cancel::{counter, SysctlGuard};
+use kflex_load::{
+    cancel::{counter, SysctlGuard},
+    ds,
+};
 
 use crate::{cancel::load_refused, util::*};
 
@@ -50,19 +49,6 @@ struct LockArgs {
     done: u32,
 }
 
-impl LockArgs {
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: a plain `repr(C)` struct of u32/i32 fields, no padding;
-        // any bytes written back are a valid value.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                (self as *mut LockArgs).cast::<u8>(),
-                std::mem::size_of::<LockArgs>(),
-            )
-        }
-    }
-}
-
 fn loaded() -> Result<LocksTestSkel<'static>> {
     let open = LocksTestSkelBuilder::default().open(skel_storage())?;
     let skel = open.load().context("loading locks_test")?;
@@ -73,25 +59,7 @@ fn loaded() -> Result<LocksTestSkel<'static>> {
 
 /// Runs `prog` with `args`; returns its return value (args updated).
 fn run(prog: &libbpf_rs::ProgramMut, args: &mut LockArgs) -> Result<i32> {
-    let out =
-        prog.test_run(ProgramInput { context_in: Some(args.bytes()), ..Default::default() })?;
-    Ok(out.return_value as i32)
-}
-
-/// The same, from any thread, by the program's file descriptor.
-fn run_fd(fd: i32, args: &mut LockArgs) -> Result<i32> {
-    use libbpf_rs::libbpf_sys;
-    let bytes = args.bytes();
-    // SAFETY: all-zero is a valid `bpf_test_run_opts`; the fields set below
-    // point into `bytes`, which outlives the call.
-    let mut opts: libbpf_sys::bpf_test_run_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as _;
-    opts.ctx_in = bytes.as_ptr().cast();
-    opts.ctx_size_in = bytes.len() as u32;
-    // SAFETY: a loaded program's fd and valid options (see above).
-    let err = unsafe { libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts) };
-    ensure!(err == 0, "BPF_PROG_TEST_RUN: {err}");
-    Ok(opts.retval as i32)
+    Ok(ds::test_run_ctx(prog.as_fd(), args)?.0)
 }
 
 /// The lock words, read through the heap mapping.
@@ -174,36 +142,38 @@ pub fn abba_on_two_cpus() -> Result<()> {
     ensure_kflex()?;
     let skel = loaded()?;
     let _b = SysctlGuard::budget_us(100_000)?;
-    let fd = skel.progs.abba.as_fd().as_raw_fd();
+    let prog = skel.progs.abba.as_fd();
     const ROUNDS: u32 = 1000;
     let mut spin = 50;
     for attempt in 0..4 {
         let (results, d) = deltas(&["cancelled_deadlock", "cancelled_lock_budget"], || {
-            let threads: Vec<_> = [(0u32, 1u32), (1, 0)]
-                .into_iter()
-                .enumerate()
-                .map(|(cpu, (first, second))| {
-                    std::thread::spawn(move || -> Result<(u32, u32)> {
-                        let mut set = CpuSet::new();
-                        set.set(cpu)?;
-                        nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
-                        let (mut done, mut cancelled) = (0, 0);
-                        for _ in 0..ROUNDS {
-                            let mut a = LockArgs { first, second, spin, ..Default::default() };
-                            match run_fd(fd, &mut a)? {
-                                0 if a.done == 1 => done += 1,
-                                r if r == -ECANCELED => cancelled += 1,
-                                r => anyhow::bail!("round returned {r}: {a:?}"),
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = [(0u32, 1u32), (1, 0)]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(cpu, (first, second))| {
+                        scope.spawn(move || -> Result<(u32, u32)> {
+                            let mut set = CpuSet::new();
+                            set.set(cpu)?;
+                            nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
+                            let (mut done, mut cancelled) = (0, 0);
+                            for _ in 0..ROUNDS {
+                                let mut a = LockArgs { first, second, spin, ..Default::default() };
+                                match ds::test_run_ctx(prog, &mut a)?.0 {
+                                    0 if a.done == 1 => done += 1,
+                                    r if r == -ECANCELED => cancelled += 1,
+                                    r => anyhow::bail!("round returned {r}: {a:?}"),
+                                }
                             }
-                        }
-                        Ok((done, cancelled))
+                            Ok((done, cancelled))
+                        })
                     })
-                })
-                .collect();
-            threads
-                .into_iter()
-                .map(|t| t.join().map_err(|_| anyhow::anyhow!("thread panicked"))?)
-                .collect::<Result<Vec<_>>>()
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().map_err(|_| anyhow::anyhow!("thread panicked"))?)
+                    .collect::<Result<Vec<_>>>()
+            })
         })?;
         let cancelled: u32 = results.iter().map(|r| r.1).sum();
         let done: u32 = results.iter().map(|r| r.0).sum();
