@@ -105,6 +105,18 @@ extern int bpf_kflex_unlock(void *heap, void __arena *word, void *fp__ign) __ksy
  */
 #define kflex_use_heap(heap) asm volatile("" : : "r"(&(heap)))
 
+/*
+ * What a cancelled run of this object's programs returns instead of the
+ * hook's default (XDP_PASS, TC_ACT_OK, SK_PASS, 0 for tracing, -ECANCELED for
+ * SEC("syscall")). User space may change it before load (it is read-only
+ * data); the verifier reads it at load, refuses a value the hook does not
+ * accept, and uses it for programs that name it with
+ * kflex_use_cancel_verdict() (it looks in the read-only data the program
+ * uses).
+ */
+#define KFLEX_CANCEL_VERDICT(v) const volatile __u32 kflex_cancel_verdict = (v)
+#define kflex_use_cancel_verdict() ((void)kflex_cancel_verdict)
+
 /* Counters shared by the packet counter and user space. */
 struct kflex_counters {
 	__u64 packets;

@@ -9,7 +9,27 @@ use kernel::{bindings, prelude::*, types::ForeignOwnable};
 
 use crate::{
     heap::{Heap, LockError},
+    logic::verdict::{self, Refusal},
     planner,
+};
+
+// The verdict table names program and attach types by their UAPI values.
+const _: () = {
+    use verdict::{attach_type as a, prog_type as t};
+    assert!(t::SCHED_CLS == bindings::bpf_prog_type_BPF_PROG_TYPE_SCHED_CLS);
+    assert!(t::SCHED_ACT == bindings::bpf_prog_type_BPF_PROG_TYPE_SCHED_ACT);
+    assert!(t::XDP == bindings::bpf_prog_type_BPF_PROG_TYPE_XDP);
+    assert!(t::CGROUP_SKB == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_SKB);
+    assert!(t::CGROUP_SOCK == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_SOCK);
+    assert!(t::SK_SKB == bindings::bpf_prog_type_BPF_PROG_TYPE_SK_SKB);
+    assert!(t::CGROUP_DEVICE == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_DEVICE);
+    assert!(t::SK_MSG == bindings::bpf_prog_type_BPF_PROG_TYPE_SK_MSG);
+    assert!(t::CGROUP_SOCK_ADDR == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_SOCK_ADDR);
+    assert!(t::CGROUP_SYSCTL == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_SYSCTL);
+    assert!(t::CGROUP_SOCKOPT == bindings::bpf_prog_type_BPF_PROG_TYPE_CGROUP_SOCKOPT);
+    assert!(t::LSM == bindings::bpf_prog_type_BPF_PROG_TYPE_LSM);
+    assert!(t::SYSCALL == bindings::bpf_prog_type_BPF_PROG_TYPE_SYSCALL);
+    assert!(a::SK_SKB_STREAM_PARSER == bindings::bpf_attach_type_BPF_SK_SKB_STREAM_PARSER);
 };
 
 /// What `kflex_heap_info.priv` owns: the heap, from `heap_init` to
@@ -221,6 +241,39 @@ unsafe extern "C" fn native(
     }
 }
 
+/// The verdict of a cancelled run of a program (`logic::verdict`): its
+/// override (`has_over`, `over`) when its hook accepts it. `-EOPNOTSUPP` when
+/// the hook has no safe verdict, `-ERANGE` with the accepted range in
+/// `range` when the override is outside it.
+unsafe extern "C" fn verdict(
+    prog_type: u32,
+    attach_type: u32,
+    has_over: bool,
+    over: u32,
+    out: *mut u32,
+    range: *mut i32,
+) -> c_int {
+    if out.is_null() || range.is_null() {
+        return EINVAL.to_errno();
+    }
+    match verdict::verdict(prog_type, attach_type, has_over.then_some(over)) {
+        Ok(v) => {
+            // SAFETY: the verifier passes a valid `u32`.
+            unsafe { *out = v };
+            0
+        }
+        Err(Refusal::NoDefault) => -(bindings::EOPNOTSUPP as c_int),
+        Err(Refusal::OutOfRange { min, max }) => {
+            // SAFETY: the verifier passes an array of two `s32`.
+            unsafe {
+                *range = min;
+                *range.add(1) = max;
+            }
+            ERANGE.to_errno()
+        }
+    }
+}
+
 /// Fills an ops table with this component's entry points.
 pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> bindings::kflex_ops {
     bindings::kflex_ops {
@@ -242,5 +295,6 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         lock: Some(lock),
         unlock: Some(unlock),
         unlock_run: Some(unlock_run),
+        verdict: Some(verdict),
     }
 }

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! Library of the `kflex-load` and `kflex-bench` binaries (and of the guest
-//! tests): kernel status, heap statistics, guard modes, the data-structure
+//! tests): kernel status, heap and program statistics, guard modes, the data-structure
 //! workloads, the PRNG and the BPF skeletons. The benchmarks themselves are
 //! in `bin/kflex-bench/`.
 
@@ -10,6 +10,7 @@ pub mod ds;
 pub mod guardmode;
 pub mod heapstats;
 pub mod memcached;
+pub mod progstats;
 pub mod rng;
 pub mod status;
 

@@ -19,7 +19,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use kflex_load::{heapstats, memcached, skel::xdp_count, status, status::Status};
+use kflex_load::{heapstats, memcached, progstats, skel::xdp_count, status, status::Status};
 
 /// What `--help` says after the options.
 const AFTER_HELP: &str = "\
@@ -33,7 +33,23 @@ Kernel settings:
        a KFlex heap need CAP_PERFMON anyway; the kernel refuses mode 1 when it is
        locked down for confidentiality (lockdown=confidentiality)
     2  no guards at all: taints the kernel, for measurement only
-    3  a guard on every access, no elision: for measurement only";
+    3  a guard on every access, no elision: for measurement only
+
+  A KFlex program is cancelled, not proven to finish: a run that goes past its
+  budget, faults on an unpopulated heap page or deadlocks on heap locks returns its
+  hook's default verdict (XDP_PASS, TC_ACT_OK, SK_PASS, 0 for tracing, -ECANCELED
+  for SEC(\"syscall\"); a program may choose its own with
+  `const volatile __u32 kflex_cancel_verdict` in .rodata) after its heap locks are
+  released.
+  sysctl kernel.kflex_budget_us (root only, 100 ... 1000000, default 10000): the
+    wall-clock budget of one run
+  sysctl kernel.kflex_fault_mode (root only, read at load): 0 = a heap fault cancels
+    the run (default), 1 = a faulting load reads 0 and a store is dropped
+  sysctl kernel.kflex_cancel_points (root only): 1 = programs loaded afterwards keep
+    the upstream may_goto counter and are never cancelled; taints, measurement only
+  /sys/kernel/kflex/force_cancel (root, write a CPU number or \"all\"): cancel the runs
+    in progress there
+  /sys/kernel/kflex/cancel and `kflex-load prog-stats`: the counters";
 
 /// Attach KFlex BPF programs (KFlex: fast, flexible and practical kernel extensions).
 ///
@@ -117,6 +133,14 @@ fn parse_heap_size(s: &str) -> std::result::Result<u64, String> {
 enum Command {
     /// List every KFlex heap on the system with its statistics.
     HeapStats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every loaded KFlex program with its cancellation counters (by cause, heap
+    /// locks released and leaked, faults that could not cancel, run times) and the
+    /// verdict its cancelled runs return.
+    ProgStats {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -244,6 +268,18 @@ fn run_counter(ifindex: u32, ifname: &str, signals: &SigSet) -> Result<()> {
     Ok(())
 }
 
+/// Lists every loaded KFlex program with its cancellation counters.
+fn prog_stats(json: bool) -> Result<()> {
+    Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
+    let progs = progstats::read()?;
+    if json {
+        println!("{}", progstats::json(&progs));
+    } else {
+        print!("{}", progstats::table(&progs));
+    }
+    Ok(())
+}
+
 /// Reads every heap's statistics and its map name.
 fn heap_stats(json: bool) -> Result<()> {
     Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
@@ -265,6 +301,7 @@ fn heap_stats(json: bool) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Some(Command::HeapStats { json }) => return heap_stats(json),
+        Some(Command::ProgStats { json }) => return prog_stats(json),
         Some(Command::Stats { json }) => {
             check_root()?;
             return memcached::stats(json);
@@ -329,6 +366,13 @@ mod tests {
         let cli = Cli::try_parse_from(["kflex-load", "heap-stats", "--json"]).unwrap();
         assert!(matches!(cli.command, Some(Command::HeapStats { json: true })));
         assert!(Cli::try_parse_from(["kflex-load", "--kredis", "heap-stats"]).is_err());
+    }
+
+    #[test]
+    fn prog_stats_subcommand() {
+        let cli = Cli::try_parse_from(["kflex-load", "prog-stats"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::ProgStats { json: false })));
+        assert!(Cli::try_parse_from(["kflex-load", "prog-stats", "--ifindex", "3"]).is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::SigSet;
 
-use crate::{ds, skel::memcached::*};
+use crate::{ds, progstats, skel::memcached::*};
 
 /// Where the statistics maps of running offloads are pinned.
 pub const PIN_DIR: &str = "/sys/fs/bpf";
@@ -341,6 +341,12 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
     let _ = stats_map.unpin(&pin);
     println!("{sig:?}: memcached offload on {} (ifindex {}):", o.ifname, o.ifindex);
     print!("{}", format_counters(&counters?, false));
+    let progs = [&skel.progs.kmc_xdp, &skel.progs.kmc_tc, &skel.progs.kmc_fill];
+    let ids: Vec<u32> =
+        progs.iter().filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok()).collect();
+    for line in progstats::report(&ids) {
+        println!("  {line}");
+    }
     println!("detached");
     Ok(())
 }

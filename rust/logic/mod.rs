@@ -2,7 +2,8 @@
 
 //! KFlex logic that needs no kernel API, shared by the kernel component and
 //! the host tests: heap geometry, allocator bookkeeping, the BPF instruction
-//! set, the guard pass, the placement of cancellation points and the heap-lock rules.
+//! set, the guard pass, the placement of cancellation points, the heap-lock
+//! rules and the verdict of a cancelled run.
 
 pub mod alloc;
 pub mod bpf;
@@ -10,3 +11,4 @@ pub mod cancel;
 pub mod geometry;
 pub mod guard;
 pub mod locks;
+pub mod verdict;

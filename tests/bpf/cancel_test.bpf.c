@@ -10,6 +10,7 @@
  * A packet (or syscall argument) without the mark does not loop.
  */
 #include "vmlinux.h"
+#include <bpf/bpf_endian.h>
 #include "kflex.h"
 
 extern void bpf_rcu_read_lock(void) __ksym;
@@ -253,6 +254,41 @@ int fault_callback(struct xdp_md *ctx)
 	bpf_for_each_map_elem(&one, fault_elem, NULL, 0);
 	finished++;
 	return XDP_TX;
+}
+
+/*
+ * Real traffic: a UDP datagram to UDP_PORT whose payload starts with the
+ * mark walks the ring until the run is cancelled (then XDP_PASS lets it
+ * through to the socket); other datagrams to the port are counted and
+ * passed; everything else (ARP, ping) is passed untouched.
+ */
+#define UDP_PORT 7777
+#define ETH_P_IP 0x0800
+__u64 udp_marked, udp_unmarked;
+
+SEC("xdp")
+int spin_udp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	struct udphdr *udp = (void *)(ip + 1);
+	__u8 *payload = (void *)(udp + 1);
+
+	kflex_use_heap(heap);
+	if ((void *)(payload + 1) > end ||
+	    eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
+	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(UDP_PORT))
+		return XDP_PASS;
+	if (*payload != MARK) {
+		__sync_fetch_and_add(&udp_unmarked, 1);
+		return XDP_PASS;
+	}
+	__sync_fetch_and_add(&udp_marked, 1);
+	walk_ring();
+	finished++;
+	return XDP_DROP;
 }
 
 SEC("syscall")

@@ -15,12 +15,12 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    PrintLevel, ProgramInput,
+    MapCore, PrintLevel, ProgramInput,
 };
 
 use kflex_load::{
     cancel::{counter, SysctlGuard},
-    ds,
+    ds, progstats,
 };
 
 use crate::util::*;
@@ -251,6 +251,17 @@ fn capture(_: PrintLevel, msg: String) {
     }
 }
 
+/// Runs `load` (a skeleton's load) with libbpf's messages captured: its
+/// result and the messages, the verifier's log among them.
+fn load_logged<T>(load: impl FnOnce() -> libbpf_rs::Result<T>) -> Result<(Option<T>, String)> {
+    libbpf_log().lock().map_err(|_| anyhow::anyhow!("log lock"))?.clear();
+    let prev = libbpf_rs::set_print(Some((PrintLevel::Warn, capture)));
+    let loaded = load().ok();
+    libbpf_rs::set_print(prev);
+    let log = libbpf_log().lock().map_err(|_| anyhow::anyhow!("log lock"))?.clone();
+    Ok((loaded, log))
+}
+
 /// Loads only program `name` of cancel_refused; returns the libbpf log.
 pub(crate) fn load_refused(name: &str) -> Result<(bool, String)> {
     let mut open = CancelRefusedSkelBuilder::default().open(skel_storage())?;
@@ -258,12 +269,8 @@ pub(crate) fn load_refused(name: &str) -> Result<(bool, String)> {
         let keep = p.name().to_string_lossy() == name;
         p.set_autoload(keep);
     }
-    libbpf_log().lock().map_err(|_| anyhow::anyhow!("log lock"))?.clear();
-    let prev = libbpf_rs::set_print(Some((PrintLevel::Warn, capture)));
-    let ok = open.load().is_ok();
-    libbpf_rs::set_print(prev);
-    let log = libbpf_log().lock().map_err(|_| anyhow::anyhow!("log lock"))?.clone();
-    Ok((ok, log))
+    let (skel, log) = load_logged(|| open.load())?;
+    Ok((skel.is_some(), log))
 }
 
 /// Points reached holding an RCU read lock (at a may_goto and in a
@@ -361,5 +368,300 @@ pub fn heap_faults_cancel() -> Result<()> {
         log.contains("cause=fault") && log.contains("kflex: cancelled prog=fault_sub"),
         "no cause=fault line in the kernel log"
     );
+    Ok(())
+}
+
+/// The record of a loaded program (`/proc/kflex/progs`).
+fn record(prog: &libbpf_rs::ProgramMut) -> Result<progstats::Prog> {
+    let id = libbpf_rs::Program::id_from_fd(prog.as_fd())?;
+    progstats::find(id)?.with_context(|| format!("program {id} has no record in /proc/kflex/progs"))
+}
+
+/// Every KFlex program has a record: its verdict, points and heap, its
+/// cancellations by cause with the shortest and longest budget-cancelled
+/// run, where the last one happened; the record goes away with the program.
+pub fn program_records() -> Result<()> {
+    ensure_kflex()?;
+    let skel = loaded()?;
+    let _b = SysctlGuard::budget_us(2000)?;
+    for _ in 0..3 {
+        let (r, _) = spin_syscall(&skel, u64::from(MARK))?;
+        ensure!(r == -ECANCELED, "marked run returned {r}");
+    }
+    ensure!(spin_syscall(&skel, 0)?.0 == 0, "unmarked run cancelled");
+    let p = record(&skel.progs.spin_syscall)?;
+    let heap = skel.maps.heap.info()?.info.id;
+    ensure!(
+        p.name() == "spin_syscall"
+            && p.get("heap") == u64::from(heap)
+            && p.get("points") == 1
+            && p.verdict() == -i64::from(ECANCELED)
+            && p.get("verdict_overridden") == 0,
+        "spin_syscall (heap {heap}): {p:?}"
+    );
+    ensure!(
+        p.get("cancelled") == 3 && p.get("budget") == 3 && p.text("last_cause") == Some("budget"),
+        "three budget cancellations expected: {p:?}"
+    );
+    let (min, max) = (p.get("min_ran_us"), p.get("max_ran_us"));
+    ensure!(2000 <= min && min <= max && max <= 2 * 2000 + 50_000, "run times {min}..{max} µs");
+    ensure!(
+        p.text("last_at").is_some_and(|a| a.contains("spin_syscall")),
+        "last cancellation not placed in spin_syscall: {p:?}"
+    );
+    for (prog, verdict) in [(&skel.progs.spin_main, XDP_PASS), (&skel.progs.spin_sub, XDP_PASS)] {
+        let p = record(prog)?;
+        ensure!(p.verdict() == i64::from(verdict) && p.get("cancelled") == 0, "{p:?}");
+    }
+    let id = libbpf_rs::Program::id_from_fd(skel.progs.spin_syscall.as_fd())?;
+    println!("{}", progstats::table(&[p]));
+    drop(skel);
+    // freed with the program (after an RCU grace period and a work item)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while progstats::find(id)?.is_some() {
+        ensure!(std::time::Instant::now() < deadline, "record of program {id} outlived it");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Path of the forced-cancellation knob.
+const FORCE: &str = "/sys/kernel/kflex/force_cancel";
+
+/// One endless `spin_syscall` run on CPU 1, cancelled by writing `how` to
+/// the force knob once the loop is running: returns the run's result and
+/// wall time in µs.
+fn forced_run(skel: &CancelTestSkel<'_>, how: &str) -> Result<(i32, u64)> {
+    let prog = skel.progs.spin_syscall.as_fd();
+    let spins = || -> Result<u64> {
+        let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+        // SAFETY: `spins` is a u64 in the mapped .bss, written by the run.
+        Ok(unsafe { std::ptr::read_volatile(&bss.spins) })
+    };
+    let before = spins()?;
+    std::thread::scope(|scope| {
+        let run = scope.spawn(move || -> Result<(i32, u64)> {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(1)?;
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+            let mut arg = u64::from(MARK);
+            let (r, t) = ds::test_run_ctx(prog, &mut arg)?;
+            Ok((r, t.as_micros() as u64))
+        });
+        // past the first poll (1024 points) before asking
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(800);
+        while spins()? < before + 4096 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::fs::write(FORCE, how).with_context(|| format!("writing {how:?} to {FORCE}"))?;
+        run.join().map_err(|_| anyhow::anyhow!("run thread panicked"))?
+    })
+}
+
+/// `/sys/kernel/kflex/force_cancel` cancels the runs in progress on a CPU
+/// (by number, or "all") well before their budget, cause `forced`; a run
+/// that starts after the request keeps its budget; bad input is refused.
+pub fn forced_cancellation() -> Result<()> {
+    ensure_kflex()?;
+    let skel = loaded()?;
+    for bad in ["x", "4096", "-1", "1 2"] {
+        ensure!(std::fs::write(FORCE, bad).is_err(), "{FORCE} accepted {bad:?}");
+    }
+    let mut times = Vec::new();
+    {
+        let _b = SysctlGuard::budget_us(1_000_000)?;
+        for how in ["1", "all"] {
+            let (r, us) = forced_run(&skel, how)?;
+            ensure!(r == -ECANCELED, "forced ({how}): returned {r}");
+            ensure!(us < 900_000, "forced ({how}): ran {us} µs of a 1 s budget");
+            times.push(us);
+        }
+    }
+    // a later run is not affected by the earlier requests
+    let _b = SysctlGuard::budget_us(5000)?;
+    let (r, us) = spin_syscall(&skel, u64::from(MARK))?;
+    ensure!(r == -ECANCELED && us >= 5000, "run after the requests: {r} after {us} µs");
+    let p = record(&skel.progs.spin_syscall)?;
+    ensure!(
+        p.get("forced") == 2 && p.get("budget") == 1 && p.text("last_cause") == Some("budget"),
+        "forced 2 and budget 1 expected: {p:?}"
+    );
+    ensure!(dmesg()?.contains("cause=forced"), "no cause=forced line in the kernel log");
+    println!("forced runs ended after {times:?} µs (budget 1 s)");
+    Ok(())
+}
+
+mod verdict_skel {
+    include!(concat!(env!("OUT_DIR"), "/cancel_verdict.skel.rs"));
+}
+
+/// A program's `kflex_cancel_verdict` is what its cancelled runs return
+/// (XDP_DROP here, set before load); a program of the object that does not
+/// use it keeps its type's default; a value the hook cannot return is
+/// refused at load with the hook's range.
+pub fn own_verdict() -> Result<()> {
+    use verdict_skel::*;
+    ensure_kflex()?;
+    let _b = SysctlGuard::budget_us(2000)?;
+    for (value, loads) in [(XDP_DROP, true), (0, true), (7, false), (u32::MAX, false)] {
+        let mut open = CancelVerdictSkelBuilder::default().open(skel_storage())?;
+        open.maps.rodata_data.as_deref_mut().context("no .rodata")?.kflex_cancel_verdict = value;
+        let (skel, log) = load_logged(|| open.load())?;
+        let skel = match (skel, loads) {
+            (Some(s), true) => s,
+            (None, false) => {
+                ensure!(
+                    log.contains(&format!("kflex_cancel_verdict={} is not a value", value as i32))
+                        && log.contains("(0..4)"),
+                    "value {value}: refusal without the range:\n{log}"
+                );
+                continue;
+            }
+            (Some(_), false) => bail!("kflex_cancel_verdict={value} loaded"),
+            (None, true) => bail!("kflex_cancel_verdict={value} refused:\n{log}"),
+        };
+        let out = skel.progs.make_ring.test_run(ProgramInput::default())?;
+        ensure!(out.return_value == 0, "make_ring failed");
+        let (v, _) = xdp_run(&skel.progs.spin_own_verdict, MARK)?;
+        ensure!(v == value, "cancelled run returned {v}, its kflex_cancel_verdict is {value}");
+        ensure!(xdp_run(&skel.progs.spin_own_verdict, 0)?.0 == XDP_TX, "unmarked packet");
+        let p = record(&skel.progs.spin_own_verdict)?;
+        ensure!(p.get("verdict_overridden") == 1 && p.verdict() == i64::from(value), "{p:?}");
+        let (r, _) = ds::test_run_ctx(skel.progs.spin_default.as_fd(), &mut 0u64)?;
+        ensure!(r == -ECANCELED, "spin_default (no override used) returned {r}");
+    }
+    Ok(())
+}
+
+/// One phase of [`udp_traffic_marked_packets_cancelled`]: what was sent
+/// and received and what the program's record says.
+struct UdpPhase {
+    budget: u64,
+    marked: u64,
+    unmarked: u64,
+    got_marked: u64,
+    got_unmarked: u64,
+    record: progstats::Prog,
+}
+
+/// `secs` seconds of UDP traffic from the namespace to the outer end of
+/// `net` (where `spin_udp` is attached): an unmarked datagram every 2 ms
+/// and a marked one every `every` ms. Returns the counts.
+fn udp_phase(net: &VethNs, budget: u64, secs: u64, every: u64) -> Result<UdpPhase> {
+    use std::{
+        net::UdpSocket,
+        time::{Duration, Instant},
+    };
+    let _b = SysctlGuard::budget_us(budget)?;
+    let skel = loaded()?;
+    let ifindex = net.outer_ifindex()?;
+    let link = skel.progs.spin_udp.attach_xdp(ifindex as i32).context("attaching spin_udp")?;
+    let sock = UdpSocket::bind(format!("{}:7777", net.outer_ip))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let receiver = std::thread::spawn(move || -> (u64, u64) {
+        let (mut marked, mut unmarked, mut buf) = (0, 0, [0u8; 64]);
+        let mut idle = 0;
+        // until 3 s without a datagram after the first
+        while idle < 15 {
+            match sock.recv(&mut buf) {
+                Ok(n) if n > 0 && buf[0] == MARK => (marked, idle) = (marked + 1, 0),
+                Ok(_) => (unmarked, idle) = (unmarked + 1, 0),
+                Err(_) => idle += usize::from(marked + unmarked > 0),
+            }
+        }
+        (marked, unmarked)
+    });
+    let target = format!("{}:7777", net.outer_ip);
+    let ping_target = net.outer_ip.clone();
+    let ns = net.ns.clone();
+    let ping = std::thread::spawn(move || {
+        sh("ip", &["netns", "exec", &ns, "ping", "-c", "3", "-i", "0.5", "-W", "5", &ping_target])
+    });
+    let (marked, unmarked) = net.in_ns(move || -> Result<(u64, u64)> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let (start, mut next_mark) = (Instant::now(), Duration::ZERO);
+        let (mut marked, mut unmarked) = (0u64, 0u64);
+        while start.elapsed() < Duration::from_secs(secs) {
+            if start.elapsed() >= next_mark {
+                s.send_to(&[MARK; 16], &target)?;
+                marked += 1;
+                next_mark += Duration::from_millis(every);
+            }
+            s.send_to(&[0u8; 16], &target)?;
+            unmarked += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((marked, unmarked))
+    })?;
+    let (got_marked, got_unmarked) =
+        receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    let pinged = ping.join().map_err(|_| anyhow::anyhow!("ping thread panicked"))?;
+    let pinged = pinged.with_context(|| format!("ping over the veth (budget {budget} µs)"))?;
+    ensure!(pinged.contains("3 received"), "ping: {pinged}");
+    let record = record(&skel.progs.spin_udp)?;
+    let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+    ensure!(
+        bss.udp_marked == marked && bss.udp_unmarked == unmarked && bss.finished == 0,
+        "budget {budget}: the program saw {} marked / {} unmarked of {marked} / {unmarked} sent \
+         (after-loop runs {})",
+        bss.udp_marked,
+        bss.udp_unmarked,
+        bss.finished
+    );
+    drop(link);
+    Ok(UdpPhase { budget, marked, unmarked, got_marked, got_unmarked, record })
+}
+
+/// Real traffic: `spin_udp` at XDP on a veth, UDP datagrams from another
+/// namespace for 10 s (budget 10 ms) and 3 s each with budgets 1 ms and
+/// 100 ms. Every marked datagram's run is cancelled with cause budget and
+/// passed (XDP_PASS) to the socket behind, within [budget, 2 × budget + 1 ms]
+/// (the longest run may stretch by 50 ms under TCG); unmarked datagrams all
+/// arrive; ping over the veth answers meanwhile.
+pub fn udp_traffic_marked_packets_cancelled() -> Result<()> {
+    ensure_kflex()?;
+    let net = VethNs::new(12)?;
+    let before = counter("cancelled_budget")?;
+    let mut total = 0;
+    let mut lines = Vec::new();
+    for (budget, secs, every) in [(10_000u64, 10, 100), (1000, 3, 50), (100_000, 3, 300)] {
+        let p = udp_phase(&net, budget, secs, every)?;
+        let r = &p.record;
+        lines.push(format!(
+            "budget {:>6} µs: {} marked sent, {} cancelled (budget), {} passed to the socket; \
+             {} / {} unmarked arrived; run {}..{} µs",
+            p.budget,
+            p.marked,
+            r.get("budget"),
+            p.got_marked,
+            p.got_unmarked,
+            p.unmarked,
+            r.get("min_ran_us"),
+            r.get("max_ran_us")
+        ));
+        ensure!(
+            r.get("budget") == p.marked && r.get("cancelled") == p.marked,
+            "budget {budget}: {} cancellations for {} marked datagrams: {r:?}",
+            r.get("cancelled"),
+            p.marked
+        );
+        ensure!(
+            p.got_marked == p.marked && p.got_unmarked == p.unmarked,
+            "budget {budget}: received {}/{} marked, {}/{} unmarked",
+            p.got_marked,
+            p.marked,
+            p.got_unmarked,
+            p.unmarked
+        );
+        let (min, max) = (r.get("min_ran_us"), r.get("max_ran_us"));
+        ensure!(
+            min >= budget && max <= 2 * budget + 1000 + 50_000,
+            "budget {budget}: runs took {min}..{max} µs"
+        );
+        total += p.marked;
+    }
+    let after = counter("cancelled_budget")?;
+    ensure!(after - before == total, "cancelled_budget moved by {} for {total}", after - before);
+    println!("{}", lines.join("\n"));
     Ok(())
 }
