@@ -183,14 +183,19 @@ fn check_mode(mode: &Mode) -> Result<()> {
         Mode::Count | Mode::Memcached => return Ok(()),
         Mode::RedisGetSet => (
             "--kmemcache",
-            "the Redis GET/SET offload needs the KFlex hash table on the extension heap \
-             and the sk_skb/sockmap reply path",
+            "the Redis GET/SET offload (RESP framing at sk_skb, GET/SET on the heap, \
+             ordering with redis-server)",
         ),
-        Mode::RedisZadd => {
-            ("--kredis", "the Redis ZADD offload needs the KFlex skiplist on the extension heap")
-        }
+        Mode::RedisZadd => (
+            "--kredis",
+            "the Redis sorted-set offload (RESP framing at sk_skb, ZADD and friends on a \
+             skiplist on the heap)",
+        ),
     };
-    bail!("{flag} is not available in this build: {what}, which are not implemented yet")
+    bail!(
+        "{flag} is not available in this build: {what} is not implemented yet (the kernel's \
+         sk_skb reply path it needs is)"
+    )
 }
 
 fn check_root() -> Result<()> {

@@ -15,6 +15,7 @@ mod heap;
 mod locks;
 mod memcached;
 mod native;
+mod sockmap;
 mod util;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -71,6 +72,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::callback_loops_end, "ym"),
     t!(cancel::points_holding_resources_refused, "ym"),
     t!(cancel::heap_faults_cancel, "ym"),
+    t!(sockmap::pipelined_replies_of_other_lengths, "ym"),
     t!(cancel::program_records, "ym"),
     t!(cancel::forced_cancellation, "ym"),
     t!(cancel::own_verdict, "ym"),
