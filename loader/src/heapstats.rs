@@ -3,7 +3,8 @@
 //! `kflex-load heap-stats`: every KFlex heap on the system with its
 //! statistics, from `/proc/kflex/heaps` (one line per heap of `name value`
 //! pairs, written by the kernel glue). The one parser of that file: the
-//! guest tests read heap statistics through it too.
+//! guest tests read heap statistics through it too. Its line splitter,
+//! [`parse_lines`], also reads `/proc/kflex/progs` (`progstats`).
 
 use std::fmt::Write as _;
 
@@ -36,26 +37,37 @@ impl Heap {
     }
 }
 
-/// Parses the content of [`HEAPS_PATH`].
-pub fn parse(text: &str) -> Result<Vec<Heap>> {
-    let mut heaps = Vec::new();
+/// Splits the text of a KFlex list file (`/proc/kflex/heaps`,
+/// `/proc/kflex/progs`, named `path` in errors): one line per object,
+/// `id <id>` followed by `<name> <value>` pairs. `value` turns the text of
+/// field `name` into a value, `None` if it is not a number where one is due.
+pub fn parse_lines<T>(
+    path: &str,
+    text: &str,
+    mut value: impl FnMut(&str, &str) -> Option<T>,
+) -> Result<Vec<Vec<(String, T)>>> {
+    let mut objects = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if !words.len().is_multiple_of(2) || words.first() != Some(&"id") {
-            bail!("{HEAPS_PATH} line {}: unexpected format: {line:?}", n + 1);
+            bail!("{path} line {}: unexpected format: {line:?}", n + 1);
         }
         let fields = words
             .chunks(2)
-            .map(|p| {
-                let v = p[1].parse().with_context(|| {
-                    format!("{HEAPS_PATH} line {}: bad number {:?}", n + 1, p[1])
-                })?;
-                Ok((p[0].to_string(), v))
+            .map(|p| match value(p[0], p[1]) {
+                Some(v) => Ok((p[0].to_string(), v)),
+                None => bail!("{path} line {}: bad number {:?} for {}", n + 1, p[1], p[0]),
             })
             .collect::<Result<Vec<_>>>()?;
-        heaps.push(Heap { name: String::new(), fields });
+        objects.push(fields);
     }
-    Ok(heaps)
+    Ok(objects)
+}
+
+/// Parses the content of [`HEAPS_PATH`].
+pub fn parse(text: &str) -> Result<Vec<Heap>> {
+    let lines = parse_lines(HEAPS_PATH, text, |_, v| v.parse().ok())?;
+    Ok(lines.into_iter().map(|fields| Heap { name: String::new(), fields }).collect())
 }
 
 /// Reads and parses [`HEAPS_PATH`] (map names are left empty).

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Path of the kernel's program list.
 pub const PROGS_PATH: &str = "/proc/kflex/progs";
@@ -50,23 +50,12 @@ impl Prog {
 
 /// Parses the content of [`PROGS_PATH`].
 pub fn parse(text: &str) -> Result<Vec<Prog>> {
-    let mut progs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if !words.len().is_multiple_of(2) || words.first() != Some(&"id") {
-            bail!("{PROGS_PATH} line {}: unexpected format: {line:?}", n + 1);
-        }
-        let mut fields = Vec::with_capacity(words.len() / 2);
-        for p in words.chunks(2) {
-            let numeric = !TEXT_FIELDS.contains(&p[0]);
-            if numeric && p[1].parse::<i64>().is_err() && p[1].parse::<u64>().is_err() {
-                bail!("{PROGS_PATH} line {}: bad number {:?} for {}", n + 1, p[1], p[0]);
-            }
-            fields.push((p[0].to_string(), p[1].to_string()));
-        }
-        progs.push(Prog { fields });
-    }
-    Ok(progs)
+    let lines = crate::heapstats::parse_lines(PROGS_PATH, text, |k, v| {
+        let numeric = !TEXT_FIELDS.contains(&k);
+        let number = v.parse::<i64>().is_ok() || v.parse::<u64>().is_ok();
+        (!numeric || number).then(|| v.to_string())
+    })?;
+    Ok(lines.into_iter().map(|fields| Prog { fields }).collect())
 }
 
 /// Reads and parses [`PROGS_PATH`].
