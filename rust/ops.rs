@@ -9,8 +9,25 @@ use kernel::{bindings, prelude::*, types::ForeignOwnable};
 
 use crate::{
     heap::{Heap, LockError},
-    logic::verdict::{self, Refusal},
+    logic::{
+        held::{self, Fact, Kind, Place},
+        verdict::{self, Refusal},
+    },
     planner,
+};
+
+// Object tables: the C glue's layout and kinds.
+const _: () = {
+    use bindings::*;
+    assert!(held::MAX == KFLEX_HELD_MAX as usize);
+    assert!(held::KINDS == kflex_held_kind_KFLEX_HELD_NR as usize);
+    assert!(Kind::Task as u32 == kflex_held_kind_KFLEX_HELD_TASK);
+    assert!(Kind::Cgroup as u32 == kflex_held_kind_KFLEX_HELD_CGROUP);
+    assert!(Kind::Cpumask as u32 == kflex_held_kind_KFLEX_HELD_CPUMASK);
+    assert!(Kind::Obj as u32 == kflex_held_kind_KFLEX_HELD_OBJ);
+    assert!(Kind::Sock as u32 == kflex_held_kind_KFLEX_HELD_SOCK);
+    assert!(Kind::Ringbuf as u32 == kflex_held_kind_KFLEX_HELD_RINGBUF);
+    assert!(Kind::RingbufDynptr as u32 == kflex_held_kind_KFLEX_HELD_RINGBUF_DYNPTR);
 };
 
 // The verdict table names program and attach types by their UAPI values.
@@ -274,6 +291,120 @@ unsafe extern "C" fn verdict(
     }
 }
 
+fn table_from_c(c: &bindings::kflex_held) -> held::Table {
+    held::Table {
+        rcu: c.rcu != 0,
+        preempt: c.preempt,
+        n: c.n,
+        ents: c.ent,
+        aux: c.aux,
+    }
+}
+
+/// The object table of a cancellation point (`logic::held::build`) from the
+/// verifier's facts; on a refusal `*bad` is the index into `ids` of the
+/// reference concerned.
+unsafe extern "C" fn held(
+    facts: *const bindings::kflex_held_fact,
+    nfacts: u32,
+    ids: *const u32,
+    nids: u32,
+    rcu: bool,
+    preempt: u32,
+    out: *mut bindings::kflex_held,
+    bad: *mut u32,
+) -> c_int {
+    if out.is_null() || bad.is_null() || facts.is_null() || ids.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the verifier passes arrays of `nfacts` facts and `nids` ids
+    // (non-null, possibly empty), alive for the call.
+    let (raw, ids) = unsafe {
+        (
+            core::slice::from_raw_parts(facts, nfacts as usize),
+            core::slice::from_raw_parts(ids, nids as usize),
+        )
+    };
+    let fact = |f: &bindings::kflex_held_fact| {
+        let place = if f.stack != 0 {
+            Place::Stack { frame: f.frame, off: f.off }
+        } else {
+            Place::Reg(f.reg)
+        };
+        Fact { id: f.id, kind: Kind::from_u8(f.kind), place, aux: f.aux }
+    };
+    let (err, at) = match held::build_from(raw, fact, ids, rcu, preempt) {
+        Ok(t) => {
+            // SAFETY: `out` is the verifier's table, valid for writing.
+            unsafe {
+                *out = bindings::kflex_held {
+                    rcu: t.rcu.into(),
+                    preempt: t.preempt,
+                    n: t.n,
+                    ent: t.ents,
+                    aux: t.aux,
+                    ..Default::default()
+                }
+            };
+            return 0;
+        }
+        Err(held::Refusal::TooMany) => (E2BIG.to_errno(), 0),
+        Err(held::Refusal::Nowhere { id }) => (ENOENT.to_errno(), id),
+        Err(held::Refusal::Unreleasable { id, .. }) => (-(bindings::EOPNOTSUPP as c_int), id),
+        Err(held::Refusal::Mixed { id }) => (EINVAL.to_errno(), id),
+    };
+    // SAFETY: `bad` is valid for writing (checked non-null above).
+    unsafe { *bad = at as u32 };
+    err
+}
+
+/// The merge rule (`logic::held::merge`).
+unsafe extern "C" fn held_same(a: *const bindings::kflex_held, b: *const bindings::kflex_held) -> bool {
+    if a.is_null() || b.is_null() {
+        return false;
+    }
+    // SAFETY: the verifier passes two valid tables.
+    let (a, b) = unsafe { (table_from_c(&*a), table_from_c(&*b)) };
+    held::merge(&a, &b).is_ok()
+}
+
+/// Entry `i` of a table, decoded (`logic::held::entries`), for the
+/// cancellation that releases it.
+unsafe extern "C" fn held_entry(
+    t: *const bindings::kflex_held,
+    i: u32,
+    out: *mut bindings::kflex_held_fact,
+) -> c_int {
+    if t.is_null() || out.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: the glue passes a table of a live program and a buffer.
+    let t = table_from_c(unsafe { &*t });
+    let i = i as usize;
+    if i >= (t.n as usize).min(held::MAX) {
+        return ENOENT.to_errno();
+    }
+    let Some((kind, place)) = held::decode(t.ents[i]) else {
+        return EINVAL.to_errno();
+    };
+    let mut f = bindings::kflex_held_fact {
+        kind: kind as u8,
+        aux: t.aux[i],
+        ..Default::default()
+    };
+    match place {
+        Place::Reg(r) => f.reg = r,
+        Place::Stack { frame, off } => {
+            f.stack = 1;
+            f.frame = frame;
+            f.off = off;
+        }
+    }
+    // SAFETY: `out` is valid for writing.
+    unsafe { *out = f };
+    0
+}
+
 /// Fills an ops table with this component's entry points.
 pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> bindings::kflex_ops {
     bindings::kflex_ops {
@@ -296,5 +427,8 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         unlock: Some(unlock),
         unlock_run: Some(unlock_run),
         verdict: Some(verdict),
+        held: Some(held),
+        held_same: Some(held_same),
+        held_entry: Some(held_entry),
     }
 }

@@ -17,6 +17,10 @@ pub const PROGS_PATH: &str = "/proc/kflex/progs";
 pub const CAUSES: [&str; 6] =
     ["budget", "fault", "deadlock", "lock_budget", "lock_table_full", "forced"];
 
+/// What a cancellation releases besides heap locks, by kind (fields
+/// `released_<kind>`).
+pub const RELEASED: [&str; 7] = ["task", "cgroup", "cpumask", "obj", "sock", "ringbuf", "dynptr"];
+
 /// Fields whose values are text.
 const TEXT_FIELDS: [&str; 3] = ["name", "last_cause", "last_at"];
 
@@ -40,6 +44,11 @@ impl Prog {
     /// The program's name (`-` if none).
     pub fn name(&self) -> &str {
         self.text("name").filter(|n| !n.is_empty()).unwrap_or("-")
+    }
+
+    /// Objects its cancellations released (every `released_<kind>`).
+    pub fn objects_released(&self) -> u64 {
+        RELEASED.iter().map(|k| self.get(&format!("released_{k}"))).sum()
     }
 
     /// The verdict of a cancelled run, as the signed value the kernel prints.
@@ -84,8 +93,8 @@ pub fn table(progs: &[Prog]) -> String {
     }
     let _ = writeln!(
         out,
-        " {:>8} {:>6} {:>12} {:>10} {:>10}  last",
-        "released", "leaked", "fault_zeroed", "min_ran_us", "max_ran_us"
+        " {:>8} {:>7} {:>6} {:>12} {:>10} {:>10}  last",
+        "released", "objects", "leaked", "fault_zeroed", "min_ran_us", "max_ran_us"
     );
     for p in progs {
         let _ = write!(
@@ -107,8 +116,9 @@ pub fn table(progs: &[Prog]) -> String {
         };
         let _ = writeln!(
             out,
-            " {:>8} {:>6} {:>12} {:>10} {:>10}  {last}",
+            " {:>8} {:>7} {:>6} {:>12} {:>10} {:>10}  {last}",
             p.get("locks_released"),
+            p.objects_released(),
             p.get("leaked_locks"),
             p.get("fault_zeroed"),
             p.get("min_ran_us"),
@@ -158,6 +168,12 @@ pub fn summary(p: &Prog) -> String {
             let _ = write!(s, ", {k} {}", p.get(k));
         }
     }
+    for k in RELEASED {
+        let n = p.get(&format!("released_{k}"));
+        if n > 0 {
+            let _ = write!(s, ", released {n} {k}");
+        }
+    }
     s
 }
 
@@ -181,6 +197,8 @@ mod tests {
     const LINE: &str = "id 12 name kmc_xdp heap 7 points 3 verdict 2 verdict_overridden 0 \
         cancelled 5 budget 4 fault 1 deadlock 0 lock_budget 0 lock_table_full 0 forced 0 \
         locks_released 2 leaked_locks 0 bad_unlocks 0 fault_zeroed 0 callback_exits 0 \
+        released_task 1 released_cgroup 0 released_cpumask 0 released_obj 2 released_sock 0 \
+        released_ringbuf 0 released_dynptr 0 rcu_unlocks 1 preempt_enables 0 \
         min_ran_us 10012 max_ran_us 10980 last_cause fault last_at kmc_xdp+0x4c/0x310";
 
     #[test]
@@ -195,6 +213,7 @@ mod tests {
         assert_eq!(progs[1].verdict(), -125);
         assert_eq!(progs[0].text("last_at"), Some("kmc_xdp+0x4c/0x310"));
         assert_eq!(progs[0].get("missing"), 0);
+        assert_eq!(progs[0].objects_released(), 3);
         assert!(parse("").unwrap().is_empty());
     }
 
@@ -223,7 +242,8 @@ mod tests {
         assert_eq!(j[0]["verdict"], -1);
         assert_eq!(
             summary(&progs[0]),
-            "kmc_xdp (id 12): 5 cancelled runs (budget 4, fault 1), locks_released 2"
+            "kmc_xdp (id 12): 5 cancelled runs (budget 4, fault 1), locks_released 2, \
+             released 1 task, released 2 obj"
         );
         assert!(table(&[]).contains("no KFlex programs"));
     }

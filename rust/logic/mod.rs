@@ -3,12 +3,13 @@
 //! KFlex logic that needs no kernel API, shared by the kernel component and
 //! the host tests: heap geometry, allocator bookkeeping, the BPF instruction
 //! set, the guard pass, the placement of cancellation points, the heap-lock
-//! rules and the verdict of a cancelled run.
+//! rules, the verdict of a cancelled run and what it releases.
 
 pub mod alloc;
 pub mod bpf;
 pub mod cancel;
 pub mod geometry;
 pub mod guard;
+pub mod held;
 pub mod locks;
 pub mod verdict;

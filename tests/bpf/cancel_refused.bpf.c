@@ -3,20 +3,23 @@
  * Programs the verifier must refuse: each reaches a cancellation point
  * (a may_goto, the point of a loop without one, the point after a heap lock
  * call) of a KFlex program while holding something a cancelled run could
- * not release, or takes heap locks and calls a kfunc that sleeps. The test
- * loads them one at a time.
+ * not release (a bpf_spin_lock, a reference kept where the point's object
+ * table cannot name it, different holdings on different paths), or takes
+ * heap locks and calls a kfunc that sleeps. The test loads them one at a
+ * time.
  */
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 #include "kflex.h"
 
 KFLEX_HEAP(heap, 1 << 16);
 
 extern void bpf_rcu_read_lock(void) __ksym;
 extern void bpf_rcu_read_unlock(void) __ksym;
-extern void bpf_preempt_disable(void) __ksym;
-extern void bpf_preempt_enable(void) __ksym;
-extern struct task_struct *bpf_task_acquire(struct task_struct *p) __ksym;
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
 extern void bpf_task_release(struct task_struct *p) __ksym;
+extern void *bpf_percpu_obj_new_impl(__u64 local_type_id, void *meta) __ksym;
+extern void bpf_percpu_obj_drop_impl(void *kptr, void *meta) __ksym;
 
 __u64 __arena *cell;
 __u64 n;
@@ -30,47 +33,88 @@ __u64 n;
 			n++;					\
 	} while (0)
 
-SEC("syscall")
-int hold_rcu(void *ctx)
+/* A bpf_spin_lock held at a point. */
+struct locked_val {
+	struct bpf_spin_lock lock;
+	__u64 n;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct locked_val);
+} locked SEC(".maps");
+
+SEC("xdp")
+int hold_spin(struct xdp_md *ctx)
 {
-	bpf_rcu_read_lock();
+	struct locked_val *v;
+	__u32 k = 0;
+
+	v = bpf_map_lookup_elem(&locked, &k);
+	if (!v)
+		return XDP_PASS;
+	bpf_spin_lock(&v->lock);
+	{
+		__u64 __arena *c = cell;
+
+		kflex_use_heap(heap);
+		while (c && *c && can_loop)
+			v->n++;
+	}
+	bpf_spin_unlock(&v->lock);
+	return XDP_PASS;
+}
+
+/* A task on one path, nothing on the other: no one table fits both. */
+SEC("syscall")
+int hold_paths(void *ctx)
+{
+	struct task_struct *t = NULL;
+
+	if (n)
+		t = bpf_task_from_pid(1);
 	SPIN();
-	bpf_rcu_read_unlock();
+	if (t)
+		bpf_task_release(t);
 	return 0;
 }
 
-SEC("syscall")
-int hold_preempt(void *ctx)
+static __noinline int spin_sub(void)
 {
-	bpf_preempt_disable();
 	SPIN();
-	bpf_preempt_enable();
 	return 0;
 }
 
-SEC("tp_btf/sched_switch")
-int hold_task(u64 *ctx)
+/* The task stays in the caller's register while the subprogram loops. */
+SEC("syscall")
+int hold_in_caller(void *ctx)
 {
-	struct task_struct *t = bpf_task_acquire(bpf_get_current_task_btf());
+	struct task_struct *t = bpf_task_from_pid(1);
 
 	if (!t)
 		return 0;
-	SPIN();
+	spin_sub();
 	bpf_task_release(t);
 	return 0;
 }
 
-/* An iterator loop's point, reached holding an RCU read lock. */
-SEC("syscall")
-int hold_rcu_for(void *ctx)
-{
-	int i;
+/* A per-CPU bpf_obj_new object: a kind cancellation does not release. */
+struct obj {
+	__u64 a;
+	__u64 b;
+};
 
-	kflex_use_heap(heap);
-	bpf_rcu_read_lock();
-	bpf_for(i, 0, 10)
-		n++;
-	bpf_rcu_read_unlock();
+SEC("syscall")
+int hold_percpu(void *ctx)
+{
+	struct obj *o = bpf_percpu_obj_new_impl(bpf_core_type_id_local(struct obj), NULL);
+
+	if (!o)
+		return 0;
+	SPIN();
+	bpf_percpu_obj_drop_impl(o, NULL);
 	return 0;
 }
 
@@ -84,18 +128,26 @@ int hold_nothing(void *ctx)
 	return 0;
 }
 
-/* The point after a heap lock call, reached holding an RCU read lock. */
-SEC("syscall")
-int lock_under_rcu(void *ctx)
+static __noinline int lock_sub(void)
 {
 	__u64 __arena *c = cell;
 
-	if (!c)
-		return 0;
-	bpf_rcu_read_lock();
-	if (!kflex_lock(heap, c))
+	if (c && !kflex_lock(heap, c))
 		kflex_unlock(heap, c);
-	bpf_rcu_read_unlock();
+	return 0;
+}
+
+/* The point after the lock call in the subprogram: the task is in the
+ * caller's register. */
+SEC("syscall")
+int lock_in_sub_holding(void *ctx)
+{
+	struct task_struct *t = bpf_task_from_pid(1);
+
+	if (!t)
+		return 0;
+	lock_sub();
+	bpf_task_release(t);
 	return 0;
 }
 

@@ -5,7 +5,8 @@
 //! jumps; a run that goes past `kernel.kflex_budget_us` is cancelled and
 //! returns its type's default verdict, whichever frame it is in; a callback
 //! called by a helper leaves its loop instead; points reached while holding
-//! what a cancelled run could not release are refused at load.
+//! what a cancelled run could not release are refused at load (what it
+//! releases: `release.rs`).
 
 use std::{
     os::fd::AsFd,
@@ -273,16 +274,17 @@ pub(crate) fn load_refused(name: &str) -> Result<(bool, String)> {
     Ok((skel.is_some(), log))
 }
 
-/// Points reached holding an RCU read lock (at a may_goto and in a
-/// `bpf_for` loop), preemption disabled or a task reference are refused
-/// with a message naming it; the same loop holding nothing loads.
+/// Points reached holding what no object table can describe are refused
+/// with a message naming it: a bpf_spin_lock, different holdings on
+/// different paths, a reference kept only in a calling function's register,
+/// a per-CPU object; the same loop holding nothing loads.
 pub fn points_holding_resources_refused() -> Result<()> {
     ensure_kflex()?;
     for (prog, what) in [
-        ("hold_rcu", "an RCU read lock"),
-        ("hold_rcu_for", "an RCU read lock"),
-        ("hold_preempt", "preemption disabled"),
-        ("hold_task", "a referenced kernel object"),
+        ("hold_spin", "a bpf_spin_lock"),
+        ("hold_paths", "on different paths"),
+        ("hold_in_caller", "kept only where cancellation cannot find it"),
+        ("hold_percpu", "of a kind cancellation cannot release"),
     ] {
         let (ok, log) = load_refused(prog)?;
         ensure!(!ok, "{prog} loaded");

@@ -290,8 +290,9 @@ pub fn nested_run_cancelled_alone() -> Result<()> {
 }
 
 /// A program that takes heap locks and calls a kfunc that may sleep is
-/// refused naming it; the point after a lock call reached holding an RCU
-/// read lock is refused naming both.
+/// refused naming it; the point after a lock call (in a subprogram) reached
+/// while the caller keeps a task reference in its register is refused
+/// naming the point.
 pub fn lock_refusals() -> Result<()> {
     ensure_kflex()?;
     let (ok, log) = load_refused("lock_and_sleep")?;
@@ -300,12 +301,12 @@ pub fn lock_refusals() -> Result<()> {
         log.contains("takes heap locks cannot call kfunc bpf_kflex_reserve"),
         "no message naming the kfunc:\n{log}"
     );
-    let (ok, log) = load_refused("lock_under_rcu")?;
-    ensure!(!ok, "lock_under_rcu loaded");
+    let (ok, log) = load_refused("lock_in_sub_holding")?;
+    ensure!(!ok, "lock_in_sub_holding loaded");
     ensure!(
         log.contains("cancellation point (after bpf_kflex_lock)")
-            && log.contains("an RCU read lock"),
-        "no refusal naming the point and the RCU lock:\n{}",
+            && log.contains("kept only where cancellation cannot find it"),
+        "no refusal naming the point and the reference:\n{}",
         log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
     );
     Ok(())

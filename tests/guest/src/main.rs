@@ -15,6 +15,7 @@ mod heap;
 mod locks;
 mod memcached;
 mod native;
+mod release;
 mod sockmap;
 mod util;
 
@@ -77,6 +78,10 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::forced_cancellation, "ym"),
     t!(cancel::own_verdict, "ym"),
     t!(cancel::udp_traffic_marked_packets_cancelled, "ym"),
+    t!(release::cancelled_runs_release_objects, "ym"),
+    t!(release::cancelled_reservations_are_discarded, "ym"),
+    t!(release::cancelled_run_releases_everything_at_once, "ym"),
+    t!(release::cancelled_run_releases_a_socket, "ym"),
     t!(locks::take_and_release, "ym"),
     t!(locks::aa_cancels_at_once, "ym"),
     t!(locks::abba_on_two_cpus, "ym"),
