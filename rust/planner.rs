@@ -23,6 +23,15 @@ use crate::logic::{
 // `r10` (`BPF_REG_10`) nor `BPF_REG_AX` (`MAX_BPF_REG`, i.e. `__MAX_BPF_REG`
 // in `include/uapi/linux/bpf.h`).
 const _: () = assert!(MAX_GUARD_REG as u32 == bindings::BPF_REG_9);
+// The helpers that call back, by their UAPI ids.
+const _: () = {
+    use bindings::*;
+    let h = cancel::CALLBACK_HELPERS;
+    assert!(h[0] as u32 == bpf_func_id_BPF_FUNC_for_each_map_elem);
+    assert!(h[1] as u32 == bpf_func_id_BPF_FUNC_find_vma);
+    assert!(h[2] as u32 == bpf_func_id_BPF_FUNC_loop);
+    assert!(h[3] as u32 == bpf_func_id_BPF_FUNC_user_ringbuf_drain);
+};
 const _: () = assert!(REG_FP as u32 == bindings::BPF_REG_10);
 const _: () = assert!(REG_AX as u32 == bindings::__MAX_BPF_REG);
 
@@ -116,8 +125,12 @@ pub(crate) fn plan_points(raw: &[[u8; 8]], starts: &[u32], marks: &mut [u8]) -> 
         pr_warn!("cancellation point placement refused the program: {:?}\n", e);
         EINVAL
     })?;
-    for (m, p) in marks.iter_mut().zip(placed.iter()) {
-        *m = u8::from(*p);
+    let mut polls = KVVec::from_elem(false, raw.len(), GFP_KERNEL)?;
+    let after = cancel::place_after_callbacks(&insns, &mut polls);
+    // 1: a loop's point, 2: a point that polls at once (the verifier's
+    // KFLEX_POINT_LOOP + 1 and KFLEX_POINT_POLL)
+    for ((m, p), q) in marks.iter_mut().zip(placed.iter()).zip(polls.iter()) {
+        *m = if *q { 2 } else { u8::from(*p) };
     }
-    Ok(stats.placed)
+    Ok(stats.placed.saturating_add(after))
 }

@@ -13,6 +13,12 @@
 //! so afterwards every cycle passes through a `may_goto` or a marked
 //! instruction; the verifier puts a point right before each marked one.
 //!
+//! [`place_after_callbacks`] marks the instruction after every call of a
+//! helper that calls a callback of the program before it returns: the point
+//! there polls at once, so a run whose callbacks were stopped past the budget
+//! is cancelled as soon as the helper returns. (The entries of those
+//! callbacks get points too; the verifier knows them when it sets them up.)
+//!
 //! The program is the one the verifier is about to check (after its CFG
 //! check): raw instructions, subprogram calls as `BPF_PSEUDO_CALL`
 //! (not followed: another function), `LD_IMM64` as two slots.
@@ -60,6 +66,31 @@ pub struct Stats {
     pub placed: u32,
     /// `may_goto` instructions (points already).
     pub may_gotos: u32,
+}
+
+/// BPF helpers that call a callback of the program before they return
+/// (`is_sync_callback_calling_function()` in the 6.12 verifier), by
+/// `enum bpf_func_id` value: `bpf_for_each_map_elem`, `bpf_find_vma`,
+/// `bpf_loop`, `bpf_user_ringbuf_drain`.
+pub const CALLBACK_HELPERS: [i32; 4] = [164, 180, 181, 209];
+
+/// Whether `insn` calls a helper that calls back.
+pub fn calls_back(insn: &Insn) -> bool {
+    insn.code == JMP | CALL && insn.src == 0 && CALLBACK_HELPERS.contains(&insn.imm)
+}
+
+/// Marks in `polls` the instruction after every call of a helper that
+/// calls back (never past the end: a call is not a function's last
+/// instruction in a program the CFG check accepted). Returns how many.
+pub fn place_after_callbacks(insns: &[Insn], polls: &mut [bool]) -> u32 {
+    let mut n = 0u32;
+    for (insn, next) in insns.iter().zip(polls.iter_mut().skip(1)) {
+        if calls_back(insn) {
+            *next = true;
+            n = n.saturating_add(1);
+        }
+    }
+    n
 }
 
 /// Whether `insn` is a `may_goto`.

@@ -4,7 +4,8 @@
 //! loop shape, malformed programs, and a property test over random
 //! control-flow graphs (reducible and irreducible, several functions,
 //! `may_goto`s): after placement, every cycle of every function passes
-//! through a point.
+//! through a point, and every call of a helper that calls back is followed
+//! by a point that polls.
 
 mod common;
 
@@ -123,6 +124,20 @@ fn loops_in_subprograms_and_ld_imm64() {
     ];
     let (m, _) = place(&p, &[0, 3]).unwrap();
     assert_eq!(marked(&m), vec![6]);
+}
+
+#[test]
+fn a_poll_follows_every_helper_that_calls_back() {
+    // bpf_loop, bpf_for_each_map_elem, another helper, bpf_find_vma,
+    // bpf_user_ringbuf_drain, a subprogram call with a helper's number
+    let p = [call(181), mov(0, 0), call(164), call(1), call(180), call(209), call_sub(181), exit()];
+    let mut polls = vec![false; p.len()];
+    assert_eq!(cancel::place_after_callbacks(&p, &mut polls), 4);
+    assert_eq!(marked(&polls), [1, 3, 5, 6]);
+    // a helper call as the last instruction: nothing to mark past the end
+    let mut polls = vec![false; 1];
+    assert_eq!(cancel::place_after_callbacks(&[call(181)], &mut polls), 0);
+    assert_eq!(polls, [false]);
 }
 
 #[test]
@@ -250,6 +265,7 @@ fn random_program(rng: &mut Rng) -> (Vec<Insn>, Vec<usize>) {
                     0 | 1 => jeq(1, 0, jump_to(rng)),
                     2 => ja(jump_to(rng)),
                     3 => may_goto(jump_to(rng)),
+                    4 if rng.chance(1, 3) => call(rng.pick(&cancel::CALLBACK_HELPERS)),
                     4 => call(1),
                     5 => exit(),
                     _ => mov(1, 1),
@@ -264,10 +280,19 @@ fn random_program(rng: &mut Rng) -> (Vec<Insn>, Vec<usize>) {
 #[test]
 fn every_cycle_passes_a_point_in_random_programs() {
     let mut rng = Rng::new(0x5eed);
-    let (mut loops, mut placed, mut irreducible_seen) = (0u64, 0u64, 0u64);
+    let (mut loops, mut placed, mut irreducible_seen, mut callbacks) = (0u64, 0u64, 0u64, 0u64);
     for _ in 0..25_000 {
         let (p, starts) = random_program(&mut rng);
         let (m, s) = place(&p, &starts).expect("valid program");
+        let mut polls = vec![false; p.len()];
+        let n = cancel::place_after_callbacks(&p, &mut polls);
+        let calls: Vec<usize> = (0..p.len()).filter(|&i| cancel::calls_back(&p[i])).collect();
+        assert_eq!(n as usize, calls.len());
+        for (i, &poll) in polls.iter().enumerate() {
+            let want = i > 0 && calls.contains(&(i - 1));
+            assert_eq!(poll, want, "poll mark at {i}: {p:?}");
+        }
+        callbacks += n as u64;
         assert!(
             acyclic_without(&p, &starts, &m),
             "a cycle without a point: {p:?} {starts:?} {m:?}"
@@ -288,7 +313,7 @@ fn every_cycle_passes_a_point_in_random_programs() {
     }
     // The generator makes loops often enough for the test to mean something.
     assert!(
-        loops > 10_000 && placed > loops && irreducible_seen > 1_000,
-        "{loops} {placed} {irreducible_seen}"
+        loops > 10_000 && placed > loops && irreducible_seen > 1_000 && callbacks > 5_000,
+        "{loops} {placed} {irreducible_seen} {callbacks}"
     );
 }

@@ -100,6 +100,25 @@ int hold_in_caller(void *ctx)
 	return 0;
 }
 
+static int nop_cb(__u64 i, void *data)
+{
+	return 0;
+}
+
+/* A task held across bpf_loop(), whose inlined loop has a point. */
+SEC("syscall")
+int hold_across_loop(void *ctx)
+{
+	struct task_struct *t = bpf_task_from_pid(1);
+
+	kflex_use_heap(heap);
+	if (!t)
+		return 0;
+	bpf_loop(10, nop_cb, NULL, 0);
+	bpf_task_release(t);
+	return 0;
+}
+
 /* A per-CPU bpf_obj_new object: a kind cancellation does not release. */
 struct obj {
 	__u64 a;

@@ -6,7 +6,7 @@
  * kernel.kflex_budget_us), in the main program, in a subprogram and in
  * callbacks (bpf_loop(), which the verifier may inline, and
  * bpf_for_each_map_elem(), which it never does), over a heap list whose only
- * node points to itself.
+ * node points to itself, and nested bpf_loop()s whose callbacks have no loop.
  * A packet (or syscall argument) without the mark does not loop.
  */
 #include "vmlinux.h"
@@ -153,6 +153,54 @@ int spin_repeat(struct xdp_md *ctx)
 		bpf_repeat(MAX_LOOPS)
 			(*(volatile __u64 *)&spins)++;
 	}
+	finished++;
+	return XDP_TX;
+}
+
+/*
+ * Nested bpf_loop(BPF_MAX_LOOPS) with callbacks that have no loop of their
+ * own: 2^46 calls. With constant zero flags the verifier inlines both
+ * loops; with flags it cannot know (loop_flags, 0 at run time) the helper
+ * calls the callbacks.
+ */
+__u64 loop_flags;
+
+static int inner_cb(__u64 i, void *data)
+{
+	spins++;
+	return 0;
+}
+
+static int outer_cb(__u64 i, void *data)
+{
+	bpf_loop(MAX_LOOPS, inner_cb, NULL, 0);
+	return 0;
+}
+
+SEC("xdp")
+int nested_loops(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_loop(MAX_LOOPS, outer_cb, NULL, 0);
+	finished++;
+	return XDP_TX;
+}
+
+static int outer_cb_helper(__u64 i, void *data)
+{
+	bpf_loop(MAX_LOOPS, inner_cb, NULL, loop_flags);
+	return 0;
+}
+
+SEC("xdp")
+int nested_loops_helper(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_loop(MAX_LOOPS, outer_cb_helper, NULL, loop_flags);
 	finished++;
 	return XDP_TX;
 }
