@@ -28,6 +28,7 @@ const _: () = {
     assert!(Kind::Sock as u32 == kflex_held_kind_KFLEX_HELD_SOCK);
     assert!(Kind::Ringbuf as u32 == kflex_held_kind_KFLEX_HELD_RINGBUF);
     assert!(Kind::RingbufDynptr as u32 == kflex_held_kind_KFLEX_HELD_RINGBUF_DYNPTR);
+    assert!(Kind::Iter as u32 == kflex_held_kind_KFLEX_HELD_ITER);
 };
 
 // The verdict table names program and attach types by their UAPI values.

@@ -19,7 +19,8 @@ pub const CAUSES: [&str; 6] =
 
 /// What a cancellation releases besides heap locks, by kind (fields
 /// `released_<kind>`).
-pub const RELEASED: [&str; 7] = ["task", "cgroup", "cpumask", "obj", "sock", "ringbuf", "dynptr"];
+pub const RELEASED: [&str; 8] =
+    ["task", "cgroup", "cpumask", "obj", "sock", "ringbuf", "dynptr", "iter"];
 
 /// Fields whose values are text.
 const TEXT_FIELDS: [&str; 3] = ["name", "last_cause", "last_at"];

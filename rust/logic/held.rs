@@ -56,10 +56,14 @@ pub enum Kind {
     /// A ring buffer dynptr (`bpf_ringbuf_discard_dynptr`); its place is the
     /// dynptr's first stack slot.
     RingbufDynptr = 7,
+    /// An open-coded iterator other than a numbers iterator (its
+    /// `bpf_iter_<type>_destroy`, whose address is the fact's `aux`); its
+    /// place is the iterator's first stack slot.
+    Iter = 8,
 }
 
 /// Number of kinds plus one (counters are indexed by kind).
-pub const KINDS: usize = 8;
+pub const KINDS: usize = 9;
 
 impl Kind {
     /// The kind of the C glue's value, `None` for "none that can be
@@ -73,6 +77,7 @@ impl Kind {
             5 => Self::Sock,
             6 => Self::Ringbuf,
             7 => Self::RingbufDynptr,
+            8 => Self::Iter,
             _ => return None,
         })
     }
@@ -80,7 +85,7 @@ impl Kind {
     /// Whether the place of this kind is the object itself (a dynptr lives
     /// in the slot) rather than a pointer to it.
     pub fn in_place(self) -> bool {
-        self == Self::RingbufDynptr
+        matches!(self, Self::RingbufDynptr | Self::Iter)
     }
 }
 

@@ -2,7 +2,8 @@
 /*
  * Programs that hold a kernel resource across a loop that, when `mark` is
  * set, ends only when the run is cancelled: a task, a cgroup, a cpumask, a
- * bpf_obj_new object, a ring buffer reservation or dynptr, a socket from
+ * bpf_obj_new object, an open-coded iterator (over a task's VMAs, holding
+ * its mmap lock), a ring buffer reservation or dynptr, a socket from
  * bpf_sk_lookup_tcp, an RCU read-side section, preemption disabled, or
  * several at once with heap locks. The cancellation releases them (the
  * point's object table); the tests check that nothing leaked and nothing
@@ -31,6 +32,10 @@ extern void bpf_rcu_read_lock(void) __ksym;
 extern void bpf_rcu_read_unlock(void) __ksym;
 extern void bpf_preempt_disable(void) __ksym;
 extern void bpf_preempt_enable(void) __ksym;
+extern int bpf_iter_task_vma_new(struct bpf_iter_task_vma *it, struct task_struct *task,
+				 __u64 addr) __ksym;
+extern struct vm_area_struct *bpf_iter_task_vma_next(struct bpf_iter_task_vma *it) __ksym;
+extern void bpf_iter_task_vma_destroy(struct bpf_iter_task_vma *it) __ksym;
 
 struct obj {
 	__u64 a;
@@ -194,6 +199,30 @@ int rel_preempt(void *ctx)
 	SPIN();
 	bpf_preempt_enable();
 	bpf_preempt_enable();
+	after++;
+	return 0;
+}
+
+/*
+ * An open-coded iterator over the task's VMAs: it holds the task and the
+ * mmap lock (read) until destroyed.
+ */
+SEC("syscall")
+int rel_iter(void *ctx)
+{
+	struct task_struct *t = bpf_task_from_pid(pid);
+	struct bpf_iter_task_vma it;
+	struct vm_area_struct *v;
+
+	if (!t)
+		return 1;
+	bpf_iter_task_vma_new(&it, t, 0);
+	while ((v = bpf_iter_task_vma_next(&it))) {
+		SPIN();
+		break;
+	}
+	bpf_iter_task_vma_destroy(&it);
+	bpf_task_release(t);
 	after++;
 	return 0;
 }

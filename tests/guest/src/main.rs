@@ -80,6 +80,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::udp_traffic_marked_packets_cancelled, "ym"),
     t!(release::cancelled_runs_release_objects, "ym"),
     t!(release::cancelled_reservations_are_discarded, "ym"),
+    t!(release::cancelled_run_destroys_an_iterator, "ym"),
     t!(release::cancelled_run_releases_everything_at_once, "ym"),
     t!(release::cancelled_run_releases_a_socket, "ym"),
     t!(locks::take_and_release, "ym"),

@@ -82,7 +82,7 @@ fn record(prog: &libbpf_rs::ProgramMut) -> Result<progstats::Prog> {
 }
 
 /// Global counters that a cancellation may move.
-const GLOBAL: [&str; 11] = [
+const GLOBAL: [&str; 12] = [
     "released_task",
     "released_cgroup",
     "released_cpumask",
@@ -90,6 +90,7 @@ const GLOBAL: [&str; 11] = [
     "released_sock",
     "released_ringbuf",
     "released_dynptr",
+    "released_iter",
     "rcu_unlocks",
     "preempt_enables",
     "locks_released",
@@ -161,6 +162,7 @@ fn prog_by_name<'a>(
         "rel_dynptr" => &p.rel_dynptr,
         "rel_rcu" => &p.rel_rcu,
         "rel_preempt" => &p.rel_preempt,
+        "rel_iter" => &p.rel_iter,
         _ => bail!("no program {name}"),
     })
 }
@@ -303,6 +305,50 @@ pub fn cancelled_run_releases_everything_at_once() -> Result<()> {
     ];
     ensure!(m == want, "counters moved by {m:?}, expected {want:?}");
     println!("{RUNS} cancellations released {want:?}");
+    log_clean_since(mark)
+}
+
+/// mmap() and munmap() of a page in this process, in another thread: they
+/// take the mmap lock for writing, so they hang while a leaked iterator
+/// holds it for reading.
+fn mmap_works() -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: an anonymous private mapping of one page, unmapped at once.
+        let ok = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            p != libc::MAP_FAILED && libc::munmap(p, 4096) == 0
+        };
+        tx.send(ok).ok();
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!("mmap/munmap failed"),
+        Err(_) => bail!("mmap/munmap blocked for 20 s: the mmap lock is held"),
+    }
+}
+
+/// An open-coded iterator over this process's VMAs (it holds the task and
+/// the mmap lock for reading) held by cancelled runs is destroyed: mmap()
+/// and munmap() still work afterwards, and the task reference comes back.
+pub fn cancelled_run_destroys_an_iterator() -> Result<()> {
+    ensure_kflex()?;
+    let _b = SysctlGuard::budget_us(2000)?;
+    let mark = dmesg()?.lines().count();
+    let mut skel = loaded()?;
+    bss_mut(&mut skel)?.pid = std::process::id() as i32;
+    let users = task_users(&skel)?;
+    cancel_syscall(&mut skel, "rel_iter", &[("released_task", 1), ("released_iter", 1)])?;
+    mmap_works()?;
+    ensure!(task_users(&skel)? == users, "task rcu_users {users} -> {}", task_users(&skel)?);
+    println!("mmap and munmap work after {RUNS} cancelled iterations; task rcu_users {users}");
     log_clean_since(mark)
 }
 
