@@ -81,12 +81,6 @@ impl Kind {
             _ => return None,
         })
     }
-
-    /// Whether the place of this kind is the object itself (a dynptr lives
-    /// in the slot) rather than a pointer to it.
-    pub fn in_place(self) -> bool {
-        matches!(self, Self::RingbufDynptr | Self::Iter)
-    }
 }
 
 /// Where a reference is kept at the point.
