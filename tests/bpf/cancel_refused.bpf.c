@@ -119,6 +119,26 @@ int hold_across_loop(void *ctx)
 	return 0;
 }
 
+/* A global function (verified on its own) that loops. */
+__noinline int global_spin(void)
+{
+	SPIN();
+	return 0;
+}
+
+/* A task held across a call of it: its points cannot see the caller. */
+SEC("syscall")
+int hold_across_global(void *ctx)
+{
+	struct task_struct *t = bpf_task_from_pid(1);
+
+	if (!t)
+		return 0;
+	global_spin();
+	bpf_task_release(t);
+	return 0;
+}
+
 /* A per-CPU bpf_obj_new object: a kind cancellation does not release. */
 struct obj {
 	__u64 a;

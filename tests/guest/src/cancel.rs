@@ -278,8 +278,8 @@ pub(crate) fn load_refused(name: &str) -> Result<(bool, String)> {
 /// Points reached holding what no object table can describe are refused
 /// with a message naming it: a bpf_spin_lock, different holdings on
 /// different paths, a reference kept only in a calling function's register,
-/// a per-CPU object, a task across bpf_loop(); the same loop holding
-/// nothing loads.
+/// a per-CPU object, a task across bpf_loop() or across a call of a global
+/// function that loops; the same loop holding nothing loads.
 pub fn points_holding_resources_refused() -> Result<()> {
     ensure_kflex()?;
     for (prog, what) in [
@@ -288,11 +288,14 @@ pub fn points_holding_resources_refused() -> Result<()> {
         ("hold_in_caller", "kept only where cancellation cannot find it"),
         ("hold_percpu", "of a kind cancellation cannot release"),
         ("hold_across_loop", "bpf_loop at insn"),
+        ("hold_across_global", "global function call at insn"),
     ] {
         let (ok, log) = load_refused(prog)?;
         ensure!(!ok, "{prog} loaded");
         ensure!(
-            (log.contains("cancellation point (") || log.contains("kflex: bpf_loop"))
+            (log.contains("cancellation point (")
+                || log.contains("kflex: bpf_loop")
+                || log.contains("kflex: global function"))
                 && log.contains(what),
             "{prog}: no refusal naming {what:?} in the log:\n{}",
             log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
