@@ -674,3 +674,71 @@ pub fn udp_traffic_marked_packets_cancelled() -> Result<()> {
     println!("{}", lines.join("\n"));
     Ok(())
 }
+
+/// Unload under load: `spin_udp` at XDP on a veth spins on a marked
+/// datagram (budget 1 s); detaching the program (dropping its link) cancels
+/// the spinning run at its next poll (cause `forced`), long before its
+/// budget; the datagram is passed (the default verdict) to the socket
+/// behind. Three rounds with the same program: each run is forced by its
+/// own detach. (The run spins in the softirq that the sender's `send_to`
+/// runs, so the sender returns when the run ends.)
+pub fn detach_cancels_running_runs() -> Result<()> {
+    use std::{
+        net::UdpSocket,
+        time::{Duration, Instant},
+    };
+    ensure_kflex()?;
+    let net = VethNs::new(13)?;
+    let _b = SysctlGuard::budget_us(1_000_000)?;
+    let skel = loaded()?;
+    let ifindex = net.outer_ifindex()?;
+    let sock = UdpSocket::bind(format!("{}:7777", net.outer_ip))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let spins = || -> Result<u64> {
+        let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+        // SAFETY: `spins` is a u64 in the mapped .bss, written by the runs.
+        Ok(unsafe { std::ptr::read_volatile(&bss.spins) })
+    };
+    let mut ended = Vec::new();
+    for round in 0..3 {
+        let link = skel.progs.spin_udp.attach_xdp(ifindex as i32).context("attaching spin_udp")?;
+        let before = spins()?;
+        let target = format!("{}:7777", net.outer_ip);
+        let ns = format!("/run/netns/{}", net.ns);
+        let sender = std::thread::spawn(move || -> Result<Instant> {
+            let fd = std::fs::File::open(&ns).with_context(|| format!("opening {ns}"))?;
+            nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            UdpSocket::bind("0.0.0.0:0")?.send_to(&[MARK; 16], &target)?;
+            Ok(Instant::now())
+        });
+        // the run is spinning, past its first poll (1024 points)
+        let deadline = Instant::now() + Duration::from_millis(800);
+        while spins()? < before + 4096 {
+            ensure!(Instant::now() < deadline, "round {round}: the marked run is not spinning");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ensure!(!sender.is_finished(), "round {round}: the run ended before the detach");
+        let t0 = Instant::now();
+        drop(link);
+        let done = sender.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        ended.push(done.saturating_duration_since(t0).as_micros() as u64);
+        let mut buf = [0u8; 64];
+        let n =
+            sock.recv(&mut buf).with_context(|| format!("round {round}: datagram not passed"))?;
+        ensure!(n == 16 && buf[0] == MARK, "round {round}: got {n} bytes {:?}", &buf[..n]);
+    }
+    let r = record(&skel.progs.spin_udp)?;
+    ensure!(
+        r.get("forced") == 3 && r.get("budget") == 0 && r.get("cancelled") == 3,
+        "3 forced cancellations expected (runs ended {ended:?} µs after the detach): {r:?}"
+    );
+    ensure!(
+        ended.iter().all(|&us| us < 500_000) && r.get("max_ran_us") < 900_000,
+        "runs ended {ended:?} µs after the detach, longest run {} µs, budget 1 s",
+        r.get("max_ran_us")
+    );
+    let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+    ensure!(bss.finished == 0, "a spinning run finished");
+    println!("detach with a run spinning: runs ended {ended:?} µs after the detach (budget 1 s)");
+    Ok(())
+}

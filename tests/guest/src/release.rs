@@ -29,7 +29,7 @@ use libbpf_rs::{
 };
 
 use kflex_load::{
-    cancel::{counter, SysctlGuard},
+    cancel::{counters, SysctlGuard},
     ds, progstats,
 };
 
@@ -98,7 +98,11 @@ const GLOBAL: [&str; 12] = [
 ];
 
 fn globals() -> Result<Vec<u64>> {
-    GLOBAL.iter().map(|c| counter(c)).collect()
+    let all = counters()?;
+    GLOBAL
+        .iter()
+        .map(|c| all.get(*c).copied().with_context(|| format!("no global counter {c}")))
+        .collect()
 }
 
 /// The moves of the global counters since `before`, by name, zeros left out.
