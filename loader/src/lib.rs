@@ -11,6 +11,7 @@ pub mod guardmode;
 pub mod heapstats;
 pub mod memcached;
 pub mod progstats;
+pub mod redis;
 pub mod rng;
 pub mod status;
 
@@ -23,6 +24,9 @@ pub mod skel {
     }
     pub mod memcached {
         include!(concat!(env!("OUT_DIR"), "/memcached.skel.rs"));
+    }
+    pub mod redis {
+        include!(concat!(env!("OUT_DIR"), "/redis.skel.rs"));
     }
     pub mod alloc {
         include!(concat!(env!("OUT_DIR"), "/alloc.skel.rs"));

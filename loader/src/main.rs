@@ -5,9 +5,10 @@
 //! Without an offload flag it attaches a per-CPU packet/byte counter at XDP,
 //! prints `ready` once attached, and on SIGINT/SIGTERM prints the counters
 //! and detaches. `--kmemcached` attaches the memcached offload
-//! ([`kflex_load::memcached`]). The Redis offloads (`--kmemcache`,
-//! `--kredis`) are not implemented yet: they are refused with a message
-//! naming what they still need, and `--help` says so.
+//! ([`kflex_load::memcached`]), `--kmemcache` the Redis GET/SET offload
+//! ([`kflex_load::redis`]). The sorted-set offload (`--kredis`) is not
+//! implemented yet: it is refused with a message naming what it still
+//! needs, and `--help` says so.
 
 use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
 
@@ -19,7 +20,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use kflex_load::{heapstats, memcached, progstats, skel::xdp_count, status, status::Status};
+use kflex_load::{heapstats, memcached, progstats, redis, skel::xdp_count, status, status::Status};
 
 /// What `--help` says after the options.
 const AFTER_HELP: &str = "\
@@ -56,8 +57,9 @@ Kernel settings:
 /// Without an offload flag, attaches a per-CPU packet and byte counter at XDP to the
 /// interface --ifindex, prints `ready`, and on SIGINT/SIGTERM prints the counts and
 /// detaches. --kmemcached attaches the memcached offload in front of a memcached that
-/// listens on UDP --port. The Redis offloads (--kmemcache, --kredis) are not implemented
-/// yet: they are refused with a message saying what they still need.
+/// listens on UDP --port; --kmemcache the Redis GET/SET offload in front of a
+/// redis-server on TCP --port. The sorted-set offload (--kredis) is not implemented
+/// yet: it is refused with a message saying what it still needs.
 #[derive(Parser, Debug)]
 #[command(
     name = "kflex-load",
@@ -78,14 +80,26 @@ struct Cli {
     /// empties the kernel's table.
     #[arg(long, group = "mode")]
     kmemcached: bool,
-    /// Not implemented yet (refused): Redis GET/SET offload over TCP at sk_skb, other
-    /// commands passed to redis-server.
+    /// Redis GET/SET offload: RESP over TCP port --port answered at the sk_skb hooks of
+    /// the connections redis-server accepts after attach (a sockops program on the
+    /// cgroup v2 root finds them; --ifindex is not needed). The kernel owns GET and SET:
+    /// their keys live on a KFlex heap, never in redis-server; values up to --max-value
+    /// bytes, a larger SET gets "-ERR value too large for the KFlex offload", SET
+    /// options get "-ERR SET option not supported by the offload". Every other command
+    /// goes to redis-server, which must listen on TCP --port. Once a connection has
+    /// passed a request, its owned requests are answered through EVAL (so replies stay
+    /// in order): scripting must be allowed for its user, and four fixed scripts enter
+    /// redis-server's script cache. A request the offload cannot frame switches its
+    /// connection to passthrough. On SIGINT/SIGTERM new connections are no longer
+    /// offloaded, offloaded ones pass everything, and kflex-load waits until they close
+    /// (a second signal stops waiting).
     #[arg(long, group = "mode")]
     kmemcache: bool,
     /// Not implemented yet (refused): Redis ZADD offload into skiplist-backed sorted sets.
     #[arg(long, group = "mode")]
     kredis: bool,
-    /// Interface index to attach to (see `ip link`).
+    /// Interface index to attach to (see `ip link`). Accepted but not needed by
+    /// --kmemcache (its hooks are the server's sockets).
     #[arg(long, value_name = "N")]
     ifindex: Option<u32>,
     /// The port the offload serves: UDP for --kmemcached, TCP for --kmemcache and
@@ -94,7 +108,7 @@ struct Cli {
     #[arg(long, value_name = "PORT", default_value_t = 6969)]
     port: u16,
     /// Size of the offload's KFlex heap: a power of two from 64K to 256G (suffixes
-    /// K, M, G). --kmemcached only.
+    /// K, M, G). --kmemcached and --kmemcache.
     #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_heap_size)]
     heap_size: u64,
     /// Who owns the key space, --kmemcached only. kflex: the offload (above). bmc:
@@ -105,6 +119,10 @@ struct Cli {
     /// Values are cached without their expiry time, as in BMC.
     #[arg(long, value_enum, default_value_t = memcached::Policy::Kflex)]
     policy: memcached::Policy,
+    /// The largest SET value the Redis offload stores, in bytes (at most 2048 in this
+    /// build). --kmemcache only.
+    #[arg(long, value_name = "BYTES", default_value_t = redis::VALUE_LIMIT)]
+    max_value: u32,
 }
 
 /// A heap size: a power of two between 64 KiB and 256 GiB, with an optional
@@ -180,12 +198,7 @@ impl Cli {
 /// Refuses the offload modes this build does not implement yet.
 fn check_mode(mode: &Mode) -> Result<()> {
     let (flag, what) = match mode {
-        Mode::Count | Mode::Memcached => return Ok(()),
-        Mode::RedisGetSet => (
-            "--kmemcache",
-            "the Redis GET/SET offload (RESP framing at sk_skb, GET/SET on the heap, \
-             ordering with redis-server)",
-        ),
+        Mode::Count | Mode::Memcached | Mode::RedisGetSet => return Ok(()),
         Mode::RedisZadd => (
             "--kredis",
             "the Redis sorted-set offload (RESP framing at sk_skb, ZADD and friends on a \
@@ -194,7 +207,7 @@ fn check_mode(mode: &Mode) -> Result<()> {
     };
     bail!(
         "{flag} is not available in this build: {what} is not implemented yet (the kernel's \
-         sk_skb reply path it needs is)"
+         sk_skb reply path and the GET/SET offload's framing it needs are)"
     )
 }
 
@@ -318,8 +331,17 @@ fn run(cli: Cli) -> Result<()> {
     if cli.policy != memcached::Policy::Kflex && mode != Mode::Memcached {
         bail!("--policy applies to the memcached offload only: add --kmemcached");
     }
+    if cli.max_value != redis::VALUE_LIMIT && mode != Mode::RedisGetSet {
+        bail!("--max-value applies to the Redis GET/SET offload only: add --kmemcache");
+    }
     check_root()?;
     Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
+    if mode == Mode::RedisGetSet {
+        let signals = block_exit_signals()?;
+        let o =
+            redis::Options { port: cli.port, heap_size: cli.heap_size, max_value: cli.max_value };
+        return redis::run(&o, &signals);
+    }
     let Some(ifindex) = cli.ifindex else {
         bail!("--ifindex N is required: the index of the interface to attach to (see `ip link`)");
     };
@@ -412,9 +434,17 @@ mod tests {
     fn help_says_what_is_not_there_yet() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        for flag in ["--kmemcache", "--kredis"] {
-            let line = help.lines().skip_while(|l| l.trim() != flag).nth(1).unwrap_or_default();
-            assert!(line.contains("Not implemented yet"), "{flag}: {line:?}\n{help}");
+        let line = help.lines().skip_while(|l| l.trim() != "--kredis").nth(1).unwrap_or_default();
+        assert!(line.contains("Not implemented yet"), "--kredis: {line:?}\n{help}");
+        // The Redis GET/SET offload says what it owns, its errors, and what EVAL needs.
+        for word in [
+            "The kernel owns GET and SET",
+            "-ERR value too large for the KFlex offload",
+            "-ERR SET option not supported by the offload",
+            "scripting must be allowed",
+            "--ifindex is not needed",
+        ] {
+            assert!(help.contains(word), "--kmemcache help lacks {word:?}\n{help}");
         }
         // The memcached offload says which commands the kernel answers and which
         // it refuses.
@@ -433,11 +463,13 @@ mod tests {
 
     #[test]
     fn unimplemented_modes_name_what_is_missing() {
-        for (mode, flag) in [(Mode::RedisGetSet, "--kmemcache"), (Mode::RedisZadd, "--kredis")] {
-            let e = check_mode(&mode).unwrap_err().to_string();
-            assert!(e.contains(flag) && e.contains("not implemented"), "{e}");
-        }
+        let e = check_mode(&Mode::RedisZadd).unwrap_err().to_string();
+        assert!(e.contains("--kredis") && e.contains("not implemented"), "{e}");
         assert!(check_mode(&Mode::Count).is_ok());
         assert!(check_mode(&Mode::Memcached).is_ok());
+        assert!(check_mode(&Mode::RedisGetSet).is_ok());
+        // --max-value belongs to --kmemcache
+        let cli = Cli::try_parse_from(["kflex-load", "--kmemcache", "--max-value", "100"]).unwrap();
+        assert_eq!((cli.mode(), cli.max_value), (Mode::RedisGetSet, 100));
     }
 }

@@ -1,0 +1,308 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `kflex-load --kmemcache`: the Redis GET/SET offload (`bpf/redis.bpf.c`),
+//! RESP over TCP answered at the sk_skb hooks of redis-server's accepted
+//! sockets from a hash table on a KFlex heap, in front of a real
+//! redis-server.
+//!
+//! A sockops program on the root cgroup (v2) puts every connection accepted
+//! on the port after attach into a sockhash; its stream parser frames
+//! requests and its stream verdict answers GET and SET in the kernel and
+//! passes everything else to redis-server. On SIGINT/SIGTERM no new
+//! connection is offloaded, existing ones switch to passthrough, and the
+//! maps stay until the offloaded connections have closed (a socket that
+//! leaves the sockhash loses what redis-server has not read yet); a second
+//! signal stops waiting.
+
+use std::{
+    fmt::Write as _,
+    io::Write as _,
+    mem::MaybeUninit,
+    os::fd::AsFd,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags,
+};
+use nix::sys::signal::SigSet;
+
+use crate::{ds, progstats, skel::redis::*};
+
+/// Commands the GET/SET offload answers in the kernel.
+pub const OWNED: &str = "GET, SET";
+
+/// Counter names, in the order of `struct rd_stats` in the BPF program.
+pub const COUNTERS: [&str; N] = [
+    "conns",
+    "requests",
+    "gets",
+    "hits",
+    "sets",
+    "passed",
+    "eval_routed",
+    "refused",
+    "raw_conns",
+    "lock_timeouts",
+    "store_failures",
+    "reply_failures",
+];
+
+/// Number of counters.
+pub const N: usize = 12;
+
+// The BPF program's counters are exactly these.
+const _: () = assert!(size_of::<types::rd_stats>() == COUNTERS.len() * 8);
+
+/// log2 of the table's buckets.
+const BUCKET_ORDER: u32 = 16;
+
+/// The largest value the table holds (`KV_ITEM_MAX` in `bpf/ds/kv.h`).
+pub const VALUE_LIMIT: u32 = 2048;
+
+/// What `--kmemcache` runs with.
+pub struct Options {
+    pub port: u16,
+    pub heap_size: u64,
+    pub max_value: u32,
+}
+
+/// Whether a socket in `/proc/net/tcp{,6}` listens on local port `port`.
+pub fn tcp_listener(port: u16) -> bool {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|t| listens_on(&t, port))
+}
+
+/// Whether a `/proc/net/tcp` table has a listening socket (state 0A) on
+/// local port `port`.
+pub fn listens_on(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1);
+        let state = f.nth(1);
+        state == Some("0A")
+            && local
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port)
+    })
+}
+
+/// Where cgroup v2 is mounted, from a `/proc/self/mounts` text.
+pub fn cgroup2_mount(mounts: &str) -> Option<String> {
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 2 && f[2] == "cgroup2").then(|| f[1].to_string())
+    })
+}
+
+/// Sums per-CPU `struct rd_stats` values.
+pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; N] {
+    let mut out = [0u64; N];
+    for v in per_cpu {
+        for (o, w) in out.iter_mut().zip(v.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            *o = o.wrapping_add(u64::from_ne_bytes(b));
+        }
+    }
+    out
+}
+
+/// The counters as `name value` lines.
+pub fn format_counters(c: &[u64; N]) -> String {
+    let mut s = String::new();
+    for (name, v) in COUNTERS.iter().zip(c) {
+        let _ = writeln!(s, "  {name:<15} {v}");
+    }
+    s
+}
+
+/// Checks the options against what the offload can hold.
+pub fn check_options(o: &Options) -> Result<()> {
+    if o.max_value > VALUE_LIMIT {
+        bail!(
+            "--max-value {} is more than this offload holds ({VALUE_LIMIT} bytes per value): \
+             use --max-value {VALUE_LIMIT} or less",
+            o.max_value
+        );
+    }
+    Ok(())
+}
+
+/// Runs the offload until SIGINT or SIGTERM.
+pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
+    check_options(o)?;
+    if !tcp_listener(o.port) {
+        bail!(
+            "nothing listens on TCP port {}: start redis-server on that port first \
+             (`redis-server --port {} ...`); the commands the offload does not own go to it",
+            o.port,
+            o.port
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading mounts")?;
+    let Some(cgroot) = cgroup2_mount(&mounts) else {
+        bail!(
+            "cgroup v2 is not mounted: the offload's sockops program attaches to its root \
+             (`mount -t cgroup2 none /sys/fs/cgroup`)"
+        );
+    };
+    let mut storage = MaybeUninit::uninit();
+    let mut open = RedisSkelBuilder::default()
+        .open(&mut storage)
+        .context("opening the Redis offload's BPF object")?;
+    let rodata = open.maps.rodata_data.as_deref_mut().context("rodata")?;
+    rodata.rd_port = o.port;
+    rodata.rd_max_value = o.max_value;
+    open.maps
+        .rd_heap
+        .set_max_entries((o.heap_size / 4096) as u32)
+        .context("sizing the KFlex heap")?;
+    let mut skel = open.load().context("loading the Redis offload into the kernel")?;
+    let mut init = [BUCKET_ORDER, 0u32];
+    ds::run_ctx(skel.progs.rd_init.as_fd(), &mut init).context("creating the table")?;
+    match init[1] {
+        0 => {}
+        2 => bail!(
+            "populating the heap for the table failed: out of memory (or the memory \
+             cgroup's limit)"
+        ),
+        _ => bail!(
+            "the table's {} buckets do not fit in a heap of {} bytes: use a larger \
+             --heap-size",
+            1u64 << BUCKET_ORDER,
+            o.heap_size
+        ),
+    }
+    let map_fd = skel.maps.rd_socks.as_fd().as_raw_fd_i32();
+    skel.progs.rd_parse.attach_sockmap(map_fd).context("attaching the stream parser")?;
+    skel.progs.rd_verdict.attach_sockmap(map_fd).context("attaching the stream verdict")?;
+    let cg = std::fs::File::open(&cgroot).with_context(|| format!("opening {cgroot}"))?;
+    let sockops = skel
+        .progs
+        .rd_sockops
+        .attach_cgroup(cg.as_fd().as_raw_fd_i32())
+        .with_context(|| format!("attaching the sockops program to {cgroot}"))?;
+    println!(
+        "ready: Redis GET/SET offload on TCP port {} (new connections): {OWNED} answered in the \
+         kernel; other commands go to redis-server",
+        o.port
+    );
+    println!(
+        "note: the offload owns GET and SET: their keys live in the kernel, not in \
+         redis-server; values up to {} bytes",
+        o.max_value
+    );
+    std::io::stdout().flush().ok();
+
+    let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
+    // No new connections; the offloaded ones pass everything from now on.
+    let bss = skel.maps.bss_data.as_deref_mut().context("no .bss")?;
+    bss.rd_detaching = 1;
+    let open_conns = |skel: &RedisSkel<'_>| skel.maps.rd_conns.keys().count();
+    let left = open_conns(&skel);
+    if left > 0 {
+        println!(
+            "{sig:?}: {left} offloaded connection(s) switched to passthrough; waiting for them \
+             to close (a socket that leaves the offload loses what redis-server has not read); \
+             signal again to stop waiting"
+        );
+        std::io::stdout().flush().ok();
+    }
+    let start = Instant::now();
+    while open_conns(&skel) > 0 {
+        // a second signal stops waiting
+        if pending(signals) {
+            println!("stopped waiting: {} connection(s) still open", open_conns(&skel));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() > Duration::from_secs(3600) {
+            break;
+        }
+    }
+    drop(sockops);
+    let counters = skel
+        .maps
+        .rd_stats
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .context("reading the offload's counters")?
+        .unwrap_or_default();
+    println!("{sig:?}: Redis GET/SET offload on TCP port {}:", o.port);
+    print!("{}", format_counters(&sum_counters(&counters)));
+    let progs = [&skel.progs.rd_parse, &skel.progs.rd_verdict];
+    let ids: Vec<u32> =
+        progs.iter().filter_map(|p| libbpf_rs::Program::id_from_fd(p.as_fd()).ok()).collect();
+    for line in progstats::report(&ids) {
+        println!("  {line}");
+    }
+    println!("detached");
+    Ok(())
+}
+
+/// Takes a pending SIGINT or SIGTERM (they are blocked, so they queue),
+/// without waiting: whether there was one.
+fn pending(signals: &SigSet) -> bool {
+    let now = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid signal set and timeout; no siginfo is asked for.
+    unsafe { nix::libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &now) > 0 }
+}
+
+/// Raw descriptor numbers as libbpf-rs's attach calls take them.
+trait RawI32 {
+    fn as_raw_fd_i32(&self) -> i32;
+}
+
+impl RawI32 for std::os::fd::BorrowedFd<'_> {
+    fn as_raw_fd_i32(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_tcp_listeners_only() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                     \x20  0: 0100007F:1B39 00000000:0000 0A 00000000:00000000 00:00000000 00000000   105        0 1234\n\
+                     \x20  1: 0100007F:2B67 0100007F:C350 01 00000000:00000000 00:00000000 00000000   105        0 1235\n";
+        assert!(listens_on(table, 6969));
+        // 0x2B67 = 11111 is an established connection, not a listener
+        assert!(!listens_on(table, 11111));
+        assert!(!listens_on("header only\n", 6969));
+    }
+
+    #[test]
+    fn finds_the_cgroup2_mount() {
+        let m = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
+        assert_eq!(cgroup2_mount(m).as_deref(), Some("/sys/fs/cgroup"));
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn counters_sum_over_cpus() {
+        let mut a = vec![0u8; N * 8];
+        a[8] = 2;
+        let mut b = vec![0u8; N * 8];
+        b[8] = 3;
+        let c = sum_counters(&[a, b]);
+        assert_eq!(c[1], 5);
+        assert!(format_counters(&c).contains("  requests        5\n"));
+    }
+
+    #[test]
+    fn max_value_is_bounded() {
+        let o = |max_value| Options { port: 1, heap_size: 1 << 20, max_value };
+        assert!(check_options(&o(VALUE_LIMIT)).is_ok());
+        let e = check_options(&o(VALUE_LIMIT + 1)).unwrap_err().to_string();
+        assert!(e.contains("--max-value"), "{e}");
+    }
+}
