@@ -277,8 +277,9 @@ static __always_inline void walk(struct __sk_buff *skb, struct rd_scratch *sc, _
 			w->bulk_left = 0;
 			return;
 		}
+		v = 0;
 		n = read_line(skb, sc, pos, len, '$', &v);
-		if (n < 0 || v < 0 || v > (512 << 20)) {
+		if (n < 0 || (n > 0 && (v < 0 || v > (512 << 20)))) {
 			w->status = -1;
 			return;
 		}
@@ -374,11 +375,12 @@ int rd_parse(struct __sk_buff *skb)
 			return 0;
 		goto bad;
 	}
+	v = 0;
 	h = read_line(skb, sc, 0, len, '*', &v);
-	if (h < 0 || v > RD_ARGS_MAX)
-		goto bad;
 	if (h == 0)
 		return 0;
+	if (h < 0 || v > RD_ARGS_MAX)
+		goto bad;
 	if (v <= 0)
 		return h;	/* redis-server skips an empty or null array */
 	walk(skb, sc, h, len, v, 0, RD_MSG_MAX, &w);

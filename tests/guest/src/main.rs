@@ -15,6 +15,7 @@ mod heap;
 mod locks;
 mod memcached;
 mod native;
+mod redis;
 mod release;
 mod sockmap;
 mod util;
@@ -67,6 +68,10 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(memcached::bmc_policy_caches_and_invalidates, "ym"),
     t!(memcached::two_cpus_same_keys, "ym"),
     t!(memcached::detach_under_load, "ym"),
+    t!(redis::round_trips, "ym"),
+    t!(redis::differential, "ym"),
+    t!(redis::malformed_requests_pass_through, "ym"),
+    t!(redis::real_clients, "ym"),
     t!(cancel::endless_loops_are_cancelled, "ym"),
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
     t!(cancel::budget_follows_the_sysctl, "ym"),

@@ -1,0 +1,453 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The Redis GET/SET offload (`kflex-load --kmemcache`, `bpf/redis.bpf.c`)
+//! in front of a real redis-server, with a second redis-server alone as the
+//! oracle: the same requests, written the same way, must get the same reply
+//! bytes from both (except where the offload documents its own errors), and
+//! the offloaded server never sees GET or SET.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use kflex_load::{redis, rng::Rng};
+
+use crate::util::*;
+
+/// The offloaded server's port and the oracle's.
+const PORT: u16 = 6979;
+const ORACLE: u16 = 6980;
+
+/// A redis-server on `port` (no persistence), killed on drop.
+struct Server(std::process::Child);
+
+impl Server {
+    fn start(port: u16) -> Result<Server> {
+        let p = port.to_string();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &p, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--io-threads", "1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !redis::tcp_listener(port) {
+            ensure!(Instant::now() < deadline, "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Server(child))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Both servers and the offload in front of the first.
+struct Live {
+    _server: Server,
+    _oracle: Server,
+    offload: Option<Background>,
+}
+
+impl Live {
+    fn new() -> Result<Live> {
+        ensure_kflex()?;
+        let server = Server::start(PORT)?;
+        let oracle = Server::start(ORACLE)?;
+        let mut off = Background::spawn(
+            "kflex-load",
+            &["--kmemcache", "--port", &PORT.to_string(), "--heap-size", "64M"],
+        )?;
+        off.wait_for("ready:", Duration::from_secs(180))?;
+        Ok(Live { _server: server, _oracle: oracle, offload: Some(off) })
+    }
+
+    /// Detaches (SIGTERM); returns kflex-load's output.
+    fn detach(&mut self) -> Result<Vec<String>> {
+        let off = self.offload.take().context("not attached")?;
+        let (ok, lines) = off.terminate()?;
+        ensure!(ok, "kflex-load failed: {lines:?}");
+        ensure!(lines.iter().any(|l| l == "detached"), "no 'detached': {lines:?}");
+        Ok(lines)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(off) = self.offload.take() {
+            let _ = off.terminate();
+        }
+    }
+}
+
+fn connect(port: u16) -> Result<TcpStream> {
+    let s =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to {port}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// A request in RESP: an array of bulk strings.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut v = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        v.extend(format!("${}\r\n", a.len()).bytes());
+        v.extend(*a);
+        v.extend(b"\r\n");
+    }
+    v
+}
+
+/// Reads one complete RESP reply (simple, error, integer, bulk, array).
+fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
+    loop {
+        if let Some(n) = reply_len(buf) {
+            return Ok(buf.drain(..n).collect());
+        }
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).context("reading a reply")?;
+        if n == 0 {
+            bail!(
+                "connection closed with {} bytes pending: {:?}",
+                buf.len(),
+                String::from_utf8_lossy(buf)
+            );
+        }
+        buf.extend(&chunk[..n]);
+    }
+}
+
+/// Length of the first complete reply in `b`, if it is complete.
+fn reply_len(b: &[u8]) -> Option<usize> {
+    let line_end = b.windows(2).position(|w| w == b"\r\n")?;
+    let head = std::str::from_utf8(&b[1..line_end]).ok()?;
+    match b.first()? {
+        b'+' | b'-' | b':' => Some(line_end + 2),
+        b'$' => {
+            let n: i64 = head.parse().ok()?;
+            if n < 0 {
+                return Some(line_end + 2);
+            }
+            let end = line_end + 2 + n as usize + 2;
+            (b.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let n: i64 = head.parse().ok()?;
+            let mut at = line_end + 2;
+            for _ in 0..n.max(0) {
+                at += reply_len(&b[at..])?;
+            }
+            Some(at)
+        }
+        _ => None,
+    }
+}
+
+/// Sends `reqs` (in one write, or fragmented: a request of up to 4 KiB one
+/// byte per write, a longer one in writes of 1 to 2000 bytes) and reads one
+/// reply each.
+fn exchange(port: u16, reqs: &[Vec<u8>], bytewise: bool) -> Result<Vec<Vec<u8>>> {
+    let mut s = connect(port)?;
+    if bytewise {
+        let mut rng = Rng::new(reqs.len() as u64);
+        for r in reqs {
+            let mut at = 0;
+            while at < r.len() {
+                let n = if r.len() <= 4096 { 1 } else { 1 + rng.below(2000) as usize };
+                let n = n.min(r.len() - at);
+                s.write_all(&r[at..at + n])?;
+                at += n;
+            }
+        }
+    } else {
+        s.write_all(&reqs.concat())?;
+    }
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    for (i, r) in reqs.iter().enumerate() {
+        let got = read_reply(&mut s, &mut buf).with_context(|| {
+            let so_far: Vec<String> = out.iter().map(|g: &Vec<u8>| show(g)).collect();
+            format!(
+                "reply to request {i} {} (bytewise {bytewise}; replies so far {so_far:?})",
+                show(r)
+            )
+        })?;
+        out.push(got);
+    }
+    Ok(out)
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() > 120 {
+        format!("{}... ({} bytes)", &s[..120], b.len())
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// Round trips through the offload: owned requests are answered in the
+/// kernel (the server behind never gets their keys), the rest by
+/// redis-server, in order, inline and RESP forms, values with CR, LF and
+/// NUL, the size limit (2048 stored, 2049 and 20000 refused, the 20000-byte
+/// one framed in chunks), and the connection goes on after each.
+pub fn round_trips() -> Result<()> {
+    let mut live = Live::new()?;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+    let v2048 = vec![b'x'; 2048];
+    let v2049 = vec![b'y'; 2049];
+    let v20000 = vec![b'z'; 20000];
+    let too_big = b"-ERR value too large for the KFlex offload\r\n".to_vec();
+    let cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (resp(&[b"SET", b"k1", b"v1"]), b"+OK\r\n".to_vec()),
+        (resp(&[b"GET", b"k1"]), b"$2\r\nv1\r\n".to_vec()),
+        (resp(&[b"GET", b"missing"]), b"$-1\r\n".to_vec()),
+        (resp(&[b"set", b"bin", &binary]), b"+OK\r\n".to_vec()),
+        (
+            resp(&[b"get", b"bin"]),
+            [b"$300\r\n".to_vec(), binary.clone(), b"\r\n".to_vec()].concat(),
+        ),
+        (resp(&[b"SET", b"empty", b""]), b"+OK\r\n".to_vec()),
+        (resp(&[b"GET", b"empty"]), b"$0\r\n\r\n".to_vec()),
+        (resp(&[b"SET", b"big", &v2048]), b"+OK\r\n".to_vec()),
+        (
+            resp(&[b"GET", b"big"]),
+            [b"$2048\r\n".to_vec(), v2048.clone(), b"\r\n".to_vec()].concat(),
+        ),
+        (resp(&[b"SET", b"big", &v2049]), too_big.clone()),
+        (resp(&[b"SET", b"huge", &v20000]), too_big.clone()),
+        (
+            resp(&[b"GET", b"big"]),
+            [b"$2048\r\n".to_vec(), v2048.clone(), b"\r\n".to_vec()].concat(),
+        ),
+        (resp(&[b"GET", b"huge"]), b"$-1\r\n".to_vec()),
+        (b"SET inl ine\r\n".to_vec(), b"+OK\r\n".to_vec()),
+        (b"GET inl\r\n".to_vec(), b"$3\r\nine\r\n".to_vec()),
+        (
+            resp(&[b"SET", b"k", b"v", b"EX", b"10"]),
+            b"-ERR SET option not supported by the offload\r\n".to_vec(),
+        ),
+        (resp(&[b"GET"]), b"-ERR wrong number of arguments for 'get' command\r\n".to_vec()),
+    ];
+    let reqs: Vec<Vec<u8>> = cases.iter().map(|c| c.0.clone()).collect();
+    for bytewise in [false, true] {
+        // in one write (a pipeline), then fragmented
+        let got = exchange(PORT, &reqs, bytewise)?;
+        for ((req, want), got) in cases.iter().zip(&got) {
+            ensure!(
+                got == want,
+                "bytewise {bytewise}: {} got {} want {}",
+                show(req),
+                show(got),
+                show(want)
+            );
+        }
+    }
+    // Passed requests, then owned ones on the same connection: in order,
+    // the owned replies now made by redis-server through EVAL.
+    let mixed = vec![
+        resp(&[b"PING"]),
+        resp(&[b"GET", b"k1"]),
+        resp(&[b"INCR", b"counter"]),
+        resp(&[b"SET", b"k2", b"after a pass"]),
+        resp(&[b"GET", b"k2"]),
+        resp(&[b"GET", b"nothing"]),
+        resp(&[b"SET", b"k3"]),
+        resp(&[b"ECHO", b"end"]),
+    ];
+    let got = exchange(PORT, &mixed, false)?;
+    let want: Vec<&[u8]> = vec![
+        b"+PONG\r\n",
+        b"$2\r\nv1\r\n",
+        b":1\r\n",
+        b"+OK\r\n",
+        b"$12\r\nafter a pass\r\n",
+        b"$-1\r\n",
+        b"-ERR wrong number of arguments for 'set' command\r\n",
+        b"$3\r\nend\r\n",
+    ];
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        ensure!(g == w, "mixed #{i} {}: got {} want {}", show(&mixed[i]), show(g), show(w));
+    }
+    // redis-server itself holds none of the owned keys: only the counter
+    let dbsize = exchange(PORT, &[resp(&[b"DBSIZE"])], false)?;
+    ensure!(dbsize[0] == b":1\r\n", "DBSIZE behind the offload: {}", show(&dbsize[0]));
+    let out = live.detach()?;
+    let count = |name: &str| -> u64 {
+        out.iter()
+            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(u64::MAX)
+    };
+    ensure!(count("eval_routed") >= 5 && count("reply_failures") == 0, "{out:?}");
+    ensure!(count("lock_timeouts") == 0 && count("raw_conns") == 0, "{out:?}");
+    println!("{}", out.join("\n"));
+    Ok(())
+}
+
+/// A seeded random mix of owned and other commands, pipelined in random
+/// batches on several connections, against the offload and against
+/// redis-server alone: identical reply bytes. The keys of other commands
+/// are kept apart from the owned ones (a command on an owned key is not
+/// refused yet, so it would see redis-server's key space), and values stay
+/// within the offload's limit (its error for larger ones is checked in
+/// [`round_trips`]).
+pub fn differential() -> Result<()> {
+    let _live = Live::new()?;
+    let mut rng = Rng::new(0x005e_ed12);
+    let mut total = 0usize;
+    for conn in 0..12 {
+        // pure connections (owned only) and mixed ones
+        let pure = conn % 3 == 0;
+        let mut reqs = Vec::new();
+        for _ in 0..(50 + rng.below(150)) {
+            let k = format!("key:{}", rng.below(40));
+            let pick = if pure { rng.below(2) } else { rng.below(6) };
+            let req = match pick {
+                0 => resp(&[b"GET", k.as_bytes()]),
+                1 => {
+                    let len = rng.below(2049) as usize;
+                    let v: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
+                    resp(&[b"SET", k.as_bytes(), &v])
+                }
+                2 => resp(&[b"INCR", format!("ctr:{}", rng.below(5)).as_bytes()]),
+                3 => resp(&[b"PING"]),
+                4 => format!("GET {k}\r\n").into_bytes(),
+                _ => resp(&[b"ECHO", format!("e{}", rng.below(1000)).as_bytes()]),
+            };
+            reqs.push(req);
+        }
+        // the same batches against both
+        let mut at = 0;
+        let (mut a, mut b) = (connect(PORT)?, connect(ORACLE)?);
+        let (mut ba, mut bb) = (Vec::new(), Vec::new());
+        while at < reqs.len() {
+            let n = (1 + rng.below(20) as usize).min(reqs.len() - at);
+            let batch = reqs[at..at + n].concat();
+            a.write_all(&batch)?;
+            b.write_all(&batch)?;
+            for (i, req) in reqs.iter().enumerate().skip(at).take(n) {
+                let (ra, rb) = (read_reply(&mut a, &mut ba)?, read_reply(&mut b, &mut bb)?);
+                ensure!(
+                    ra == rb,
+                    "connection {conn} request {i} {}: offload {} oracle {}",
+                    show(req),
+                    show(&ra),
+                    show(&rb)
+                );
+            }
+            at += n;
+        }
+        total += reqs.len();
+    }
+    println!("differential: {total} requests on 12 connections, 0 mismatches");
+    Ok(())
+}
+
+/// Requests redis-server cannot parse: with the offload, the connection
+/// switches to passthrough and redis-server answers (and closes) exactly as
+/// it does alone; other connections keep working.
+pub fn malformed_requests_pass_through() -> Result<()> {
+    let _live = Live::new()?;
+    let cases: [&[u8]; 6] = [
+        b"*abc\r\n",
+        b"*2\r\n$x\r\nGET\r\n",
+        b"*2\r\n$3\r\nGET\r\n$-5\r\n",
+        b"*1\r\n$99999999999\r\n",
+        b"*1\r\n$3\r\nGETX\r\n",
+        b"*2\r\n$3\r\nGET\r\n:12\r\n",
+    ];
+    for case in cases {
+        let mut out = Vec::new();
+        for port in [PORT, ORACLE] {
+            let mut s = connect(port)?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(case)?;
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // until redis-server closes, or 3 s of silence
+            let closed = loop {
+                match s.read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(n) => got.extend(&chunk[..n]),
+                    Err(_) => break false,
+                }
+            };
+            out.push((got, closed));
+        }
+        ensure!(
+            out[0] == out[1],
+            "{}: offload {} (closed {}) oracle {} (closed {})",
+            show(case),
+            show(&out[0].0),
+            out[0].1,
+            show(&out[1].0),
+            out[1].1
+        );
+    }
+    // the offload still answers on a new connection
+    let got = exchange(PORT, &[resp(&[b"SET", b"after", b"1"]), resp(&[b"GET", b"after"])], false)?;
+    ensure!(got[1] == b"$1\r\n1\r\n", "after the malformed ones: {}", show(&got[1]));
+    Ok(())
+}
+
+/// redis-cli and redis-benchmark through the offload: `--pipe` of 10,000
+/// SETs reports no error, redis-benchmark's GET and SET run without errors,
+/// and redis-cli reads back what the pipe stored.
+pub fn real_clients() -> Result<()> {
+    let mut live = Live::new()?;
+    let mut input = Vec::new();
+    for i in 0..10_000 {
+        input.extend(resp(&[
+            b"SET",
+            format!("key:{i:012}").as_bytes(),
+            format!("v{i}").as_bytes(),
+        ]));
+    }
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-p", &PORT.to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(&input)?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.contains("errors: 0, replies: 10000"), "redis-cli --pipe: {text}");
+    let got = sh("redis-cli", &["-p", &PORT.to_string(), "GET", "key:000000004242"])?;
+    ensure!(got.trim() == "v4242", "redis-cli GET: {got:?}");
+    let bench = sh(
+        "redis-benchmark",
+        &[
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            "get,set",
+            "-n",
+            "4000",
+            "-r",
+            "1000",
+            "-d",
+            "64",
+            "-c",
+            "4",
+            "-P",
+            "8",
+            "--csv",
+        ],
+    )?;
+    ensure!(
+        bench.contains("\"SET\"")
+            && bench.contains("\"GET\"")
+            && !bench.to_lowercase().contains("error"),
+        "redis-benchmark: {bench}"
+    );
+    let out = live.detach()?;
+    println!("{}\n{}", bench.trim(), out.join("\n"));
+    Ok(())
+}
