@@ -85,3 +85,29 @@ wait "$pid"
 cat "$out"
 kill "$peer" "$mc"
 wait "$peer" "$mc" 2>/dev/null || true
+
+say "redis-server on TCP port 6979, then kflex-load --kmemcache --port 6979 --heap-size 256M"
+redis-server --port 6979 --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+rs=$!
+for _ in $(seq 50); do redis-cli -p 6979 PING >/dev/null 2>&1 && break; sleep 0.2; done
+kflex-load --kmemcache --port 6979 --heap-size 256M >"$out" 2>&1 &
+pid=$!
+for _ in $(seq 300); do grep -q '^ready' "$out" && break; sleep 0.2; done
+cat "$out"
+
+say "redis-cli: SET and GET answered in the kernel, PING and INCR by redis-server"
+redis-cli -p 6979 SET greeting "hello from the kernel"
+redis-cli -p 6979 GET greeting
+redis-cli -p 6979 PING
+redis-cli -p 6979 INCR visits
+echo "keys redis-server itself holds: $(redis-cli -p 6979 DBSIZE) (the counter only)"
+
+say "redis-benchmark GET/SET through the offload: 10000 requests, 64-byte values"
+redis-benchmark -p 6979 -t get,set -n 10000 -r 1000 -d 64 -c 8 --csv
+
+say "stopping kflex-load --kmemcache (SIGTERM)"
+kill -TERM "$pid"
+wait "$pid"
+cat "$out"
+kill "$rs"
+wait "$rs" 2>/dev/null || true

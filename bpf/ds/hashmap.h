@@ -130,6 +130,46 @@ static __always_inline int hm_init(struct hm_map *m, __u32 order)
 	return 0;
 }
 
+/*
+ * hm_init() in parts, for tables too large to clear within one run's
+ * budget: the first call allocates the buckets into *pending, each call
+ * clears buckets [from, from + count), and the call that clears the last
+ * one publishes the map. 0, or -1 if the heap is exhausted.
+ */
+static __always_inline int hm_init_part(struct hm_map *m, struct hm_bucket __arena **pending,
+					__u32 order, __u64 from, __u64 count)
+{
+	struct hm_bucket __arena *b;
+	__u64 i, n;
+
+	if (m->buckets)
+		return 0;
+	if (order > 24)
+		order = 24;
+	n = 1ULL << order;
+	if (!*pending) {
+		*pending = ds_alloc(n * sizeof(*b));
+		if (!*pending)
+			return -1;
+	}
+	b = *pending;
+	if (from >= n)
+		return 0;
+	if (count > n - from)
+		count = n - from;
+	bpf_for(i, from, from + count) {
+		DS_SET(b[i].lock, 0);
+		DS_SET(b[i].head, NULL);
+	}
+	if (from + count == n) {
+		m->mask = n - 1;
+		m->count = 0;
+		m->buckets = b;
+		*pending = NULL;
+	}
+	return 0;
+}
+
 static __always_inline struct hm_bucket __arena *hm_bucket_of(struct hm_map *m, __u64 h)
 {
 	return m->buckets + (h & m->mask);

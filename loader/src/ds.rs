@@ -202,6 +202,44 @@ pub fn run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Arguments of an offload's table initialiser (`mc_init`, `rd_init`).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct TableInit {
+    order: u32,
+    ret: u32,
+    from: u64,
+    count: u64,
+}
+
+/// Buckets an offload's initialiser clears per run (well within a run's
+/// budget, even under emulation).
+const INIT_PART: u64 = 4096;
+
+/// Creates an offload's table of 2^`order` buckets with its initialiser
+/// `prog`, a part per run. Errors say what to change.
+pub fn init_table(prog: BorrowedFd<'_>, order: u32, heap_size: u64) -> Result<()> {
+    let n = 1u64 << order;
+    let mut from = 0;
+    while from < n {
+        let mut a = TableInit { order, ret: 0, from, count: INIT_PART };
+        run_ctx(prog, &mut a).context("creating the table")?;
+        match a.ret {
+            0 => {}
+            2 => anyhow::bail!(
+                "populating the heap for the table failed: out of memory (or the memory \
+                 cgroup's limit)"
+            ),
+            _ => anyhow::bail!(
+                "the table's {n} buckets do not fit in a heap of {heap_size} bytes: use a \
+                 larger --heap-size"
+            ),
+        }
+        from += INIT_PART;
+    }
+    Ok(())
+}
+
 /// Runs a data-structure program once with `args`; returns the arguments
 /// as the program left them and the wall time of the call. Takes the
 /// program's descriptor so that threads can share it.

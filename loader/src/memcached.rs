@@ -285,21 +285,7 @@ pub fn run(o: &Options<'_>, signals: &SigSet) -> Result<()> {
         .set_max_entries((o.heap_size / 4096) as u32)
         .context("sizing the KFlex heap")?;
     let skel = open.load().context("loading the memcached offload into the kernel")?;
-    let mut init = [BUCKET_ORDER, 0u32];
-    ds::run_ctx(skel.progs.mc_init.as_fd(), &mut init).context("creating the table")?;
-    match init[1] {
-        0 => {}
-        2 => bail!(
-            "populating the heap for the table failed: out of memory (or the memory \
-             cgroup's limit)"
-        ),
-        _ => bail!(
-            "the table's {} buckets do not fit in a heap of {} bytes: use a larger \
-             --heap-size",
-            1u64 << BUCKET_ORDER,
-            o.heap_size
-        ),
-    }
+    ds::init_table(skel.progs.mc_init.as_fd(), BUCKET_ORDER, o.heap_size)?;
     let link = attach_native_xdp(&skel.progs.kmc_xdp, o.ifindex, o.ifname)?;
     let tc_link = attach_tc(&skel.progs.kmc_tc, o.ifindex, o.ifname, TcSide::Ingress)?;
     let fill_link = match o.policy {

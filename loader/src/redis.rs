@@ -164,21 +164,7 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
         .set_max_entries((o.heap_size / 4096) as u32)
         .context("sizing the KFlex heap")?;
     let mut skel = open.load().context("loading the Redis offload into the kernel")?;
-    let mut init = [BUCKET_ORDER, 0u32];
-    ds::run_ctx(skel.progs.rd_init.as_fd(), &mut init).context("creating the table")?;
-    match init[1] {
-        0 => {}
-        2 => bail!(
-            "populating the heap for the table failed: out of memory (or the memory \
-             cgroup's limit)"
-        ),
-        _ => bail!(
-            "the table's {} buckets do not fit in a heap of {} bytes: use a larger \
-             --heap-size",
-            1u64 << BUCKET_ORDER,
-            o.heap_size
-        ),
-    }
+    ds::init_table(skel.progs.rd_init.as_fd(), BUCKET_ORDER, o.heap_size)?;
     let map_fd = skel.maps.rd_socks.as_fd().as_raw_fd_i32();
     skel.progs.rd_parse.attach_sockmap(map_fd).context("attaching the stream parser")?;
     skel.progs.rd_verdict.attach_sockmap(map_fd).context("attaching the stream verdict")?;

@@ -39,9 +39,7 @@ impl Offload {
         let mut open = MemcachedSkelBuilder::default().open(storage)?;
         open.maps.kmc_heap.set_max_entries((64 << 20) / 4096)?;
         let skel = open.load().context("loading memcached.bpf.c")?;
-        let mut init = [12u32, 0];
-        ds::run_ctx(skel.progs.mc_init.as_fd(), &mut init)?;
-        ensure!(init[1] == 0, "mc_init: {}", init[1]);
+        ds::init_table(skel.progs.mc_init.as_fd(), 12, 64 << 20)?;
         Ok(Offload { skel })
     }
 
