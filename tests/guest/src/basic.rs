@@ -102,10 +102,17 @@ pub fn bad_invocations_fail_clearly() -> Result<()> {
     ensure!(e.contains("--ifindex N is required"), "{e}");
     let e = load_fails(&["--ifindex", "lo"])?;
     ensure!(e.contains("invalid value"), "{e}");
-    for flag in ["--kmemcache", "--kredis"] {
-        let e = load_fails(&[flag, "--ifindex", "1"])?;
-        ensure!(e.contains(flag) && e.contains("not implemented"), "{flag}: {e}");
-    }
+    let e = load_fails(&["--kredis", "--ifindex", "1"])?;
+    ensure!(e.contains("--kredis") && e.contains("not implemented"), "--kredis: {e}");
+    let e = load_fails(&["--kmemcache", "--port", "6998"])?;
+    ensure!(
+        e.contains("nothing listens on TCP port 6998") && e.contains("redis-server --port 6998"),
+        "{e}"
+    );
+    let e = load_fails(&["--kmemcache", "--max-value", "4096"])?;
+    ensure!(e.contains("--max-value 4096 is more than this offload holds"), "{e}");
+    let e = load_fails(&["--max-value", "100", "--ifindex", "1"])?;
+    ensure!(e.contains("--max-value applies to the Redis GET/SET offload only"), "{e}");
     let e = load_fails(&["--kmemcached", "--ifindex", "1", "--port", "6999"])?;
     ensure!(
         e.contains("nothing listens on UDP port 6999") && e.contains("memcached -U 6999"),
