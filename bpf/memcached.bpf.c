@@ -972,31 +972,7 @@ int kmc_fill(struct __sk_buff *skb)
 	return TCX_NEXT;
 }
 
-/* Allocates the table's buckets and clears them, a part per run (the
- * loader calls it for consecutive parts until `done`). */
-struct mc_init_args {
-	__u32 order;		/* log2 of the buckets */
-	__u32 ret;		/* 0 ok, 1 no room in the heap, 2 reserve failed */
-	__u64 from;		/* first bucket of this part */
-	__u64 count;		/* buckets in this part */
-};
-
-static struct hm_bucket __arena *mc_pending;
-
-SEC("syscall")
-int mc_init(struct mc_init_args *a)
-{
-	__u64 buckets = (1ULL << (a->order & 31)) * sizeof(struct hm_bucket);
-
-	/* The buckets are one large allocation: populate the heap for them
-	 * (and a first megabyte of entries) instead of waiting for the
-	 * background reserve. */
-	if (!a->from && kflex_reserve(kmc_heap, buckets + (1 << 20))) {
-		a->ret = 2;
-		return 0;
-	}
-	a->ret = hm_init_part(&mc_table.m, &mc_pending, a->order, a->from, a->count) ? 1 : 0;
-	return 0;
-}
+/* Creates the table (run by the loader, a part at a time). */
+KV_TABLE_INIT(mc_init, kmc_heap, mc_table);
 
 char LICENSE[] SEC("license") = "GPL";

@@ -839,31 +839,7 @@ pass:
 	return SK_PASS;
 }
 
-/* Allocates the table's buckets and clears them, a part per run (the
- * loader calls it for consecutive parts until `done`). */
-struct rd_init_args {
-	__u32 order;		/* log2 of the buckets */
-	__u32 ret;		/* 0 ok, 1 no room in the heap, 2 reserve failed */
-	__u64 from;		/* first bucket of this part */
-	__u64 count;		/* buckets in this part */
-};
-
-static struct hm_bucket __arena *rd_pending;
-
-SEC("syscall")
-int rd_init(struct rd_init_args *a)
-{
-	__u64 buckets = (1ULL << (a->order & 31)) * sizeof(struct hm_bucket);
-
-	/* The buckets are one large allocation: populate the heap for them
-	 * (and a first megabyte of entries) instead of waiting for the
-	 * background reserve. */
-	if (!a->from && kflex_reserve(rd_heap, buckets + (1 << 20))) {
-		a->ret = 2;
-		return 0;
-	}
-	a->ret = hm_init_part(&rd_table.m, &rd_pending, a->order, a->from, a->count) ? 1 : 0;
-	return 0;
-}
+/* Creates the table (run by the loader, a part at a time). */
+KV_TABLE_INIT(rd_init, rd_heap, rd_table);
 
 char LICENSE[] SEC("license") = "GPL";

@@ -103,34 +103,6 @@ static __always_inline void hm_free(struct hm_map *m, void __arena *p)
 }
 
 /*
- * Allocate 2^`order` empty buckets: 0, or -1 if the heap is exhausted.
- * Does nothing if the map exists.
- */
-static __always_inline int hm_init(struct hm_map *m, __u32 order)
-{
-	struct hm_bucket __arena *b;
-	__u64 i, n;
-
-	if (m->buckets)
-		return 0;
-	if (order > 24)
-		order = 24;
-	n = 1ULL << order;
-	b = ds_alloc(n * sizeof(*b));
-	if (!b)
-		return -1;
-	/* Large allocations may reuse pages: clear them. */
-	bpf_for(i, 0, n) {
-		DS_SET(b[i].lock, 0);
-		DS_SET(b[i].head, NULL);
-	}
-	m->mask = n - 1;
-	m->count = 0;
-	m->buckets = b;
-	return 0;
-}
-
-/*
  * hm_init() in parts, for tables too large to clear within one run's
  * budget: the first call allocates the buckets into *pending, each call
  * clears buckets [from, from + count), and the call that clears the last
@@ -168,6 +140,17 @@ static __always_inline int hm_init_part(struct hm_map *m, struct hm_bucket __are
 		*pending = NULL;
 	}
 	return 0;
+}
+
+/*
+ * Allocate 2^`order` empty buckets: 0, or -1 if the heap is exhausted.
+ * Does nothing if the map exists.
+ */
+static __always_inline int hm_init(struct hm_map *m, __u32 order)
+{
+	struct hm_bucket __arena *pending = NULL;
+
+	return hm_init_part(m, &pending, order, 0, 1ULL << (order > 24 ? 24 : order));
 }
 
 static __always_inline struct hm_bucket __arena *hm_bucket_of(struct hm_map *m, __u64 h)

@@ -363,4 +363,37 @@ static __always_inline void kv_flush(struct kv_table *t)
 	__sync_fetch_and_add(&t->gen, 1);
 }
 
+/* Arguments of a table's initialiser (KV_TABLE_INIT); the loader's
+ * ds::init_table() fills them. */
+struct kv_init_args {
+	__u32 order;		/* log2 of the buckets */
+	__u32 ret;		/* 0 ok, 1 no room in the heap, 2 reserve failed */
+	__u64 from;		/* first bucket of this part */
+	__u64 count;		/* buckets in this part */
+};
+
+/*
+ * Defines SEC("syscall") program `name`, which allocates the buckets of
+ * `table` on `heap` and clears them, a part per run (hm_init_part()): the
+ * loader calls it for consecutive parts. The first part populates the heap
+ * for the buckets (and a first megabyte of entries) instead of waiting for
+ * the background reserve.
+ */
+#define KV_TABLE_INIT(name, heap, table)					\
+	static struct hm_bucket __arena *name##_pending;			\
+	SEC("syscall")								\
+	int name(struct kv_init_args *a)					\
+	{									\
+		__u64 buckets = (1ULL << (a->order & 31)) *			\
+				sizeof(struct hm_bucket);			\
+										\
+		if (!a->from && kflex_reserve(heap, buckets + (1 << 20))) {	\
+			a->ret = 2;						\
+			return 0;						\
+		}								\
+		a->ret = hm_init_part(&(table).m, &name##_pending, a->order,	\
+				      a->from, a->count) ? 1 : 0;		\
+		return 0;							\
+	}
+
 #endif /* __KFLEX_DS_KV_H */

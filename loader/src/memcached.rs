@@ -125,15 +125,29 @@ pub fn read_counters(map: &dyn MapCore) -> Result<[u64; N]> {
 
 /// Sums per-CPU `struct mc_stats` values.
 pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; N] {
-    let mut out = [0u64; N];
+    sum_per_cpu(per_cpu)
+}
+
+/// Sums per-CPU values of `M` 64-bit counters (an offload's statistics).
+pub fn sum_per_cpu<const M: usize>(per_cpu: &[Vec<u8>]) -> [u64; M] {
+    let mut out = [0u64; M];
     for v in per_cpu {
-        for (i, w) in v.chunks_exact(8).take(N).enumerate() {
+        for (o, w) in out.iter_mut().zip(v.chunks_exact(8)) {
             let mut b = [0u8; 8];
             b.copy_from_slice(w);
-            out[i] = out[i].wrapping_add(u64::from_ne_bytes(b));
+            *o = o.wrapping_add(u64::from_ne_bytes(b));
         }
     }
     out
+}
+
+/// Counters as indented `name value` lines.
+pub fn counter_lines(names: &[&str], values: &[u64]) -> String {
+    let mut s = String::new();
+    for (name, v) in names.iter().zip(values) {
+        let _ = writeln!(s, "  {name:<15} {v}");
+    }
+    s
 }
 
 /// The counters as `name value` lines, or as one JSON object.
@@ -146,9 +160,7 @@ pub fn format_counters(c: &[u64; N], json: bool) -> String {
         }
         s.push('}');
     } else {
-        for (name, v) in COUNTERS.iter().zip(c) {
-            let _ = writeln!(s, "  {name:<15} {v}");
-        }
+        s = counter_lines(&COUNTERS, c);
     }
     s
 }

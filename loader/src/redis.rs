@@ -15,7 +15,6 @@
 //! signal stops waiting.
 
 use std::{
-    fmt::Write as _,
     io::Write as _,
     mem::MaybeUninit,
     os::fd::AsFd,
@@ -29,7 +28,7 @@ use libbpf_rs::{
 };
 use nix::sys::signal::SigSet;
 
-use crate::{ds, progstats, skel::redis::*};
+use crate::{ds, memcached, progstats, skel::redis::*};
 
 /// Commands the GET/SET offload answers in the kernel.
 pub const OWNED: &str = "GET, SET";
@@ -102,24 +101,12 @@ pub fn cgroup2_mount(mounts: &str) -> Option<String> {
 
 /// Sums per-CPU `struct rd_stats` values.
 pub fn sum_counters(per_cpu: &[Vec<u8>]) -> [u64; N] {
-    let mut out = [0u64; N];
-    for v in per_cpu {
-        for (o, w) in out.iter_mut().zip(v.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            *o = o.wrapping_add(u64::from_ne_bytes(b));
-        }
-    }
-    out
+    memcached::sum_per_cpu(per_cpu)
 }
 
 /// The counters as `name value` lines.
 pub fn format_counters(c: &[u64; N]) -> String {
-    let mut s = String::new();
-    for (name, v) in COUNTERS.iter().zip(c) {
-        let _ = writeln!(s, "  {name:<15} {v}");
-    }
-    s
+    memcached::counter_lines(&COUNTERS, c)
 }
 
 /// Checks the options against what the offload can hold.
