@@ -74,7 +74,8 @@ struct rd_stats {
 	__u64 raw_conns;	/* connections switched to raw passthrough */
 	__u64 lock_timeouts;	/* bucket lock or loop budget ran out */
 	__u64 store_failures;	/* values the heap could not hold */
-	__u64 reply_failures;	/* replies the skb could not be turned into */
+	__u64 reply_failures;	/* replies the skb could not be turned into
+				 * (the connection then passes) */
 };
 
 struct {
@@ -825,8 +826,12 @@ int rd_verdict(struct __sk_buff *skb)
 	kind = RD_OK;
 answer:
 	if (rd_answer(skb, kind, n, c->passed)) {
+		/* cannot happen by construction (replies are bounded); should
+		 * it, redis-server gets the bytes and the connection, rather
+		 * than the client waiting for a reply that never comes */
 		COUNT(reply_failures);
-		return SK_DROP;
+		go_raw(c);
+		return SK_PASS;
 	}
 	if (c->passed) {
 		COUNT(eval_routed);
