@@ -69,7 +69,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(memcached::two_cpus_same_keys, "ym"),
     t!(memcached::detach_under_load, "ym"),
     t!(redis::round_trips, "ym"),
-    // known to fail about one run in four (a missing reply): ignored
+    // an open bug: now and then a reply goes missing (ARCHITECTURE §4c)
     t!(redis::fragmented_requests, ""),
     t!(redis::differential, "ym"),
     t!(redis::malformed_requests_pass_through, "ym"),
