@@ -672,10 +672,6 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 
 	if (!skb || !sc || n > KV_ITEM_MAX)
 		return -1;
-	/* a message made of many small segments is not linear: resizing at
-	 * the head needs its bytes in the head */
-	if (bpf_skb_pull_data(skb, skb->len))
-		return -1;
 	rlen = build(sc, kind, n, eval);
 	return rewrite(skb, sc, skb->len, rlen);
 }
