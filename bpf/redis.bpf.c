@@ -312,10 +312,9 @@ chunk:
 		w->status = -1;
 }
 
-static __always_inline struct rd_conn *conn_of(struct __sk_buff *skb)
+/* The state of the connection whose socket cookie is `cookie`. */
+static __always_inline struct rd_conn *conn_of(__u64 cookie)
 {
-	__u64 cookie = bpf_get_socket_cookie(skb);
-
 	return bpf_map_lookup_elem(&rd_conns, &cookie);
 }
 
@@ -332,7 +331,7 @@ int rd_parse(struct __sk_buff *skb)
 {
 	__u32 zero = 0, len = skb->len, i, n;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
-	struct rd_conn *c = conn_of(skb);
+	struct rd_conn *c = conn_of(bpf_get_socket_cookie(skb));
 	struct rd_walk w = {};
 	__s64 v;
 	int h;
@@ -681,8 +680,8 @@ int rd_verdict(struct __sk_buff *skb)
 {
 	__u32 zero = 0, len = skb->len, n = 0, klen, vlen;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
-	struct rd_conn *c = conn_of(skb);
 	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct rd_conn *c = conn_of(cookie);
 	enum rd_reply kind = RD_NIL;
 	struct kv_stats st = {};
 	struct kv_found f = {};

@@ -17,7 +17,7 @@
 use std::{
     io::Write as _,
     mem::MaybeUninit,
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
 };
 
@@ -152,14 +152,14 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
         .context("sizing the KFlex heap")?;
     let mut skel = open.load().context("loading the Redis offload into the kernel")?;
     ds::init_table(skel.progs.rd_init.as_fd(), BUCKET_ORDER, o.heap_size)?;
-    let map_fd = skel.maps.rd_socks.as_fd().as_raw_fd_i32();
+    let map_fd = skel.maps.rd_socks.as_fd().as_raw_fd();
     skel.progs.rd_parse.attach_sockmap(map_fd).context("attaching the stream parser")?;
     skel.progs.rd_verdict.attach_sockmap(map_fd).context("attaching the stream verdict")?;
     let cg = std::fs::File::open(&cgroot).with_context(|| format!("opening {cgroot}"))?;
     let sockops = skel
         .progs
         .rd_sockops
-        .attach_cgroup(cg.as_fd().as_raw_fd_i32())
+        .attach_cgroup(cg.as_raw_fd())
         .with_context(|| format!("attaching the sockops program to {cgroot}"))?;
     println!(
         "ready: Redis GET/SET offload on TCP port {} (new connections): {OWNED} answered in the \
@@ -224,18 +224,6 @@ fn pending(signals: &SigSet) -> bool {
     let now = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid signal set and timeout; no siginfo is asked for.
     unsafe { nix::libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &now) > 0 }
-}
-
-/// Raw descriptor numbers as libbpf-rs's attach calls take them.
-trait RawI32 {
-    fn as_raw_fd_i32(&self) -> i32;
-}
-
-impl RawI32 for std::os::fd::BorrowedFd<'_> {
-    fn as_raw_fd_i32(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.as_raw_fd()
-    }
 }
 
 #[cfg(test)]
