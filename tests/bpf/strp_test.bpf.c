@@ -8,6 +8,7 @@
  * it to the server:
  *   "#..."  -> "ok\n"                  (shorter)
  *   "p..."  -> passed unchanged to the server
+ *   "d..."  -> dropped (SK_DROP: neither answered nor passed)
  *   other   -> "echo <line> <len>\n"   (longer)
  * A line longer than MAX_LINE is framed as MAX_LINE bytes and passed.
  */
@@ -36,8 +37,8 @@ struct {
 	__type(value, struct buf);
 } scratch SEC(".maps");
 
-/* Messages the verdict answered, passed, failed to answer. */
-__u64 answered, passed, failed;
+/* Messages the verdict answered, passed, dropped, failed to answer. */
+__u64 answered, passed, dropped, failed;
 
 SEC("sk_skb/stream_parser")
 int strp_parse(struct __sk_buff *skb)
@@ -85,6 +86,10 @@ int strp_verdict(struct __sk_buff *skb)
 		goto fail;
 	if (b->in[len - 1] != '\n' || b->in[0] == 'p')
 		goto pass;
+	if (b->in[0] == 'd') {
+		__sync_fetch_and_add(&dropped, 1);
+		return SK_DROP;
+	}
 	if (b->in[0] == '#') {
 		b->out[0] = 'o';
 		b->out[1] = 'k';
