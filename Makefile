@@ -26,7 +26,7 @@ export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
 export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
 VARIANT ?= y
 
-.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench bench-offloads check \
+.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench bench-offloads bench-redis check \
 	selftests test-verifier test-debug clean-cache
 
 all: tools
@@ -91,6 +91,17 @@ bench-offloads: tools
 		bash $(CURDIR)/tests/bench-offloads.sh /run/kflex/offloads
 	@mkdir -p bench/results && cp -r $(OFFLOAD_RUN)/offloads bench/results/offloads && rm -rf $(OFFLOAD_RUN)
 	@echo "written: bench/results/offloads/table.txt"
+
+# The Redis GET/SET offload against redis-server alone (redis-benchmark, both
+# variants alternating, 3 rounds) in one guest run; the table and every raw
+# output land in bench/results/redis/.
+REDIS_RUN := bench/results/redis.tmp
+bench-redis: tools
+	@rm -rf $(REDIS_RUN) bench/results/redis
+	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/$(REDIS_RUN) -- \
+		bash $(CURDIR)/tests/bench-redis.sh /run/kflex/redis
+	@mkdir -p bench/results && cp -r $(REDIS_RUN)/redis bench/results/redis && rm -rf $(REDIS_RUN)
+	@echo "written: bench/results/redis/table.txt"
 
 # Formatting and lints of the userspace crates.
 check:

@@ -27,6 +27,9 @@
  *                  offload
  *   wrong arity    Redis's own -ERR wrong number of arguments for '<cmd>'
  *                  command
+ * Another command whose key arguments (positions from redis-server's COMMAND
+ * table, in rd_cmds; among the first RD_OWN_ARGS arguments) name a key the
+ * offload holds is refused here: -ERR key is held by the KFlex offload.
  * Replies keep request order on a connection: while nothing was passed on
  * a connection, owned requests are answered from the kernel; once it has
  * passed a request to redis-server, an owned request is still executed
@@ -57,6 +60,7 @@ const volatile __u32 rd_max_value = KV_ITEM_MAX;
 #define RD_HDR 32		/* bytes of a '*' or '$' line we read */
 #define RD_BUF 8192		/* scratch buffers (a power of two, >= RD_MSG_MAX) */
 #define RD_OWN_ARGS 8		/* arguments of an owned request we look at */
+#define RD_CMD_NAME 32		/* bytes of a command name in rd_cmds */
 
 #define TCP_CLOSE_STATE 7	/* enum tcp_state's TCP_CLOSE */
 
@@ -76,6 +80,8 @@ struct rd_stats {
 	__u64 store_failures;	/* values the heap could not hold */
 	__u64 reply_failures;	/* replies the skb could not be turned into
 				 * (the connection then passes) */
+	__u64 held_refused;	/* other commands refused on keys the offload
+				 * holds */
 };
 
 struct {
@@ -110,6 +116,26 @@ struct {
 	__type(value, struct rd_conn);
 } rd_conns SEC(".maps");
 
+/*
+ * Key positions of redis-server's commands (COMMAND's first key, last key
+ * and step; a negative last counts from the end), by lowercase name
+ * zero-padded to RD_CMD_NAME bytes. Filled by the loader at attach; commands
+ * without keys are not in it.
+ */
+struct rd_keyspec {
+	__s32 first;
+	__s32 last;
+	__s32 step;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u8[RD_CMD_NAME]);
+	__type(value, struct rd_keyspec);
+} rd_cmds SEC(".maps");
+
 /* Per-CPU scratch: the request, the reply, the arguments. */
 struct rd_scratch {
 	__u8 req[RD_BUF + 128];
@@ -118,6 +144,7 @@ struct rd_scratch {
 	__u32 arg_len[RD_OWN_ARGS];
 	__u32 nargs;
 	__u8 hdr[RD_HDR];
+	__u8 name[RD_CMD_NAME];
 };
 
 struct {
@@ -675,6 +702,63 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 	return rewrite(skb, sc, skb->len, rlen);
 }
 
+/*
+ * Whether a key argument of the request in the scratch buffer (a command
+ * the offload does not own, `nargs` arguments) names a key the table holds,
+ * by the command's key positions in rd_cmds; the first RD_OWN_ARGS
+ * arguments are looked at. A global function: the verifier checks it once.
+ * Returns 1 held, 0 not (or not a known command with keys), -1 a bucket
+ * lock or the loop budget ran out.
+ */
+__noinline int rd_held(int nargs)
+{
+	__u32 zero = 0, i, len, off, klen, step;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct kv_stats st = {};
+	struct kv_found f = {};
+	struct rd_keyspec *ks;
+	bool too_big = false;
+	int a, last, r;
+	__u8 ch;
+
+	if (!sc || nargs < 2)
+		return 0;
+	len = sc->arg_len[0];
+	if (!len || len > RD_CMD_NAME)
+		return 0;
+	__builtin_memset(sc->name, 0, sizeof(sc->name));
+	bpf_for(i, 0, RD_CMD_NAME) {
+		if (i >= len)
+			break;
+		ch = RD_BYTE(sc->req, sc->arg_off[0] + i);
+		if (ch >= 'A' && ch <= 'Z')
+			ch += 'a' - 'A';
+		sc->name[RD_MASK(i, RD_CMD_NAME - 1)] = ch;
+	}
+	ks = bpf_map_lookup_elem(&rd_cmds, sc->name);
+	if (!ks || ks->first < 1)
+		return 0;
+	last = ks->last < 0 ? nargs + ks->last : ks->last;
+	step = ks->step > 0 ? ks->step : 1;
+	bpf_for(a, ks->first, RD_OWN_ARGS) {
+		if (a > last || a >= nargs)
+			break;
+		if ((a - ks->first) % step)
+			continue;
+		klen = sc->arg_len[RD_MASK(a, RD_OWN_ARGS - 1)];
+		off = sc->arg_off[RD_MASK(a, RD_OWN_ARGS - 1)];
+		if (!klen || klen > KV_KEY_MAX || off > KV_OFF_MASK)
+			continue;
+		r = kv_get(&rd_table, sc->req, off, klen, 0, sc->rep, RD_VAL, 0, &f, &too_big,
+			   &st);
+		if (r < 0)
+			return -1;
+		if (r > 0 || too_big)
+			return 1;
+	}
+	return 0;
+}
+
 SEC("sk_skb/stream_verdict")
 int rd_verdict(struct __sk_buff *skb)
 {
@@ -737,8 +821,21 @@ int rd_verdict(struct __sk_buff *skb)
 		if (chunked) {
 			c->args_left = w.args_left;
 			c->bulk_left = w.bulk_left;
+			goto pass;
 		}
-		goto pass;
+		/* another command on a key the offload holds: refused */
+		r = rd_held(nargs);
+		if (!r)
+			goto pass;
+		kind = RD_ERR;
+		if (r < 0) {
+			COUNT(lock_timeouts);
+			n = STAGE(sc, "ERR busy, retry");
+			goto answer;
+		}
+		COUNT(held_refused);
+		n = STAGE(sc, "ERR key is held by the KFlex offload");
+		goto answer;
 	}
 	if (chunked) {
 		/* an owned request too long to hold: consume it, answer at

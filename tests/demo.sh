@@ -100,6 +100,8 @@ redis-cli -p 6979 SET greeting "hello from the kernel"
 redis-cli -p 6979 GET greeting
 redis-cli -p 6979 PING
 redis-cli -p 6979 INCR visits
+say "redis-cli: another command on a key the offload holds is refused"
+redis-cli -p 6979 APPEND greeting "!"
 echo "keys redis-server itself holds: $(redis-cli -p 6979 DBSIZE) (the counter only)"
 
 say "redis-benchmark GET/SET through the offload: 10000 requests, 64-byte values"

@@ -12,6 +12,7 @@ pub mod heapstats;
 pub mod memcached;
 pub mod progstats;
 pub mod redis;
+pub mod resp;
 pub mod rng;
 pub mod status;
 

@@ -17,6 +17,7 @@
 use std::{
     io::Write as _,
     mem::MaybeUninit,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
     time::{Duration, Instant},
 };
@@ -28,7 +29,10 @@ use libbpf_rs::{
 };
 use nix::sys::signal::SigSet;
 
-use crate::{ds, memcached, progstats, skel::redis::*};
+use crate::{ds, memcached, progstats, resp, skel::redis::*};
+
+/// Bytes of a command name in `rd_cmds` (RD_CMD_NAME in the BPF program).
+const CMD_NAME: usize = 32;
 
 /// Commands the GET/SET offload answers in the kernel.
 pub const OWNED: &str = "GET, SET";
@@ -47,10 +51,11 @@ pub const COUNTERS: [&str; N] = [
     "lock_timeouts",
     "store_failures",
     "reply_failures",
+    "held_refused",
 ];
 
 /// Number of counters.
-pub const N: usize = 12;
+pub const N: usize = 13;
 
 // The BPF program's counters are exactly these.
 const _: () = assert!(size_of::<types::rd_stats>() == COUNTERS.len() * 8);
@@ -74,6 +79,54 @@ pub fn tcp_listener(port: u16) -> bool {
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
         .any(|t| listens_on(&t, port))
+}
+
+/// The IPv4 address a `/proc/net/tcp` table's listening socket on `port`
+/// is bound to (0.0.0.0 for any).
+pub fn listen_v4(table: &str, port: u16) -> Option<Ipv4Addr> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (addr, p) = f.get(1)?.split_once(':')?;
+        if f.get(3) != Some(&"0A") || u16::from_str_radix(p, 16).ok()? != port {
+            return None;
+        }
+        // the kernel prints the address's bytes as one native-endian word
+        Some(Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes()))
+    })
+}
+
+/// Where to reach the redis-server listening on `port`: its IPv4 address
+/// (loopback when it listens on any), else IPv6 loopback.
+fn server_addr(port: u16) -> SocketAddr {
+    let v4 = std::fs::read_to_string("/proc/net/tcp").ok().and_then(|t| listen_v4(&t, port));
+    match v4 {
+        Some(a) if a.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Some(a) => SocketAddr::from((a, port)),
+        None => SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    }
+}
+
+/// Fills `rd_cmds` with the key positions of redis-server's commands;
+/// returns how many.
+fn load_command_table(skel: &RedisSkel<'_>, specs: &[resp::KeySpec]) -> Result<usize> {
+    let mut n = 0;
+    for k in specs {
+        let mut name = [0u8; CMD_NAME];
+        if k.name.len() > CMD_NAME {
+            continue;
+        }
+        name[..k.name.len()].copy_from_slice(k.name.as_bytes());
+        let mut v = Vec::with_capacity(16);
+        for w in [k.first, k.last, k.step, 0] {
+            v.extend_from_slice(&w.to_ne_bytes());
+        }
+        skel.maps
+            .rd_cmds
+            .update(&name, &v, MapFlags::ANY)
+            .with_context(|| format!("recording the key positions of {}", k.name))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Whether a `/proc/net/tcp` table has a listening socket (state 0A) on
@@ -152,6 +205,21 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
         .context("sizing the KFlex heap")?;
     let mut skel = open.load().context("loading the Redis offload into the kernel")?;
     ds::init_table(skel.progs.rd_init.as_fd(), BUCKET_ORDER, o.heap_size)?;
+    let addr = server_addr(o.port);
+    let held_rule = match resp::command_table(addr) {
+        Ok(specs) => {
+            let n = load_command_table(&skel, &specs)?;
+            format!(
+                "note: other commands on a key the offload holds are refused with -ERR key is \
+                 held by the KFlex offload (key positions of {n} commands from redis-server's \
+                 COMMAND; keys among the first 7 arguments)"
+            )
+        }
+        Err(e) => format!(
+            "warning: could not read redis-server's COMMAND table ({e:#}): other commands on \
+             keys the offload holds go to redis-server unchecked"
+        ),
+    };
     let map_fd = skel.maps.rd_socks.as_fd().as_raw_fd();
     skel.progs.rd_parse.attach_sockmap(map_fd).context("attaching the stream parser")?;
     skel.progs.rd_verdict.attach_sockmap(map_fd).context("attaching the stream verdict")?;
@@ -171,6 +239,7 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
          redis-server; values up to {} bytes",
         o.max_value
     );
+    println!("{held_rule}");
     std::io::stdout().flush().ok();
 
     let sig = signals.wait().context("waiting for SIGINT/SIGTERM")?;
@@ -239,6 +308,12 @@ mod tests {
         // 0x2B67 = 11111 is an established connection, not a listener
         assert!(!listens_on(table, 11111));
         assert!(!listens_on("header only\n", 6969));
+        assert_eq!(listen_v4(table, 6969), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(listen_v4(table, 11111), None);
+        let any = table.replace("0100007F:1B39", "00000000:1B39");
+        assert_eq!(listen_v4(&any, 6969), Some(Ipv4Addr::UNSPECIFIED));
+        let other = table.replace("0100007F:1B39", "01004D0A:1B39");
+        assert_eq!(listen_v4(&other, 6969), Some(Ipv4Addr::new(10, 77, 0, 1)));
     }
 
     #[test]
