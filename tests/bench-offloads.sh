@@ -4,10 +4,9 @@
 # tests/bench-offloads.sh OUTDIR -- the memcached offload against memcached
 # alone, in one guest run (run by `make bench-offloads` inside a guest).
 #
-# Topology: namespace kbcli with veth kc1 (client, 10.77.0.2) <-> ks0
-# (server side, root namespace, 10.77.0.1); GRO and the pass-through packet
-# counter on kc1 (veth delivers XDP_TX frames promptly only to a peer with
-# an XDP program). memcached -t 1 pinned to CPU 1, memaslap pinned to CPU 0.
+# Topology: tests/bench-net.sh (kbcli/kc1 client, ks0 server side); the
+# pass-through packet counter on kc1 (veth delivers XDP_TX frames promptly
+# only to a peer with an XDP program). memcached -t 1 pinned to CPU 1, memaslap pinned to CPU 0.
 # For each value size (64, 1024) and get:set ratio (9:1, 5:5) the variants
 # alternate: memcached alone, memcached behind BMC's policy on the same code
 # (kflex-load --kmemcached --policy bmc) and memcached behind the offload
@@ -26,25 +25,9 @@ mkdir -p "$out/raw"
 rm -f "$out/runs.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
 cd /tmp
 
-# The receive side of ks0 runs in a NAPI kthread pinned to CPU 1, with
-# memcached: the server's CPU, as a NIC queue's interrupt would be. Without
-# this veth runs the XDP program on the client's CPU.
-pin_napi() {
-	for p in $(pgrep -f "napi/ks0"); do taskset -pc 1 "$p" >/dev/null; done
-}
-
-ip netns add kbcli 2>/dev/null
-ip link add ks0 type veth peer name kc1 netns kbcli
-ip addr add 10.77.0.1/24 dev ks0
-ip link set ks0 up
-ip -n kbcli addr add 10.77.0.2/24 dev kc1
-ip -n kbcli link set kc1 up
-ip -n kbcli link set lo up
-ip netns exec kbcli ethtool -K kc1 gro on
-ethtool -K ks0 gro on
-echo 1 >/sys/class/net/ks0/threaded
-sysctl -qw kernel.bpf_stats_enabled=1
-bpftool=${KFLEX_CACHE:-/root/.cache/kflex}/build-y/linux/tools/bpf/bpftool/bpftool
+# shellcheck source=tests/bench-net.sh
+. "$(dirname "$0")/bench-net.sh"
+bench_net_up
 ip netns exec kbcli kflex-load --ifindex "$(ip netns exec kbcli cat /sys/class/net/kc1/ifindex)" \
 	>"$out/raw/peer-xdp.log" 2>&1 &
 peer=$!
@@ -79,13 +62,6 @@ summarise() {
 		printf "%s %s %s %s\n", tps ? tps : 0, avg ? avg : "-", p50, p99
 	}'
 }
-
-# Busy and total jiffies of CPUs 0 and 1 from /proc/stat: "b0 t0 b1 t1".
-cpu_jiffies() {
-	awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%d %d ", t - $5 - $6, t }' /proc/stat
-}
-
-median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 {
 	echo "# memaslap (memcaslap -U -T 1 -c 16 -t $dur), key 64 B; medians of $rounds rounds per variant,"

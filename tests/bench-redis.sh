@@ -5,10 +5,8 @@
 # redis-server alone, in one guest run (run by `make bench-redis` inside a
 # guest).
 #
-# Topology as tests/bench-offloads.sh: namespace kbcli with veth kc1
-# (client, 10.77.0.2) <-> ks0 (server side, root namespace, 10.77.0.1), the
-# receive side of ks0 in a NAPI kthread pinned to CPU 1 with redis-server,
-# redis-benchmark pinned to CPU 0. For each round the variants alternate:
+# Topology: tests/bench-net.sh (the receive side of ks0 and redis-server on
+# CPU 1, redis-benchmark on CPU 0). For each round the variants alternate:
 # redis-server alone, and redis-server behind `kflex-load --kmemcache`; each
 # starts from a fresh redis-server preloaded with SET key:%012d <64 x> for
 # 0..99999 through `redis-cli --pipe`, then runs redis-benchmark -t get,set
@@ -29,29 +27,9 @@ mkdir -p "$out/raw"
 rm -f "$out/runs.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
 cd /tmp
 
-pin_napi() {
-	for p in $(pgrep -f "napi/ks0"); do taskset -pc 1 "$p" >/dev/null; done
-}
-
-ip netns add kbcli 2>/dev/null
-ip link add ks0 type veth peer name kc1 netns kbcli
-ip addr add 10.77.0.1/24 dev ks0
-ip link set ks0 up
-ip -n kbcli addr add 10.77.0.2/24 dev kc1
-ip -n kbcli link set kc1 up
-ip -n kbcli link set lo up
-ip netns exec kbcli ethtool -K kc1 gro on
-ethtool -K ks0 gro on
-echo 1 >/sys/class/net/ks0/threaded
-sysctl -qw kernel.bpf_stats_enabled=1
-bpftool=${KFLEX_CACHE:-/root/.cache/kflex}/build-y/linux/tools/bpf/bpftool/bpftool
-
-# Busy and total jiffies of CPUs 0 and 1 from /proc/stat: "b0 t0 b1 t1".
-cpu_jiffies() {
-	awk '/^cpu[01] / { t = 0; for (i = 2; i <= NF; i++) t += $i; printf "%d %d ", t - $5 - $6, t }' /proc/stat
-}
-
-median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# shellcheck source=tests/bench-net.sh
+. "$(dirname "$0")/bench-net.sh"
+bench_net_up
 
 # "TEST rps p50_ms p99_ms" per line of redis-benchmark --csv output.
 summarise() {

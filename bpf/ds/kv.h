@@ -370,14 +370,16 @@ struct kv_init_args {
 	__u32 ret;		/* 0 ok, 1 no room in the heap, 2 reserve failed */
 	__u64 from;		/* first bucket of this part */
 	__u64 count;		/* buckets in this part */
+	__u64 prefill;		/* bytes to populate for entries up front */
 };
 
 /*
  * Defines SEC("syscall") program `name`, which allocates the buckets of
  * `table` on `heap` and clears them, a part per run (hm_init_part()): the
  * loader calls it for consecutive parts. The first part populates the heap
- * for the buckets (and a first megabyte of entries) instead of waiting for
- * the background reserve.
+ * for the buckets and `prefill` bytes of entries, so that a burst of writes
+ * right after attach does not outrun the background reserve (which grows
+ * only when it runs dry).
  */
 #define KV_TABLE_INIT(name, heap, table)					\
 	static struct hm_bucket __arena *name##_pending;			\
@@ -387,7 +389,7 @@ struct kv_init_args {
 		__u64 buckets = (1ULL << (a->order & 31)) *			\
 				sizeof(struct hm_bucket);			\
 										\
-		if (!a->from && kflex_reserve(heap, buckets + (1 << 20))) {	\
+		if (!a->from && kflex_reserve(heap, buckets + a->prefill)) {	\
 			a->ret = 2;						\
 			return 0;						\
 		}								\

@@ -210,11 +210,22 @@ struct TableInit {
     ret: u32,
     from: u64,
     count: u64,
+    prefill: u64,
 }
 
 /// Buckets an offload's initialiser clears per run (well within a run's
 /// budget, even under emulation).
 const INIT_PART: u64 = 4096;
+
+/// Bytes of one bucket (`struct hm_bucket`: lock word and head pointer).
+const BUCKET_BYTES: u64 = 16;
+
+/// Bytes of entries an offload's heap is populated with at attach: a
+/// quarter of the heap, at most 64 MiB, at least 1 MiB (more than the heap
+/// minus the buckets is not asked for).
+pub fn prefill(heap_size: u64, buckets_bytes: u64) -> u64 {
+    (heap_size / 4).clamp(1 << 20, 64 << 20).min(heap_size.saturating_sub(buckets_bytes))
+}
 
 /// Creates an offload's table of 2^`order` buckets with its initialiser
 /// `prog`, a part per run. Errors say what to change.
@@ -222,7 +233,8 @@ pub fn init_table(prog: BorrowedFd<'_>, order: u32, heap_size: u64) -> Result<()
     let n = 1u64 << order;
     let mut from = 0;
     while from < n {
-        let mut a = TableInit { order, ret: 0, from, count: INIT_PART };
+        let prefill = prefill(heap_size, n * BUCKET_BYTES);
+        let mut a = TableInit { order, ret: 0, from, count: INIT_PART, prefill };
         run_ctx(prog, &mut a).context("creating the table")?;
         match a.ret {
             0 => {}
@@ -579,6 +591,16 @@ macro_rules! load_ds_skel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefill_is_a_bounded_share_of_the_heap() {
+        assert_eq!(prefill(1 << 30, 1 << 20), 64 << 20);
+        assert_eq!(prefill(64 << 20, 1 << 20), 16 << 20);
+        assert_eq!(prefill(2 << 20, 0), 1 << 20);
+        // never more than the heap minus the buckets
+        assert_eq!(prefill(2 << 20, (3 << 20) / 2), 1 << 19);
+        assert_eq!(prefill(1 << 20, 2 << 20), 0);
+    }
 
     #[test]
     fn hashes_match_the_bpf_side() {

@@ -548,3 +548,44 @@ pub fn other_commands_on_held_keys() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two redis-benchmark processes, pinned to the two CPUs, SET and GET the
+/// same 200 keys through the offload at once (bucket locks on both CPUs);
+/// both finish without an error, and afterwards every key reads back as
+/// redis-benchmark's whole value or as a miss, never torn.
+pub fn two_cpus_same_keys() -> Result<()> {
+    let mut live = Live::new()?;
+    let port = PORT.to_string();
+    let spawn = |cpu: &str| {
+        std::process::Command::new("taskset")
+            .args(["-c", cpu, "timeout", "-s", "KILL", "300", "redis-benchmark", "-p", &port])
+            .args(["-t", "set,get", "-n", "20000", "-r", "200", "-d", "64", "-c", "4"])
+            .args(["-P", "4", "--csv"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    let loads = [spawn("0")?, spawn("1")?];
+    for l in loads {
+        let out = l.wait_with_output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(out.status.success(), "redis-benchmark: {:?}: {text}", out.status);
+        ensure!(!text.to_lowercase().contains("error"), "redis-benchmark: {text}");
+    }
+    let whole = [b"$64\r\n".to_vec(), vec![b'x'; 64], b"\r\n".to_vec()].concat();
+    let reqs: Vec<Vec<u8>> =
+        (0..200).map(|i| resp(&[b"GET", format!("key:{i:012}").as_bytes()])).collect();
+    let got = exchange(PORT, &reqs, false)?;
+    let hits = got.iter().filter(|g| **g == whole).count();
+    for (r, g) in reqs.iter().zip(&got) {
+        ensure!(*g == whole || g == b"$-1\r\n", "{}: {}", show(r), show(g));
+    }
+    ensure!(hits > 100, "only {hits} of 200 keys were set");
+    let out = live.detach()?;
+    println!("{hits} of 200 keys hold the whole value\n{}", out.join("\n"));
+    Ok(())
+}
