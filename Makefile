@@ -81,27 +81,25 @@ bench: tools
 	@cat bench/results/kflex-bench.txt
 	@echo "written: bench/results/kflex-bench.txt bench/results/kflex-bench.json"
 
+# An offload benchmark: tests/bench-$(1).sh in one y guest run; the table and
+# every raw output land in bench/results/$(1)/ (through $(1).tmp).
+define offload_bench
+	@rm -rf bench/results/$(1).tmp bench/results/$(1)
+	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/bench/results/$(1).tmp -- \
+		bash $(CURDIR)/tests/bench-$(1).sh /run/kflex/$(1)
+	@mkdir -p bench/results && cp -r bench/results/$(1).tmp/$(1) bench/results/$(1) && rm -rf bench/results/$(1).tmp
+	@echo "written: bench/results/$(1)/table.txt"
+endef
+
 # The memcached offload against memcached alone (memaslap, both variants
-# alternating, 3 rounds of 20 s each per workload) in one guest run; the
-# table and every raw output land in bench/results/offloads/.
-OFFLOAD_RUN := bench/results/offloads.tmp
+# alternating, 3 rounds of 20 s each per workload).
 bench-offloads: tools
-	@rm -rf $(OFFLOAD_RUN) bench/results/offloads
-	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/$(OFFLOAD_RUN) -- \
-		bash $(CURDIR)/tests/bench-offloads.sh /run/kflex/offloads
-	@mkdir -p bench/results && cp -r $(OFFLOAD_RUN)/offloads bench/results/offloads && rm -rf $(OFFLOAD_RUN)
-	@echo "written: bench/results/offloads/table.txt"
+	$(call offload_bench,offloads)
 
 # The Redis GET/SET offload against redis-server alone (redis-benchmark, both
-# variants alternating, 3 rounds) in one guest run; the table and every raw
-# output land in bench/results/redis/.
-REDIS_RUN := bench/results/redis.tmp
+# variants alternating, 3 rounds).
 bench-redis: tools
-	@rm -rf $(REDIS_RUN) bench/results/redis
-	@tests/vm.sh --variant y --timeout $(or $(TIMEOUT),7200) --dir $(CURDIR)/$(REDIS_RUN) -- \
-		bash $(CURDIR)/tests/bench-redis.sh /run/kflex/redis
-	@mkdir -p bench/results && cp -r $(REDIS_RUN)/redis bench/results/redis && rm -rf $(REDIS_RUN)
-	@echo "written: bench/results/redis/table.txt"
+	$(call offload_bench,redis)
 
 # Formatting and lints of the userspace crates.
 check:

@@ -10,7 +10,12 @@
 # recreated it) and, for packets veth hands to the stack without NAPI, by
 # RPS. Clients run on CPU 0.
 
-bench_net_up() {
+# bench_setup OUTDIR: OUTDIR/raw/ made and the previous run's summaries
+# removed, the working directory /tmp, the topology up.
+bench_setup() {
+	mkdir -p "$1/raw"
+	rm -f "$1/runs.txt" "$1/bpf-stats.txt" "$1/cpu.txt"
+	cd /tmp || return 1
 	ip netns add kbcli 2>/dev/null
 	ip link add ks0 type veth peer name kc1 netns kbcli
 	ip addr add 10.77.0.1/24 dev ks0

@@ -21,13 +21,9 @@ set -uo pipefail
 out=${1:?usage: bench-offloads.sh OUTDIR}
 dur=${KFLEX_BENCH_DURATION:-20s}
 rounds=${KFLEX_BENCH_ROUNDS:-3}
-mkdir -p "$out/raw"
-rm -f "$out/runs.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
-cd /tmp
-
 # shellcheck source=tests/bench-net.sh
 . "$(dirname "$0")/bench-net.sh"
-bench_net_up
+bench_setup "$out"
 ip netns exec kbcli kflex-load --ifindex "$(ip netns exec kbcli cat /sys/class/net/kc1/ifindex)" \
 	>"$out/raw/peer-xdp.log" 2>&1 &
 peer=$!

@@ -23,13 +23,9 @@ set -uo pipefail
 out=${1:?usage: bench-redis.sh OUTDIR}
 n=${KFLEX_BENCH_REQUESTS:-100000}
 rounds=${KFLEX_BENCH_ROUNDS:-3}
-mkdir -p "$out/raw"
-rm -f "$out/runs.txt" "$out/bpf-stats.txt" "$out/cpu.txt"
-cd /tmp
-
 # shellcheck source=tests/bench-net.sh
 . "$(dirname "$0")/bench-net.sh"
-bench_net_up
+bench_setup "$out"
 
 # "TEST rps p50_ms p99_ms" per line of redis-benchmark --csv output.
 summarise() {

@@ -103,15 +103,19 @@ pub fn udp_listener(port: u16) -> Result<bool> {
     Ok(any)
 }
 
+/// The sockets of a `/proc/net/{tcp,udp}{,6}` table: local address (hex, as
+/// the kernel prints it), local port and state (hex: `0A` is a TCP listener).
+pub fn proc_net_sockets(table: &str) -> impl Iterator<Item = (&str, u16, &str)> {
+    table.lines().skip(1).filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (addr, port) = f.get(1)?.rsplit_once(':')?;
+        Some((addr, u16::from_str_radix(port, 16).ok()?, *f.get(3)?))
+    })
+}
+
 /// Whether a `/proc/net/udp` table has a socket bound to local port `port`.
 pub fn listens_on(table: &str, port: u16) -> bool {
-    table.lines().skip(1).any(|l| {
-        l.split_whitespace()
-            .nth(1)
-            .and_then(|local| local.rsplit(':').next())
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-            == Some(port)
-    })
+    proc_net_sockets(table).any(|(_, p, _)| p == port)
 }
 
 /// Sums the per-CPU values of the statistics map.
