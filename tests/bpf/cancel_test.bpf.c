@@ -283,6 +283,63 @@ int fault_rcu(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
+/* Atomics on the heap: a plain add 32 KiB past the last word, a fetch-add
+ * before the first word (its operation's code once equalled the mark). */
+SEC("xdp")
+int fault_atomic_add(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, v = 1;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "lock *(u64 *)(%[p] + 32760) += %[v]\n"
+		     : [p] "+r"(p) : [v] "r"(v) : "memory");
+	finished++;
+	return XDP_TX;
+}
+
+SEC("xdp")
+int fault_atomic_fetch(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, v = 1;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "%[v] = atomic_fetch_add((u64 *)(%[p] - 32768), %[v])\n"
+		     : [p] "+r"(p), [v] "+r"(v) : : "memory");
+	fault_val = v;
+	finished++;
+	return XDP_TX;
+}
+
+/*
+ * A fetch-add under an RCU read lock, in a program that has cancellation
+ * frames (its other heap load may cancel): the atomic's fault must not.
+ */
+SEC("xdp")
+int fault_atomic_rcu(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, v = 1, r = 0;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	if (fault_val == 0x5eed)	/* never at run time */
+		FAULT_LOAD_ABOVE(p, r);
+	bpf_rcu_read_lock();
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "%[v] = atomic_fetch_add((u64 *)(%[p] + 32760), %[v])\n"
+		     : [p] "+r"(p), [v] "+r"(v) : : "memory");
+	bpf_rcu_read_unlock();
+	fault_val = v + r;
+	finished++;
+	return XDP_TX;
+}
+
 static long fault_elem(struct bpf_map *map, __u32 *key, __u64 *val, void *data)
 {
 	__u64 p = fault_ptr, r = 0xdead;

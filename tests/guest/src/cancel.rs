@@ -312,7 +312,10 @@ pub fn points_holding_resources_refused() -> Result<()> {
 /// runs, `cancelled_fault` counts them, the kernel logs `cause=fault`. The
 /// same load under an RCU read lock (which a cancelled run could not
 /// release) and in a callback the kernel calls read 0 and the program goes
-/// on (`fault_zeroed`). Loaded in mode 1, every fault reads 0 / is dropped.
+/// on (`fault_zeroed`). Heap atomics likewise: an add above and a fetch-add
+/// below cancel; a fetch-add under an RCU read lock, in a program whose
+/// other heap load may cancel, is dropped and counted. Loaded in mode 1,
+/// every fault reads 0 / is dropped.
 pub fn heap_faults_cancel() -> Result<()> {
     ensure_kflex()?;
     const SIZE: u64 = 1 << 16;
@@ -329,6 +332,9 @@ pub fn heap_faults_cancel() -> Result<()> {
             ("load in a subprogram", base + SIZE - 8, true),
             ("load under an RCU lock", base + SIZE - 8, false),
             ("load in a callback", base + SIZE - 8, false),
+            ("atomic add above", base + SIZE - 8, true),
+            ("atomic fetch-add below", base, true),
+            ("atomic fetch-add under an RCU lock", base + SIZE - 8, false),
         ];
         for (i, (what, ptr, cancels)) in cases.into_iter().enumerate() {
             let cancels = cancels && !mode1;
@@ -342,7 +348,10 @@ pub fn heap_faults_cancel() -> Result<()> {
                 1 => &skel.progs.fault_store,
                 2 => &skel.progs.fault_sub,
                 3 => &skel.progs.fault_rcu,
-                _ => &skel.progs.fault_callback,
+                4 => &skel.progs.fault_callback,
+                5 => &skel.progs.fault_atomic_add,
+                6 => &skel.progs.fault_atomic_fetch,
+                _ => &skel.progs.fault_atomic_rcu,
             };
             let (verdict, _) = xdp_run(prog, MARK)?;
             let (cancelled, zeroed) =
