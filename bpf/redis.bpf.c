@@ -28,8 +28,9 @@
  *   wrong arity    Redis's own -ERR wrong number of arguments for '<cmd>'
  *                  command
  * Another command whose key arguments (positions from redis-server's COMMAND
- * table, in rd_cmds; among the first RD_OWN_ARGS arguments) name a key the
- * offload holds is refused here: -ERR key is held by the KFlex offload.
+ * table, in rd_cmds, for every argument of a multibulk request and the first
+ * RD_OWN_ARGS words of an inline one) name a key the offload holds is
+ * refused here: -ERR key is held by the KFlex offload.
  * Replies keep request order on a connection: while nothing was passed on
  * a connection, owned requests are answered from the kernel; once it has
  * passed a request to redis-server, an owned request is still executed
@@ -703,22 +704,56 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 }
 
 /*
+ * Whether the key `klen` bytes at `off` of the request in the scratch
+ * buffer is in the table: 1 yes, 0 no, -1 a bucket lock or the loop budget
+ * ran out. A key beyond the table's reach in the request (KV_OFF_MASK) is
+ * first copied to the start of the reply buffer.
+ */
+static __always_inline int held_key(struct rd_scratch *sc, __u32 off, __u32 klen)
+{
+	struct kv_stats st = {};
+	struct kv_found f = {};
+	bool too_big = false;
+	void *kbuf = sc->req;
+	__u32 i;
+	int r;
+
+	if (!klen || klen > KV_KEY_MAX)
+		return 0;
+	if (off > KV_OFF_MASK) {
+		bpf_for(i, 0, KV_KEY_MAX) {
+			if (i >= klen)
+				break;
+			sc->rep[RD_MASK(i, KV_KEY_MAX - 1)] = RD_BYTE(sc->req, off + i);
+		}
+		kbuf = sc->rep;
+		off = 0;
+	}
+	/* kv.h masks the offset; keep the compiler from proving it need not */
+	barrier_var(off);
+	/* cap 0: the item is not copied, found counts as too big */
+	r = kv_get(&rd_table, kbuf, off, klen, 0, sc->rep, RD_VAL, 0, &f, &too_big, &st);
+	if (r < 0)
+		return -1;
+	return r > 0 || too_big;
+}
+
+/*
  * Whether a key argument of the request in the scratch buffer (a command
  * the offload does not own, `nargs` arguments) names a key the table holds,
- * by the command's key positions in rd_cmds; the first RD_OWN_ARGS
- * arguments are looked at. A global function: the verifier checks it once.
- * Returns 1 held, 0 not (or not a known command with keys), -1 a bucket
- * lock or the loop budget ran out.
+ * by the command's key positions in rd_cmds (the loader widens commands
+ * whose keys move, and container commands, to every argument after the
+ * name or subcommand). A multibulk request is walked whole; of an inline
+ * one the first RD_OWN_ARGS words are looked at. A global function: the
+ * verifier checks it once. Returns 1 held, 0 not (or not a known command
+ * with keys), -1 a bucket lock or the loop budget ran out.
  */
 __noinline int rd_held(int nargs)
 {
-	__u32 zero = 0, i, len, off, klen, step;
+	__u32 zero = 0, i, len, pos, off, v, step;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
-	struct kv_stats st = {};
-	struct kv_found f = {};
 	struct rd_keyspec *ks;
-	bool too_big = false;
-	int a, last, r;
+	int a, first, last, r;
 	__u8 ch;
 
 	if (!sc || nargs < 2)
@@ -738,23 +773,55 @@ __noinline int rd_held(int nargs)
 	ks = bpf_map_lookup_elem(&rd_cmds, sc->name);
 	if (!ks || ks->first < 1)
 		return 0;
+	first = ks->first;
 	last = ks->last < 0 ? nargs + ks->last : ks->last;
 	step = ks->step > 0 ? ks->step : 1;
-	bpf_for(a, ks->first, RD_OWN_ARGS) {
-		if (a > last || a >= nargs)
+	if (RD_BYTE(sc->req, 0) != '*') {
+		/* inline: the words split() recorded */
+		bpf_for(a, first, RD_OWN_ARGS) {
+			if (a > last || a >= nargs)
+				break;
+			if ((a - first) % step)
+				continue;
+			r = held_key(sc, sc->arg_off[RD_MASK(a, RD_OWN_ARGS - 1)],
+				     sc->arg_len[RD_MASK(a, RD_OWN_ARGS - 1)]);
+			if (r)
+				return r;
+		}
+		return 0;
+	}
+	/* multibulk: past the '*' line (checked by the parser), then each
+	 * argument's '$' line and bytes */
+	pos = 0;
+	bpf_for(i, 1, 24) {
+		if (RD_BYTE(sc->req, i) == '\r') {
+			pos = i + 2;
 			break;
-		if ((a - ks->first) % step)
+		}
+	}
+	if (!pos)
+		return 0;
+	bpf_for(a, 0, RD_ARGS_MAX) {
+		if (a > last || a >= nargs || pos >= RD_MSG_MAX)
+			break;
+		v = 0;
+		off = 0;
+		bpf_for(i, pos + 1, pos + 24) {
+			ch = RD_BYTE(sc->req, i);
+			if (ch == '\r') {
+				off = i + 2;
+				break;
+			}
+			v = v * 10 + (ch - '0');
+		}
+		if (!off)
+			break;
+		pos = off + v + 2;
+		if (a < first || (a - first) % step)
 			continue;
-		klen = sc->arg_len[RD_MASK(a, RD_OWN_ARGS - 1)];
-		off = sc->arg_off[RD_MASK(a, RD_OWN_ARGS - 1)];
-		if (!klen || klen > KV_KEY_MAX || off > KV_OFF_MASK)
-			continue;
-		r = kv_get(&rd_table, sc->req, off, klen, 0, sc->rep, RD_VAL, 0, &f, &too_big,
-			   &st);
-		if (r < 0)
-			return -1;
-		if (r > 0 || too_big)
-			return 1;
+		r = held_key(sc, off, v);
+		if (r)
+			return r;
 	}
 	return 0;
 }
@@ -827,14 +894,11 @@ int rd_verdict(struct __sk_buff *skb)
 		r = rd_held(nargs);
 		if (!r)
 			goto pass;
-		kind = RD_ERR;
-		if (r < 0) {
-			COUNT(lock_timeouts);
-			n = STAGE(sc, "ERR busy, retry");
-			goto answer;
-		}
+		if (r < 0)
+			goto busy;
 		COUNT(held_refused);
 		n = STAGE(sc, "ERR key is held by the KFlex offload");
+		kind = RD_ERR;
 		goto answer;
 	}
 	if (chunked) {
@@ -865,12 +929,8 @@ int rd_verdict(struct __sk_buff *skb)
 		}
 		r = kv_get(&rd_table, sc->req, sc->arg_off[1], klen, 0, sc->rep, RD_VAL,
 			   KV_ITEM_MAX, &f, &too_big, &st);
-		if (r < 0) {
-			COUNT(lock_timeouts);
-			n = STAGE(sc, "ERR busy, retry");
-			kind = RD_ERR;
-			goto answer;
-		}
+		if (r < 0)
+			goto busy;
 		if (r == 0)
 			goto answer;
 		COUNT(hits);
@@ -912,14 +972,16 @@ int rd_verdict(struct __sk_buff *skb)
 		goto answer;
 	}
 	r = kv_store(&rd_table, e, 0, 0, sc->req, sc->arg_off[1], &st);
-	if (r < 0) {
-		COUNT(lock_timeouts);
-		n = STAGE(sc, "ERR busy, retry");
-		kind = RD_ERR;
-		goto answer;
-	}
+	if (r < 0)
+		goto busy;
 	COUNT(sets);
 	kind = RD_OK;
+	goto answer;
+busy:
+	/* a bucket lock not taken or the loop budget spent */
+	COUNT(lock_timeouts);
+	n = STAGE(sc, "ERR busy, retry");
+	kind = RD_ERR;
 answer:
 	if (rd_answer(skb, kind, n, c->passed)) {
 		/* cannot happen by construction (replies are bounded); should

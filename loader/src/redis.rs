@@ -81,18 +81,18 @@ pub fn tcp_listener(port: u16) -> bool {
         .any(|t| listens_on(&t, port))
 }
 
+/// The listening sockets (state 0A) of a `/proc/net/tcp{,6}` table: local
+/// address (hex) and port.
+fn listeners(table: &str) -> impl Iterator<Item = (&str, u16)> {
+    memcached::proc_net_sockets(table).filter(|s| s.2 == "0A").map(|(a, p, _)| (a, p))
+}
+
 /// The IPv4 address a `/proc/net/tcp` table's listening socket on `port`
 /// is bound to (0.0.0.0 for any).
 pub fn listen_v4(table: &str, port: u16) -> Option<Ipv4Addr> {
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (addr, p) = f.get(1)?.split_once(':')?;
-        if f.get(3) != Some(&"0A") || u16::from_str_radix(p, 16).ok()? != port {
-            return None;
-        }
-        // the kernel prints the address's bytes as one native-endian word
-        Some(Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes()))
-    })
+    let (addr, _) = listeners(table).find(|&(_, p)| p == port)?;
+    // the kernel prints the address's bytes as one native-endian word
+    Some(Ipv4Addr::from(u32::from_str_radix(addr, 16).ok()?.to_ne_bytes()))
 }
 
 /// Where to reach the redis-server listening on `port`: its IPv4 address
@@ -132,16 +132,7 @@ fn load_command_table(skel: &RedisSkel<'_>, specs: &[resp::KeySpec]) -> Result<u
 /// Whether a `/proc/net/tcp` table has a listening socket (state 0A) on
 /// local port `port`.
 pub fn listens_on(table: &str, port: u16) -> bool {
-    table.lines().skip(1).any(|l| {
-        let mut f = l.split_whitespace();
-        let local = f.nth(1);
-        let state = f.nth(1);
-        state == Some("0A")
-            && local
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                == Some(port)
-    })
+    listeners(table).any(|(_, p)| p == port)
 }
 
 /// Where cgroup v2 is mounted, from a `/proc/self/mounts` text.
@@ -212,7 +203,8 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
             format!(
                 "note: other commands on a key the offload holds are refused with -ERR key is \
                  held by the KFlex offload (key positions of {n} commands from redis-server's \
-                 COMMAND; keys among the first 7 arguments)"
+                 COMMAND; every argument of commands whose keys move, and after the \
+                 subcommand of container commands)"
             )
         }
         Err(e) => format!(

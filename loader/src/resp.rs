@@ -92,38 +92,80 @@ pub struct KeySpec {
     pub step: i32,
 }
 
-/// The commands of a `COMMAND` reply that have keys (first key > 0), names
-/// in lowercase. Container commands' subcommands (`OBJECT ENCODING`, …) and
-/// key positions that only key specifications describe (`EVAL`, `XREAD`, …,
-/// first key 0) are not included.
+/// The commands of a `COMMAND` reply that have keys, names in lowercase,
+/// with positions that cover every key, erring on the side of more:
+/// - a command whose keys move with its arguments (flag `movablekeys`:
+///   `EVAL`, `ZUNIONSTORE`, `XREAD`, `SORT`, …) gets every argument after
+///   its name (`1, -1, 1`);
+/// - a container command with a subcommand that has keys (`OBJECT
+///   ENCODING`, `XINFO STREAM`, `MEMORY USAGE`, …) gets every argument
+///   after the subcommand (`2, -1, 1`);
+/// - others keep `COMMAND`'s first, last and step; commands without keys
+///   are left out.
 pub fn key_specs(reply: &Value) -> Result<Vec<KeySpec>> {
     let Value::Array(Some(cmds)) = reply else {
         bail!("COMMAND did not answer an array: {reply:?}");
     };
     let mut out = Vec::new();
     for c in cmds {
-        let Value::Array(Some(f)) = c else {
-            bail!("a COMMAND entry that is not an array: {c:?}");
+        let (name, pos) = entry_keys(c)?;
+        let sub_keys = match c {
+            Value::Array(Some(f)) => match f.get(9) {
+                Some(Value::Array(Some(subs))) => subs
+                    .iter()
+                    .map(|s| entry_keys(s).map(|(_, p)| p.is_some()))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .any(|k| k),
+                _ => false,
+            },
+            _ => false,
         };
-        let (Some(Value::Bulk(Some(name))), Some(Value::Int(first)), Some(Value::Int(last))) =
-            (f.first(), f.get(3), f.get(4))
-        else {
-            bail!("a COMMAND entry without name and key positions: {c:?}");
+        let (first, last, step) = match pos {
+            Some(p) => p,
+            None if sub_keys => (2, -1, 1),
+            None => continue,
         };
-        let step = match f.get(5) {
-            Some(Value::Int(s)) => *s,
-            _ => 1,
-        };
-        if *first > 0 {
-            out.push(KeySpec {
-                name: String::from_utf8_lossy(name).to_lowercase(),
-                first: *first as i32,
-                last: *last as i32,
-                step: step as i32,
-            });
-        }
+        out.push(KeySpec { name, first, last, step });
     }
     Ok(out)
+}
+
+/// First key, last key (negative: from the end), step.
+type Positions = (i32, i32, i32);
+
+/// The lowercase name of one `COMMAND` entry and its key positions (first,
+/// last, step), or `None` when it has none; `movablekeys` widens them to
+/// every argument after the name.
+fn entry_keys(c: &Value) -> Result<(String, Option<Positions>)> {
+    let Value::Array(Some(f)) = c else {
+        bail!("a COMMAND entry that is not an array: {c:?}");
+    };
+    let (Some(Value::Bulk(Some(name))), Some(Value::Int(first)), Some(Value::Int(last))) =
+        (f.first(), f.get(3), f.get(4))
+    else {
+        bail!("a COMMAND entry without name and key positions: {c:?}");
+    };
+    let step = match f.get(5) {
+        Some(Value::Int(s)) => *s,
+        _ => 1,
+    };
+    let movable = match f.get(2) {
+        Some(Value::Array(Some(flags))) => flags.iter().any(|fl| {
+            matches!(fl, Value::Simple(x) if x.eq_ignore_ascii_case("movablekeys"))
+                || matches!(fl, Value::Bulk(Some(x)) if x.eq_ignore_ascii_case(b"movablekeys"))
+        }),
+        _ => false,
+    };
+    let name = String::from_utf8_lossy(name).to_lowercase();
+    let pos = if movable {
+        Some((1, -1, 1))
+    } else if *first > 0 {
+        Some((*first as i32, *last as i32, step as i32))
+    } else {
+        None
+    };
+    Ok((name, pos))
 }
 
 /// Sends `COMMAND` to the redis-server at `addr` and returns the key
@@ -156,12 +198,26 @@ mod tests {
     use super::*;
 
     fn entry(name: &str, first: i64, last: i64, step: i64) -> String {
-        // name, arity, flags, first, last, step, ACL categories, tips, key
-        // specs, subcommands: as redis-server 7.0 answers
+        entry_with(name, "+write\r\n", first, last, step, &[])
+    }
+
+    /// One entry: name, arity, flags, first, last, step, ACL categories,
+    /// tips, key specs, subcommands, as redis-server 7.0 answers.
+    fn entry_with(
+        name: &str,
+        flags: &str,
+        first: i64,
+        last: i64,
+        step: i64,
+        subs: &[String],
+    ) -> String {
+        let nflags = flags.matches("\r\n").count();
         format!(
-            "*10\r\n${}\r\n{name}\r\n:-2\r\n*1\r\n+write\r\n:{first}\r\n:{last}\r\n:{step}\r\n\
-             *1\r\n+@string\r\n*0\r\n*1\r\n*2\r\n$5\r\nflags\r\n*0\r\n*0\r\n",
-            name.len()
+            "*10\r\n${}\r\n{name}\r\n:-2\r\n*{nflags}\r\n{flags}:{first}\r\n:{last}\r\n:{step}\r\n\
+             *1\r\n+@string\r\n*0\r\n*1\r\n*2\r\n$5\r\nflags\r\n*0\r\n*{}\r\n{}",
+            name.len(),
+            subs.len(),
+            subs.concat()
         )
     }
 
@@ -213,5 +269,35 @@ mod tests {
         );
         assert!(key_specs(&Value::Int(1)).is_err());
         assert!(key_specs(&Value::Array(Some(vec![Value::Int(1)]))).is_err());
+    }
+
+    #[test]
+    fn moving_keys_and_subcommands_widen_to_every_argument() {
+        let text = format!(
+            "*5\r\n{}{}{}{}{}",
+            entry_with("eval", "+noscript\r\n+movablekeys\r\n", 0, 0, 0, &[]),
+            entry_with("zunionstore", "+movablekeys\r\n", 1, 1, 1, &[]),
+            entry_with(
+                "object",
+                "",
+                0,
+                0,
+                0,
+                &[entry("object|help", 0, 0, 0), entry("object|encoding", 2, 2, 1)]
+            ),
+            entry_with("config", "", 0, 0, 0, &[entry("config|get", 0, 0, 0)]),
+            entry("strlen", 1, 1, 1),
+        );
+        let (v, _) = parse(text.as_bytes()).unwrap().unwrap();
+        let k = |name: &str, first, last, step| KeySpec { name: name.into(), first, last, step };
+        assert_eq!(
+            key_specs(&v).unwrap(),
+            vec![
+                k("eval", 1, -1, 1),
+                k("zunionstore", 1, -1, 1),
+                k("object", 2, -1, 1),
+                k("strlen", 1, 1, 1)
+            ]
+        );
     }
 }

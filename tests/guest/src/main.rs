@@ -76,6 +76,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(redis::detach_under_load, "ym"),
     t!(redis::other_commands_on_held_keys, "ym"),
     t!(redis::two_cpus_same_keys, "ym"),
+    t!(redis::receive_on_the_server_cpu, "ym"),
     t!(cancel::endless_loops_are_cancelled, "ym"),
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
     t!(cancel::budget_follows_the_sysctl, "ym"),
