@@ -443,6 +443,27 @@ static __always_inline bool arg_is(struct rd_scratch *sc, __u32 a, const char *w
 }
 
 /*
+ * The number on the '*' or '$' line at `pos` of the request in sc->req
+ * (checked by the parser) into *n; returns where the next line starts, 0
+ * when no CR ends it within 24 bytes.
+ */
+static __always_inline __u32 count_line(struct rd_scratch *sc, __u32 pos, __u32 *n)
+{
+	__u32 i, v = 0;
+	__u8 c;
+
+	bpf_for(i, pos + 1, pos + 24) {
+		c = RD_BYTE(sc->req, i);
+		if (c == '\r') {
+			*n = v;
+			return i + 2;
+		}
+		v = v * 10 + (c - '0');
+	}
+	return 0;
+}
+
+/*
  * Splits the request in sc->req (`len` bytes) into arguments: a multibulk
  * request by its '$' lines, an inline one at spaces. Returns the number of
  * arguments (at most RD_OWN_ARGS are recorded), or -1 when the inline form
@@ -450,33 +471,22 @@ static __always_inline bool arg_is(struct rd_scratch *sc, __u32 a, const char *w
  */
 static __always_inline int split(struct rd_scratch *sc, __u32 len)
 {
-	__u32 pos = 0, i, k, nargs = 0, total = 0;
+	__u32 pos = 0, i, k, off, v, nargs = 0, total = 0;
 	bool inword = false;
-	__u64 v;
 	__u8 c;
 
 	if (RD_BYTE(sc->req, 0) == '*') {
 		/* '*' line: already checked by the parser */
-		bpf_for(i, 1, 24) {
-			if (RD_BYTE(sc->req, i) == '\r')
-				break;
-			total = total * 10 + (RD_BYTE(sc->req, i) - '0');
-		}
-		pos = i + 2;
+		pos = count_line(sc, 0, &total);
 		bpf_for(k, 0, RD_OWN_ARGS) {
-			if (k >= total)
+			if (k >= total || !pos)
 				break;
-			v = 0;
-			bpf_for(i, pos + 1, pos + 24) {
-				c = RD_BYTE(sc->req, i);
-				if (c == '\r')
-					break;
-				v = v * 10 + (c - '0');
-			}
-			pos = i + 2;
-			sc->arg_off[RD_MASK(k, RD_OWN_ARGS - 1)] = pos;
+			off = count_line(sc, pos, &v);
+			if (!off)
+				break;
+			sc->arg_off[RD_MASK(k, RD_OWN_ARGS - 1)] = off;
 			sc->arg_len[RD_MASK(k, RD_OWN_ARGS - 1)] = v;
-			pos += v + 2;
+			pos = off + v + 2;
 			nargs++;
 		}
 		return total;
@@ -792,28 +802,11 @@ __noinline int rd_held(int nargs)
 	}
 	/* multibulk: past the '*' line (checked by the parser), then each
 	 * argument's '$' line and bytes */
-	pos = 0;
-	bpf_for(i, 1, 24) {
-		if (RD_BYTE(sc->req, i) == '\r') {
-			pos = i + 2;
-			break;
-		}
-	}
-	if (!pos)
-		return 0;
+	pos = count_line(sc, 0, &v);
 	bpf_for(a, 0, RD_ARGS_MAX) {
-		if (a > last || a >= nargs || pos >= RD_MSG_MAX)
+		if (!pos || a > last || a >= nargs || pos >= RD_MSG_MAX)
 			break;
-		v = 0;
-		off = 0;
-		bpf_for(i, pos + 1, pos + 24) {
-			ch = RD_BYTE(sc->req, i);
-			if (ch == '\r') {
-				off = i + 2;
-				break;
-			}
-			v = v * 10 + (ch - '0');
-		}
+		off = count_line(sc, pos, &v);
 		if (!off)
 			break;
 		pos = off + v + 2;

@@ -108,19 +108,11 @@ pub fn key_specs(reply: &Value) -> Result<Vec<KeySpec>> {
     };
     let mut out = Vec::new();
     for c in cmds {
-        let (name, pos) = entry_keys(c)?;
-        let sub_keys = match c {
-            Value::Array(Some(f)) => match f.get(9) {
-                Some(Value::Array(Some(subs))) => subs
-                    .iter()
-                    .map(|s| entry_keys(s).map(|(_, p)| p.is_some()))
-                    .collect::<Result<Vec<_>>>()?
-                    .into_iter()
-                    .any(|k| k),
-                _ => false,
-            },
-            _ => false,
-        };
+        let (name, pos, subs) = entry_keys(c)?;
+        let mut sub_keys = false;
+        for sub in subs {
+            sub_keys |= entry_keys(sub)?.1.is_some();
+        }
         let (first, last, step) = match pos {
             Some(p) => p,
             None if sub_keys => (2, -1, 1),
@@ -134,10 +126,10 @@ pub fn key_specs(reply: &Value) -> Result<Vec<KeySpec>> {
 /// First key, last key (negative: from the end), step.
 type Positions = (i32, i32, i32);
 
-/// The lowercase name of one `COMMAND` entry and its key positions (first,
-/// last, step), or `None` when it has none; `movablekeys` widens them to
-/// every argument after the name.
-fn entry_keys(c: &Value) -> Result<(String, Option<Positions>)> {
+/// The lowercase name of one `COMMAND` entry, its key positions (first,
+/// last, step; `None` when it has none; `movablekeys` widens them to every
+/// argument after the name) and its subcommands' entries.
+fn entry_keys(c: &Value) -> Result<(String, Option<Positions>, &[Value])> {
     let Value::Array(Some(f)) = c else {
         bail!("a COMMAND entry that is not an array: {c:?}");
     };
@@ -165,7 +157,11 @@ fn entry_keys(c: &Value) -> Result<(String, Option<Positions>)> {
     } else {
         None
     };
-    Ok((name, pos))
+    let subs = match f.get(9) {
+        Some(Value::Array(Some(subs))) => subs.as_slice(),
+        _ => &[],
+    };
+    Ok((name, pos, subs))
 }
 
 /// Sends `COMMAND` to the redis-server at `addr` and returns the key
