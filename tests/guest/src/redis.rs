@@ -457,14 +457,38 @@ pub fn real_clients() -> Result<()> {
 /// Starts `redis-benchmark -t set,get --csv` with `args` on the offload's
 /// port, on CPUs `cpus` (taskset), killed after 300 s.
 fn spawn_benchmark(cpus: &str, args: &[&str]) -> Result<std::process::Child> {
-    std::process::Command::new("taskset")
-        .args(["-c", cpus, "timeout", "-s", "KILL", "300", "redis-benchmark"])
-        .args(["-p", &PORT.to_string(), "-t", "set,get", "--csv"])
+    spawn_benchmark_from(None, "127.0.0.1", cpus, args)
+}
+
+/// [`spawn_benchmark`] against `host`, from network namespace `netns` when
+/// given (`ip netns exec`).
+fn spawn_benchmark_from(
+    netns: Option<&str>,
+    host: &str,
+    cpus: &str,
+    args: &[&str],
+) -> Result<std::process::Child> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns, "taskset"]);
+            c
+        }
+        None => std::process::Command::new("taskset"),
+    };
+    cmd.args(["-c", cpus, "timeout", "-s", "KILL", "300", "redis-benchmark"])
+        .args(["-h", host, "-p", &PORT.to_string(), "-t", "set,get", "--csv"])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting redis-benchmark")
+}
+
+/// Whether reply `g` is a bulk string of exactly `n` bytes.
+fn whole_bulk(g: &[u8], n: usize) -> bool {
+    let head = format!("${n}\r\n");
+    g.len() == head.len() + n + 2 && g.starts_with(head.as_bytes()) && g.ends_with(b"\r\n")
 }
 
 /// Waits for a [`spawn_benchmark`] run: it must exit 0 (a lost reply leaves
@@ -575,11 +599,7 @@ pub fn two_cpus_same_keys() -> Result<()> {
         if g == b"$-1\r\n" {
             continue;
         }
-        let whole = |n: usize| {
-            let head = format!("${n}\r\n");
-            g.len() == head.len() + n + 2 && g.starts_with(head.as_bytes()) && g.ends_with(b"\r\n")
-        };
-        ensure!(whole(64) || whole(100), "{}: {}", show(r), show(g));
+        ensure!(whole_bulk(g, 64) || whole_bulk(g, 100), "{}: {}", show(r), show(g));
         values.insert(g.clone());
     }
     let hits = got.iter().filter(|g| g.as_slice() != b"$-1\r\n").count();
@@ -636,23 +656,19 @@ pub fn receive_on_the_server_cpu() -> Result<()> {
     let configs = [["-d", "64", "-P", "1"], ["-d", "64", "-P", "16"], ["-d", "1024", "-P", "1"]];
     // twice: without the fix one pass showed the bug about every other time
     for args in configs.iter().chain(configs.iter()) {
-        let load = std::process::Command::new("ip")
-            .args(["netns", "exec", &veth.ns, "taskset", "-c", "0", "timeout", "-s", "KILL"])
-            .args(["300", "redis-benchmark", "-h", &veth.outer_ip, "-p", &port])
-            .args(["-t", "set,get", "--csv", "-n", "20000", "-r", "2000", "-c", "16"])
-            .args(args.iter())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("starting redis-benchmark")?;
+        let load = spawn_benchmark_from(
+            Some(&veth.ns),
+            &veth.outer_ip,
+            "0",
+            &[&["-n", "20000", "-r", "2000", "-c", "16"][..], &args[..]].concat(),
+        )?;
         let text = benchmark_done(load).with_context(|| format!("redis-benchmark {args:?}"))?;
         println!("{args:?}\n{}", text.trim());
     }
     let reqs: Vec<Vec<u8>> =
         (0..100).map(|i| resp(&[b"GET", format!("key:{i:012}").as_bytes()])).collect();
     for (r, g) in reqs.iter().zip(exchange(PORT, &reqs, false)?) {
-        let whole = g.len() == 7 + 1024 + 2 && g.starts_with(b"$1024\r\n") && g.ends_with(b"\r\n");
-        ensure!(g == b"$-1\r\n" || whole, "{}: {}", show(r), show(&g));
+        ensure!(g == b"$-1\r\n" || whole_bulk(&g, 1024), "{}: {}", show(r), show(&g));
     }
     let out = live.detach()?;
     println!("{}", out.join("\n"));
