@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Redis GET/SET offload (kflex-load --kmemcache): RESP over TCP, answered at
- * the sk_skb hooks of the server's accepted sockets from a hash table on a
- * KFlex heap, in front of a real redis-server.
+ * Redis offloads: RESP over TCP, answered at the sk_skb hooks of the
+ * server's accepted sockets from a KFlex heap, in front of a real
+ * redis-server. One object, two command families (rd_zset, set by the
+ * loader): GET/SET on a hash table of values (kflex-load --kmemcache), or
+ * the sorted sets (kflex-load --kredis): the same table maps each key to a
+ * set of ds/zset.h (a skiplist ordered by (score, member) and a member
+ * table shared by all sets).
  *
  *   rd_sockops   (cgroup sockops, root cgroup) puts every connection
  *                accepted on rd_port into rd_socks and gives it a state in
@@ -18,7 +22,7 @@
  *                the same socket); everything else goes on to redis-server
  *                (SK_PASS) unchanged.
  *
- * The offload owns GET and SET: they never reach redis-server's keyspace.
+ * --kmemcache owns GET and SET: they never reach redis-server's keyspace.
  *   GET k          $<n> value, or $-1 (a miss)
  *   SET k v        +OK; values up to rd_max_value bytes (keys up to
  *                  KV_KEY_MAX); a larger value is consumed whole and
@@ -27,6 +31,27 @@
  *                  offload
  *   wrong arity    Redis's own -ERR wrong number of arguments for '<cmd>'
  *                  command
+ * --kredis owns ZADD, ZREM, ZCARD, ZSCORE and ZRANGE by index, with Redis
+ * 7.0's replies and errors, byte for byte:
+ *   ZADD k [NX|XX] [GT|LT] [CH] [INCR] score member ...
+ *                  :<added> (:<added+changed> with CH; with INCR the new
+ *                  score, or $-1); scores must be integers within +/-2^53
+ *                  (BPF has no floating point; Redis prints such a double
+ *                  as the integer): others get -ERR only integer scores
+ *                  within +/-2^53 are offloaded by KFlex, and what is not a
+ *                  number Redis's -ERR value is not a valid float; members
+ *                  up to ZS_MEMBER_MAX bytes. Every score and member is
+ *                  checked before the set changes.
+ *   ZREM k m ...   :<removed>; a set that loses its last member reads as
+ *                  absent
+ *   ZCARD k, ZSCORE k m
+ *   ZRANGE k start stop [WITHSCORES]
+ *                  negative indices as Redis; replies up to RD_STAGE_MAX
+ *                  bytes (else -ERR ZRANGE reply too large ...);
+ *                  BYSCORE/BYLEX/REV/LIMIT: -ERR ZRANGE option not
+ *                  supported by the KFlex offload
+ * A request over RD_MSG_MAX bytes is consumed whole and refused (-ERR
+ * request too large for the KFlex offload).
  * Another command whose key arguments (positions from redis-server's COMMAND
  * table, in rd_cmds, for every argument of a multibulk request and the first
  * RD_OWN_ARGS words of an inline one) name a key the offload holds is
@@ -36,8 +61,9 @@
  * passed a request to redis-server, an owned request is still executed
  * here but rewritten into an EVAL whose reply redis-server sends, byte for
  * byte the kernel's (return ARGV[1] for a value, return false for a miss,
- * redis.status_reply('OK'), redis.error_reply(...)), and passed behind the
- * earlier requests.
+ * redis.status_reply('OK'), redis.error_reply(...), tonumber(ARGV[1]) for
+ * an integer, return ARGV for an array), and passed behind the earlier
+ * requests.
  *
  * A request the parser cannot frame (a bad '*' or '$' line) switches its
  * connection to raw passthrough for the rest of its life: every byte goes
@@ -49,11 +75,13 @@
 
 KFLEX_HEAP(rd_heap, 1 << 30);
 #define DS_HEAP rd_heap
-#include "ds/kv.h"
+#include "ds/zset.h"
 
 /* Set by the loader before loading. */
 const volatile __u16 rd_port = 6969;
 const volatile __u32 rd_max_value = KV_ITEM_MAX;
+/* 0: the GET/SET family (--kmemcache); 1: the sorted sets (--kredis). */
+const volatile __u32 rd_zset;
 
 #define RD_MSG_MAX 8192		/* bytes of one framed message (a chunk) */
 #define RD_ARGS_MAX 1024	/* arguments of a framed request */
@@ -83,6 +111,8 @@ struct rd_stats {
 				 * (the connection then passes) */
 	__u64 held_refused;	/* other commands refused on keys the offload
 				 * holds */
+	__u64 zwrites;		/* ZADD and ZREM executed */
+	__u64 zreads;		/* ZCARD, ZSCORE and ZRANGE executed */
 };
 
 struct {
@@ -137,6 +167,15 @@ struct {
 	__type(value, struct rd_keyspec);
 } rd_cmds SEC(".maps");
 
+/* Walks the arguments of the request in sc->req: a multibulk one by its
+ * '$' lines, an inline one by the words split() recorded. */
+struct rd_cursor {
+	__u32 pos;		/* multibulk: the next '$' line */
+	__u32 a;		/* arguments taken */
+	__u32 nargs;
+	__u32 multi;
+};
+
 /* Per-CPU scratch: the request, the reply, the arguments. */
 struct rd_scratch {
 	__u8 req[RD_BUF + 128];
@@ -144,8 +183,14 @@ struct rd_scratch {
 	__u32 arg_off[RD_OWN_ARGS];
 	__u32 arg_len[RD_OWN_ARGS];
 	__u32 nargs;
+	__u32 acount;		/* elements of an array reply staged at RD_VAL */
+	__u64 upd[SKL_MAX_LEVEL];	/* a skiplist walk's predecessors */
 	__u8 hdr[RD_HDR];
 	__u8 name[RD_CMD_NAME];
+	__u8 num[32];		/* digits being formatted */
+	/* the sorted-set commands' (off the stack: their calls nest) */
+	struct rd_cursor cu, pairs;
+	struct kv_stats kst;
 };
 
 struct {
@@ -155,8 +200,11 @@ struct {
 	__type(value, struct rd_scratch);
 } rd_scratch SEC(".maps");
 
-/* The table; its buckets are allocated by rd_init. */
+/* The table (keys to values, or to sorted sets); its buckets are allocated
+ * by rd_init. */
 struct kv_table rd_table;
+/* Sorted sets' members (zset.h), by rd_minit; --kredis only. */
+struct kv_table rd_members;
 
 /* Set by the loader when it stops: no new connections, and the offloaded
  * ones pass every request from their next one on. */
@@ -420,20 +468,21 @@ bad:
 	return len > RD_MSG_MAX ? RD_MSG_MAX : len;
 }
 
-/* Whether argument `a` (of the request in sc->req) is the command `w`, in
- * any case (a string literal of at most 8 bytes). */
-#define ARG_IS(sc, a, w) arg_is(sc, a, w, sizeof(w) - 1)
-static __always_inline bool arg_is(struct rd_scratch *sc, __u32 a, const char *w, __u32 n)
+/* Whether the `len` bytes at `off` of the request in sc->req are the word
+ * `w`, in any case (an upper-case string literal of at most 10 bytes). */
+#define WORD_IS(sc, off, len, w) word_is(sc, off, len, w, sizeof(w) - 1)
+static __always_inline bool word_is(struct rd_scratch *sc, __u32 off, __u32 len, const char *w,
+				    __u32 n)
 {
 	__u32 i;
 	__u8 c;
 
-	if (sc->arg_len[RD_MASK(a, RD_OWN_ARGS - 1)] != n)
+	if (len != n)
 		return false;
-	for (i = 0; i < 8; i++) {
+	for (i = 0; i < 10; i++) {
 		if (i >= n)
 			break;
-		c = RD_BYTE(sc->req, sc->arg_off[RD_MASK(a, RD_OWN_ARGS - 1)] + i);
+		c = RD_BYTE(sc->req, off + i);
 		if (c >= 'a' && c <= 'z')
 			c -= 'a' - 'A';
 		if (c != (__u8)w[i])
@@ -441,6 +490,12 @@ static __always_inline bool arg_is(struct rd_scratch *sc, __u32 a, const char *w
 	}
 	return true;
 }
+
+/* Whether argument `a` (of the first RD_OWN_ARGS, see split()) is the word
+ * `w`. */
+#define ARG_IS(sc, a, w)							\
+	WORD_IS(sc, sc->arg_off[RD_MASK(a, RD_OWN_ARGS - 1)],			\
+		sc->arg_len[RD_MASK(a, RD_OWN_ARGS - 1)], w)
 
 /*
  * The number on the '*' or '$' line at `pos` of the request in sc->req
@@ -570,9 +625,13 @@ enum rd_reply {
 	RD_NIL,
 	RD_OK,
 	RD_ERR,		/* the message (without "-" and CRLF) at sc->rep + RD_VAL */
+	RD_INT,		/* the digits at sc->rep + RD_VAL */
+	RD_ARRAY,	/* sc->acount bulk strings, encoded, at sc->rep + RD_VAL */
 };
 /* Where a value or an error message is staged in sc->rep. */
 #define RD_VAL 1024	/* kv.h masks offsets to KV_OFF_MASK */
+/* The most bytes staged there: a reply stays within rewrite()'s 4096. */
+#define RD_STAGE_MAX 3968
 
 /*
  * Writes the final reply (or its EVAL) to sc->rep from 0, from what is
@@ -581,6 +640,7 @@ enum rd_reply {
 static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __u32 n, bool eval)
 {
 	__u32 rlen = 0, i, hdr;
+	bool bulk = true;	/* the staged bytes are one argument or value */
 
 	if (!eval) {
 		switch (kind) {
@@ -593,10 +653,19 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 		case RD_ERR:
 			PUT(sc, &rlen, "-");
 			break;
+		case RD_INT:
+			PUT(sc, &rlen, ":");
+			break;
 		case RD_BULK:
 			PUT(sc, &rlen, "$");
 			put_u64(sc, &rlen, n);
 			PUT(sc, &rlen, "\r\n");
+			break;
+		case RD_ARRAY:
+			PUT(sc, &rlen, "*");
+			put_u64(sc, &rlen, sc->acount);
+			PUT(sc, &rlen, "\r\n");
+			bulk = false;
 			break;
 		}
 	} else {
@@ -610,24 +679,37 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 		case RD_ERR:
 			EVAL_HEAD(sc, &rlen, "*4", "return redis.error_reply(ARGV[1])");
 			break;
+		case RD_INT:
+			EVAL_HEAD(sc, &rlen, "*4", "return tonumber(ARGV[1])");
+			break;
 		case RD_BULK:
 			EVAL_HEAD(sc, &rlen, "*4", "return ARGV[1]");
 			break;
+		case RD_ARRAY:
+			/* the elements are the script's arguments */
+			PUT(sc, &rlen, "*");
+			put_u64(sc, &rlen, 3 + sc->acount);
+			PUT(sc, &rlen, "\r\n$4\r\nEVAL\r\n$11\r\nreturn ARGV\r\n$1\r\n0\r\n");
+			bulk = false;
+			break;
 		}
-		PUT(sc, &rlen, "$");
-		put_u64(sc, &rlen, n);
-		PUT(sc, &rlen, "\r\n");
+		if (bulk) {
+			PUT(sc, &rlen, "$");
+			put_u64(sc, &rlen, n);
+			PUT(sc, &rlen, "\r\n");
+		}
 	}
 	/* the staged bytes follow the header (the header is < 96 bytes) */
 	hdr = rlen;
 	bpf_for(i, 0, KV_WORDS(n)) {
-		if (i >= KV_ITEM_MAX / 8)
+		if (i >= RD_STAGE_MAX / 8)
 			break;
 		*(__u64 *)&sc->rep[RD_MASK(hdr + i * 8, RD_BUF - 1)] =
 			*(__u64 *)&sc->rep[RD_MASK(RD_VAL + i * 8, RD_BUF - 1)];
 	}
 	rlen += n;
-	PUT(sc, &rlen, "\r\n");
+	if (bulk)
+		PUT(sc, &rlen, "\r\n");
 	return rlen;
 }
 
@@ -639,17 +721,26 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 		(__u32)(sizeof(s) - 1);						\
 	})
 
-/* Redis's arity error for the command in argument 0. */
+/* Redis's arity error for the command in argument 0 (an owned one: at
+ * most 8 bytes). */
 static __always_inline __u32 stage_arity(struct rd_scratch *sc)
 {
-	__u32 at = RD_VAL;
+	__u32 at = RD_VAL, i, len = sc->arg_len[0];
+	__u8 c;
 
 	PUT(sc, &at, "ERR wrong number of arguments for '");
 	/* Redis prints the command in lower case */
-	if (ARG_IS(sc, 0, "GET"))
-		PUT(sc, &at, "get");
-	else
-		PUT(sc, &at, "set");
+	if (len > 8)
+		len = 8;
+	for (i = 0; i < 8; i++) {
+		if (i >= len)
+			break;
+		c = RD_BYTE(sc->req, sc->arg_off[0] + i);
+		if (c >= 'A' && c <= 'Z')
+			c += 'a' - 'A';
+		RD_BYTE(sc->rep, at + i) = c;
+	}
+	at += len;
 	PUT(sc, &at, "' command");
 	return at - RD_VAL;
 }
@@ -707,7 +798,7 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 	__u32 zero = 0, rlen;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
 
-	if (!skb || !sc || n > KV_ITEM_MAX)
+	if (!skb || !sc || n > RD_STAGE_MAX)
 		return -1;
 	rlen = build(sc, kind, n, eval);
 	return rewrite(skb, sc, skb->len, rlen);
@@ -741,10 +832,14 @@ static __always_inline int held_key(struct rd_scratch *sc, __u32 off, __u32 klen
 	}
 	/* kv.h masks the offset; keep the compiler from proving it need not */
 	barrier_var(off);
-	/* cap 0: the item is not copied, found counts as too big */
-	r = kv_get(&rd_table, kbuf, off, klen, 0, sc->rep, RD_VAL, 0, &f, &too_big, &st);
+	/* values: cap 0, the item is not copied, found counts as too big;
+	 * sorted sets: the set's address, held while it has members */
+	r = kv_get(&rd_table, kbuf, off, klen, 0, sc->rep, RD_VAL, rd_zset ? 8 : 0, &f, &too_big,
+		   &st);
 	if (r < 0)
 		return -1;
+	if (rd_zset && r > 0)
+		return ((struct zs_set __arena *)KV_WORD(sc->rep, RD_VAL))->count > 0;
 	return r > 0 || too_big;
 }
 
@@ -819,19 +914,794 @@ __noinline int rd_held(int nargs)
 	return 0;
 }
 
+/*
+ * The sorted-set commands (--kredis). Each is a global function (the
+ * verifier checks it once) that reads the request from the scratch buffer
+ * and stages the reply at RD_VAL; it returns REPLY(kind, staged bytes),
+ * or -1 when a lock was not taken or the loop budget ran out.
+ *
+ * Layout of sc->rep while one runs (below RD_VAL): the member-table key
+ * (the set's address, then the member) from 0, a copy of the command's
+ * key from RD_ZKEY, the set's address (the key table's item) at RD_ZSET,
+ * a score (the member table's item) at RD_ZSCORE.
+ */
+#define RD_ZKEY 272
+#define RD_ZSET 768
+#define RD_ZSCORE 776
+#define REPLY(kind, n) (((kind) << 16) | (n))
+#define ERR_REPLY(sc, s) REPLY(RD_ERR, STAGE(sc, s))
+
+/* ZADD's options. */
+#define ZF_NX 1
+#define ZF_XX 2
+#define ZF_GT 4
+#define ZF_LT 8
+#define ZF_CH 16
+#define ZF_INCR 32
+
+static __always_inline void cur_init(struct rd_scratch *sc, struct rd_cursor *cu, int nargs)
+{
+	__u32 v;
+
+	cu->a = 0;
+	cu->nargs = nargs;
+	cu->multi = RD_BYTE(sc->req, 0) == '*';
+	cu->pos = cu->multi ? count_line(sc, 0, &v) : 0;
+}
+
+/* The next argument's offset and length: false when there is none. A
+ * global function: the verifier does not follow the count of arguments
+ * taken through the callers' loops. */
+__noinline bool cur_next(struct rd_scratch *sc, struct rd_cursor *cu, __u32 *off, __u32 *len)
+{
+	__u32 o;
+
+	if (!sc || !cu || !off || !len)
+		return false;
+	if (cu->a >= cu->nargs)
+		return false;
+	if (!cu->multi) {
+		if (cu->a >= RD_OWN_ARGS)
+			return false;
+		*off = sc->arg_off[RD_MASK(cu->a, RD_OWN_ARGS - 1)];
+		*len = sc->arg_len[RD_MASK(cu->a, RD_OWN_ARGS - 1)];
+		cu->a++;
+		return true;
+	}
+	if (!cu->pos || cu->pos >= RD_MSG_MAX)
+		return false;
+	o = count_line(sc, cu->pos, len);
+	if (!o)
+		return false;
+	*off = o;
+	cu->pos = o + *len + 2;
+	cu->a++;
+	return true;
+}
+
+/*
+ * A Redis integer (string2ll's form: "0", or an optional '-' and digits
+ * without a leading zero) at `off`, `len` bytes, into *v: 0, or -1 if it is
+ * not one or does not fit in 64 bits.
+ */
+__noinline int rd_parse_ll(struct rd_scratch *sc, __u32 off, __u32 len, __s64 *v)
+{
+	__u64 u = 0;
+	__u32 i, neg;
+	__u8 c;
+
+	if (!sc || !v || !len || len > 20)
+		return -1;
+	neg = RD_BYTE(sc->req, off) == '-';
+	if (neg && len == 1)
+		return -1;
+	if (RD_BYTE(sc->req, off + neg) == '0' && len > 1)
+		return -1;
+	bpf_for(i, 0, 20) {
+		if (i + neg >= len)
+			break;
+		c = RD_BYTE(sc->req, off + neg + i);
+		if (c < '0' || c > '9' || u > 922337203685477580ULL)
+			return -1;
+		u = u * 10 + (c - '0');
+	}
+	if (u > (neg ? 9223372036854775808ULL : 9223372036854775807ULL))
+		return -1;
+	*v = neg ? -(__s64)u : (__s64)u;
+	return 0;
+}
+
+/*
+ * A ZADD score at `off` (`len` bytes) into *v: 0 an integer within
+ * +/-ZS_SCORE_MAX (an optional sign and digits), 1 a number the offload
+ * does not take (a fraction, an exponent, an infinity, a larger integer), 2
+ * not a number at all (Redis's "not a valid float").
+ */
+__noinline int rd_parse_score(struct rd_scratch *sc, __u32 off, __u32 len, __s64 *v)
+{
+	__u32 i, sign, seen = 0;	/* 1 digits, 2 '.', 'e' or a sign, 4 other */
+	__u64 u = 0;
+	__u8 c;
+
+	if (!sc || !v || !len || len > 64)
+		return 2;
+	c = RD_BYTE(sc->req, off);
+	sign = c == '-' || c == '+';
+	bpf_for(i, 0, 64) {
+		if (i >= len)
+			break;
+		c = RD_BYTE(sc->req, off + i);
+		if (c >= '0' && c <= '9') {
+			seen |= 1;
+			if (u <= ZS_SCORE_MAX)
+				u = u * 10 + (c - '0');
+		} else if (i >= sign) {
+			if (c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')
+				seen |= 2;
+			else
+				seen |= 4;
+		}
+	}
+	if (seen == 1 && u <= ZS_SCORE_MAX) {
+		*v = RD_BYTE(sc->req, off) == '-' ? -(__s64)u : (__s64)u;
+		return 0;
+	}
+	if (!(seen & 4) && (seen & 1))
+		return 1;
+	/* inf, +inf, -inf, infinity in any case */
+	if (WORD_IS(sc, off + sign, len - sign, "INF") ||
+	    WORD_IS(sc, off + sign, len - sign, "INFINITY"))
+		return 1;
+	return 2;
+}
+
+/*
+ * Writes the digits of |v| to the end of sc->num; returns how many (1..20).
+ * The count comes from the loop's index, which the verifier does not track
+ * exactly, so the loop's states converge.
+ */
+static __always_inline __u32 num_digits(struct rd_scratch *sc, __s64 v)
+{
+	__u64 u = v < 0 ? -v : v;
+	__u32 i, k = 20;
+
+	bpf_for(i, 0, 20) {
+		sc->num[RD_MASK(19 - i, 31)] = '0' + u % 10;
+		u /= 10;
+		if (!u) {
+			k = i + 1;
+			break;
+		}
+	}
+	return k;
+}
+
+/* Characters of the decimal form of `v`. */
+__noinline __u32 rd_s64_len(struct rd_scratch *sc, __s64 v)
+{
+	if (!sc)
+		return 1;
+	return num_digits(sc, v) + (v < 0);
+}
+
+/* Writes the decimal form of `v` at `at` of sc->rep; returns where it
+ * ends. */
+__noinline __u32 rd_put_s64(struct rd_scratch *sc, __u32 at, __s64 v)
+{
+	__u32 i, k;
+
+	if (!sc)
+		return at;
+	k = num_digits(sc, v);
+	if (v < 0)
+		RD_BYTE(sc->rep, at++) = '-';
+	bpf_for(i, 0, 20) {
+		if (i >= k)
+			break;
+		RD_BYTE(sc->rep, at + i) = sc->num[RD_MASK(20 - k + i, 31)];
+	}
+	return at + k;
+}
+#define put_s64(sc, at, v) (*(at) = rd_put_s64(sc, *(at), v))
+
+/* An integer reply of `v`. */
+static __always_inline int zint(struct rd_scratch *sc, __s64 v)
+{
+	__u32 at = RD_VAL;
+
+	put_s64(sc, &at, v);
+	return REPLY(RD_INT, at - RD_VAL);
+}
+
+/* A score as a bulk string (Redis 7.0 prints it with %.17g: the same digits
+ * for an integer within +/-2^53). */
+static __always_inline int zscore_reply(struct rd_scratch *sc, __s64 v)
+{
+	__u32 at = RD_VAL;
+
+	put_s64(sc, &at, v);
+	return REPLY(RD_BULK, at - RD_VAL);
+}
+
+/*
+ * Copies the key argument (`off`, `len`) to RD_ZKEY of sc->rep. Returns 0,
+ * or an error reply (ZREPLY) for a key the table cannot hold.
+ */
+__noinline int rd_zkey(struct rd_scratch *sc, __u32 off, __u32 len)
+{
+	__u32 i;
+
+	if (!sc)
+		return -1;
+	if (!len)
+		return ERR_REPLY(sc, "ERR empty key not supported by the KFlex offload");
+	if (len > KV_KEY_MAX)
+		return ERR_REPLY(sc, "ERR key too long for the KFlex offload");
+	bpf_for(i, 0, KV_WORDS(len)) {
+		if (i >= KV_KEY_MAX / 8)
+			break;
+		KV_WORD(sc->rep, RD_ZKEY + i * 8) = *(__u64 *)&sc->req[RD_MASK(off + i * 8, RD_BUF - 1)];
+	}
+	return 0;
+}
+
+/* The set under the key at RD_ZKEY (`klen` bytes): its address, 0 when
+ * there is none, -1 when the bucket lock or the budget ran out. */
+__noinline __s64 rd_zset_of(struct rd_scratch *sc, __u32 klen)
+{
+	struct kv_stats st = {};
+	struct kv_found f = {};
+	bool too_big = false;
+	int r;
+
+	if (!sc)
+		return -1;
+	r = kv_get(&rd_table, sc->rep, RD_ZKEY, klen, 0, sc->rep, RD_ZSET, 8, &f, &too_big, &st);
+	if (r < 0)
+		return -1;
+	return r ? (__s64)KV_WORD(sc->rep, RD_ZSET) : 0;
+}
+
+/* The member-table key of the `mlen`-byte member at `off` of the request
+ * in set `set`, staged at 0 of sc->rep; the member's score, if it has one,
+ * into *score: 1 found, 0 not, -1 busy. */
+__noinline int rd_zmember(struct rd_scratch *sc, __u64 set, __u32 off, __u32 mlen, __s64 *score)
+{
+	struct kv_stats st = {};
+	struct kv_found f = {};
+	bool too_big = false;
+	int r;
+
+	if (!sc || !score || mlen > ZS_MEMBER_MAX)
+		return -1;
+	zs_stage_member(sc->rep, set, sc->req, RD_BUF - 1, off, mlen);
+	r = kv_get(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, 0, sc->rep, RD_ZSCORE, 8, &f,
+		   &too_big, &st);
+	if (r > 0)
+		*score = (__s64)KV_WORD(sc->rep, RD_ZSCORE);
+	return r;
+}
+
+/* zs_insert() and zs_erase() of the member staged at 0 of sc->rep, each
+ * checked once. */
+__noinline int rd_zins(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
+{
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	return zs_insert((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd);
+}
+
+__noinline int rd_zdel(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
+{
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	return zs_erase((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd);
+}
+
+/*
+ * Gives the member staged at 0 of sc->rep `score` in set `s`: inserts it
+ * (`had` 0) or moves it from `old`. The member table's entry is allocated
+ * first, the new node linked before the old one goes, so that running out
+ * of heap changes nothing. Returns 1, 0 heap exhausted, -1 busy.
+ */
+__noinline int rd_zput(struct rd_scratch *sc, __u64 set, __u32 mlen, __s64 score, int had)
+{
+	struct kv_entry __arena *e;
+	__s64 old;
+	int r;
+
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	/* rd_zmember() left the old score there */
+	old = (__s64)KV_WORD(sc->rep, RD_ZSCORE);
+	KV_WORD(sc->rep, RD_ZSCORE) = score;
+	e = kv_new(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, RD_ZSCORE, 8, 0, 0);
+	if (!e)
+		return 0;
+	r = rd_zins(sc, set, score, mlen);
+	if (r <= 0) {
+		kv_drop(&rd_members, e);
+		return r;
+	}
+	if (had && rd_zdel(sc, set, old, mlen) < 0)
+		return -1;
+	return kv_store(&rd_members, e, 0, 0, sc->rep, 0, &sc->kst) < 0 ? -1 : 1;
+}
+
+/*
+ * Creates the set under the key at RD_ZKEY (`klen` bytes), unless another
+ * CPU did meanwhile. Returns its address, 0 when the heap is exhausted, -1
+ * when busy.
+ */
+__noinline __s64 rd_zcreate(struct rd_scratch *sc, __u32 klen)
+{
+	struct zs_set __arena *s;
+	struct kv_entry __arena *e;
+	int r;
+
+	if (!sc)
+		return -1;
+	s = zs_new();
+	if (!s)
+		return 0;
+	KV_WORD(sc->rep, RD_ZSET) = (__u64)s;
+	e = kv_new(&rd_table, sc->rep, RD_ZKEY, klen, RD_ZSET, 8, 0, 0);
+	if (!e) {
+		zs_drop(s);
+		return 0;
+	}
+	/* mode 1: only if the key is still absent */
+	r = kv_store(&rd_table, e, 1, 0, sc->rep, RD_ZKEY, &sc->kst);
+	if (r > 0)
+		return (__s64)s;
+	zs_drop(s);
+	if (r < 0)
+		return -1;
+	/* another CPU's */
+	r = rd_zset_of(sc, klen);
+	return r > 0 ? r : -1;
+}
+
+/* The ZADD option (ZF_*) at `off`, or 0. */
+__noinline int rd_zflag(struct rd_scratch *sc, __u32 off, __u32 len)
+{
+	if (!sc)
+		return 0;
+	return WORD_IS(sc, off, len, "NX") ? ZF_NX :
+	       WORD_IS(sc, off, len, "XX") ? ZF_XX :
+	       WORD_IS(sc, off, len, "GT") ? ZF_GT :
+	       WORD_IS(sc, off, len, "LT") ? ZF_LT :
+	       WORD_IS(sc, off, len, "CH") ? ZF_CH :
+	       WORD_IS(sc, off, len, "INCR") ? ZF_INCR : 0;
+}
+
+/* ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member [score member ...] */
+__noinline int rd_zadd(int nargs)
+{
+	__u32 zero = 0, off, len, koff, klen, flags = 0, f, i, elements;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct zs_set __arena *s;
+	struct rd_cursor *cu, *pairs;
+	__s64 set, score, old, added = 0, changed = 0;
+	int r, had, done = 0;
+
+	if (!sc)
+		return -1;
+	if (nargs < 4)
+		return REPLY(RD_ERR, stage_arity(sc));
+	cu = &sc->cu;
+	pairs = &sc->pairs;
+	cur_init(sc, cu, nargs);
+	if (!cur_next(sc, cu, &off, &len) || !cur_next(sc, cu, &koff, &klen))
+		return -1;
+	bpf_for(i, 0, RD_ARGS_MAX) {
+		*pairs = *cu;
+		if (!cur_next(sc, cu, &off, &len))
+			break;
+		f = rd_zflag(sc, off, len);
+		if (!f) {
+			*cu = *pairs;
+			break;
+		}
+		flags |= f;
+	}
+	*pairs = *cu;
+	elements = nargs - cu->a;
+	if (!elements || elements % 2)
+		return ERR_REPLY(sc, "ERR syntax error");
+	elements /= 2;
+	if ((flags & ZF_NX) && (flags & ZF_XX))
+		return ERR_REPLY(sc, "ERR XX and NX options at the same time are not compatible");
+	if (((flags & ZF_GT) && (flags & ZF_NX)) || ((flags & ZF_LT) && (flags & ZF_NX)) ||
+	    ((flags & ZF_GT) && (flags & ZF_LT)))
+		return ERR_REPLY(sc, "ERR GT, LT, and/or NX options at the same time are not compatible");
+	if ((flags & ZF_INCR) && elements > 1)
+		return ERR_REPLY(sc, "ERR INCR option supports a single increment-element pair");
+	/* every score and member first: an error leaves the set as it was */
+	bpf_for(i, 0, RD_ARGS_MAX / 2) {
+		if (i >= elements)
+			break;
+		if (!cur_next(sc, cu, &off, &len))
+			return -1;
+		r = rd_parse_score(sc, off, len, &score);
+		if (r == 2)
+			return ERR_REPLY(sc, "ERR value is not a valid float");
+		if (r)
+			return ERR_REPLY(sc, "ERR only integer scores within +/-2^53 are offloaded by KFlex");
+		if (!cur_next(sc, cu, &off, &len))
+			return -1;
+		if (len > ZS_MEMBER_MAX)
+			return ERR_REPLY(sc, "ERR member too long for the KFlex offload");
+	}
+	r = rd_zkey(sc, koff, klen);
+	if (r)
+		return r;
+	set = rd_zset_of(sc, klen);
+	if (set < 0)
+		return -1;
+	if (!set) {
+		if (flags & ZF_XX)
+			return (flags & ZF_INCR) ? REPLY(RD_NIL, 0) : zint(sc, 0);
+		set = rd_zcreate(sc, klen);
+		if (set < 0)
+			return -1;
+		if (!set)
+			goto oom;
+	}
+	s = (struct zs_set __arena *)set;
+	if (hm_lock(&s->lock))
+		return -1;
+	*cu = *pairs;
+	bpf_for(i, 0, RD_ARGS_MAX / 2) {
+		if (i >= elements)
+			break;
+		if (!cur_next(sc, cu, &off, &len))
+			break;
+		rd_parse_score(sc, off, len, &score);
+		if (!cur_next(sc, cu, &off, &len))
+			break;
+		had = rd_zmember(sc, (__u64)s, off, len, &old);
+		if (had < 0)
+			goto busy;
+		if (had) {
+			if (flags & ZF_NX)
+				continue;
+			if (flags & ZF_INCR) {
+				score += old;
+				if (score > ZS_SCORE_MAX || score < -ZS_SCORE_MAX) {
+					hm_unlock(&s->lock);
+					return ERR_REPLY(sc, "ERR only integer scores within +/-2^53 are "
+						    "offloaded by KFlex");
+				}
+			}
+			if (((flags & ZF_GT) && score <= old) || ((flags & ZF_LT) && score >= old))
+				continue;
+			done = 1;
+			if (score == old)
+				continue;
+			r = rd_zput(sc, (__u64)s, len, score, 1);
+			if (r < 0)
+				goto busy;
+			if (!r)
+				goto oom_locked;
+			changed++;
+		} else {
+			if (flags & ZF_XX)
+				continue;
+			done = 1;
+			r = rd_zput(sc, (__u64)s, len, score, 0);
+			if (r < 0)
+				goto busy;
+			if (!r)
+				goto oom_locked;
+			added++;
+		}
+	}
+	hm_unlock(&s->lock);
+	COUNT(zwrites);
+	if (flags & ZF_INCR)
+		return done ? zscore_reply(sc, score) : REPLY(RD_NIL, 0);
+	return zint(sc, added + ((flags & ZF_CH) ? changed : 0));
+busy:
+	hm_unlock(&s->lock);
+	return -1;
+oom_locked:
+	hm_unlock(&s->lock);
+oom:
+	COUNT(store_failures);
+	return ERR_REPLY(sc, "OOM command not allowed when used memory > 'maxmemory'.");
+}
+
+/* ZREM key member [member ...] */
+__noinline int rd_zrem(int nargs)
+{
+	__u32 zero = 0, off, len, i;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct rd_cursor cu = {};
+	struct kv_stats st = {};
+	struct zs_set __arena *s;
+	__s64 set, score, removed = 0;
+	int r;
+
+	if (!sc)
+		return -1;
+	if (nargs < 3)
+		return REPLY(RD_ERR, stage_arity(sc));
+	cur_init(sc, &cu, nargs);
+	if (!cur_next(sc, &cu, &off, &len) || !cur_next(sc, &cu, &off, &len))
+		return -1;
+	COUNT(zwrites);
+	if (!len || len > KV_KEY_MAX)
+		return zint(sc, 0);
+	rd_zkey(sc, off, len);
+	set = rd_zset_of(sc, len);
+	if (set <= 0)
+		return set < 0 ? -1 : zint(sc, 0);
+	s = (struct zs_set __arena *)set;
+	if (hm_lock(&s->lock))
+		return -1;
+	bpf_for(i, 2, RD_ARGS_MAX) {
+		if (!cur_next(sc, &cu, &off, &len))
+			break;
+		if (len > ZS_MEMBER_MAX)
+			continue;
+		r = rd_zmember(sc, set, off, len, &score);
+		if (r < 0)
+			goto busy;
+		if (!r)
+			continue;
+		if (rd_zdel(sc, set, score, len) < 0)
+			goto busy;
+		if (kv_erase(&rd_members, sc->rep, 0, ZS_MEMBER + len, 0, &st) < 0)
+			goto busy;
+		removed++;
+	}
+	hm_unlock(&s->lock);
+	return zint(sc, removed);
+busy:
+	hm_unlock(&s->lock);
+	return -1;
+}
+
+/* ZCARD key, ZSCORE key member */
+__noinline int rd_zread(int nargs)
+{
+	__u32 zero = 0, off, len, klen;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct rd_cursor cu = {};
+	struct zs_set __arena *s;
+	bool card;
+	__s64 set, score;
+	int r;
+
+	if (!sc)
+		return -1;
+	card = WORD_IS(sc, sc->arg_off[0], sc->arg_len[0], "ZCARD");
+	if (nargs != (card ? 2 : 3))
+		return REPLY(RD_ERR, stage_arity(sc));
+	COUNT(zreads);
+	cur_init(sc, &cu, nargs);
+	if (!cur_next(sc, &cu, &off, &klen) || !cur_next(sc, &cu, &off, &klen))
+		return -1;
+	if (!klen || klen > KV_KEY_MAX)
+		return card ? zint(sc, 0) : REPLY(RD_NIL, 0);
+	rd_zkey(sc, off, klen);
+	set = rd_zset_of(sc, klen);
+	if (set < 0)
+		return -1;
+	s = (struct zs_set __arena *)set;
+	if (card)
+		return zint(sc, set ? s->count : 0);
+	if (!cur_next(sc, &cu, &off, &len))
+		return -1;
+	if (!set || !s->count || len > ZS_MEMBER_MAX)
+		return REPLY(RD_NIL, 0);
+	r = rd_zmember(sc, set, off, len, &score);
+	if (r < 0)
+		return -1;
+	return r ? zscore_reply(sc, score) : REPLY(RD_NIL, 0);
+}
+
+/*
+ * Stages node `node`'s member at `at` of sc->rep as a bulk string, and its
+ * score after it when `scores`: "$<len>\r\n<member>\r\n$<len>\r\n<score>\r\n".
+ * Returns where it ends. A global function: the caller's loop does not
+ * carry the offsets the stores need.
+ */
+__noinline __u32 rd_zemit(struct rd_scratch *sc, __u32 at, __u64 node, bool scores)
+{
+	struct zs_node __arena *n = (struct zs_node __arena *)node;
+	__u64 __arena *m;
+	__u32 k, mlen;
+
+	if (!sc || !n)
+		return at;
+	mlen = n->mlen;
+	if (mlen > ZS_MEMBER_MAX)
+		mlen = ZS_MEMBER_MAX;
+	PUT(sc, &at, "$");
+	put_u64(sc, &at, mlen);
+	PUT(sc, &at, "\r\n");
+	m = ZS_WORDS(n);
+	bpf_for(k, 0, KV_WORDS(mlen)) {
+		if (k >= ZS_MEMBER_MAX / 8)
+			break;
+		*(__u64 *)&sc->rep[RD_MASK(at + k * 8, RD_BUF - 1)] = m[k];
+	}
+	at += mlen;
+	PUT(sc, &at, "\r\n");
+	if (scores) {
+		PUT(sc, &at, "$");
+		put_u64(sc, &at, rd_s64_len(sc, n->score));
+		PUT(sc, &at, "\r\n");
+		put_s64(sc, &at, n->score);
+		PUT(sc, &at, "\r\n");
+	}
+	return at;
+}
+
+/* ZRANGE key start stop [WITHSCORES] (by index) */
+__noinline int rd_zrange(int nargs)
+{
+	__u32 zero = 0, off, len, koff, klen, at = RD_VAL, i, count = 0;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct rd_cursor cu = {}, opts;
+	struct zs_set __arena *s;
+	struct zs_node __arena *n;
+	__s64 set, start, stop, size;
+	bool scores = false;
+
+	if (!sc)
+		return -1;
+	if (nargs < 4)
+		return REPLY(RD_ERR, stage_arity(sc));
+	cur_init(sc, &cu, nargs);
+	if (!cur_next(sc, &cu, &off, &len) || !cur_next(sc, &cu, &koff, &klen))
+		return -1;
+	opts = cu;
+	if (!cur_next(sc, &opts, &off, &len) || !cur_next(sc, &opts, &off, &len))
+		return -1;
+	bpf_for(i, 4, RD_ARGS_MAX) {
+		if (!cur_next(sc, &opts, &off, &len))
+			break;
+		if (WORD_IS(sc, off, len, "WITHSCORES"))
+			scores = true;
+		else if (WORD_IS(sc, off, len, "BYSCORE") || WORD_IS(sc, off, len, "BYLEX") ||
+			 WORD_IS(sc, off, len, "REV") || WORD_IS(sc, off, len, "LIMIT"))
+			return ERR_REPLY(sc, "ERR ZRANGE option not supported by the KFlex offload");
+		else
+			return ERR_REPLY(sc, "ERR syntax error");
+	}
+	if (!cur_next(sc, &cu, &off, &len) || rd_parse_ll(sc, off, len, &start) ||
+	    !cur_next(sc, &cu, &off, &len) || rd_parse_ll(sc, off, len, &stop))
+		return ERR_REPLY(sc, "ERR value is not an integer or out of range");
+	COUNT(zreads);
+	sc->acount = 0;
+	if (!klen || klen > KV_KEY_MAX)
+		return REPLY(RD_ARRAY, 0);
+	rd_zkey(sc, koff, klen);
+	set = rd_zset_of(sc, klen);
+	if (set <= 0)
+		return set < 0 ? -1 : REPLY(RD_ARRAY, 0);
+	s = (struct zs_set __arena *)set;
+	if (hm_lock(&s->lock))
+		return -1;
+	/* Redis's index rules */
+	size = s->count;
+	if (start < 0)
+		start += size;
+	if (stop < 0)
+		stop += size;
+	if (start < 0)
+		start = 0;
+	if (start > stop || start >= size) {
+		hm_unlock(&s->lock);
+		return REPLY(RD_ARRAY, 0);
+	}
+	if (stop >= size)
+		stop = size - 1;
+	n = s->head->next[0];
+	while (start > 0 && n) {
+		if (!can_loop)
+			goto busy;
+		n = n->next[0];
+		start--;
+		stop--;
+	}
+	while (n && stop >= 0) {
+		if (!can_loop)
+			goto busy;
+		if (at + n->mlen + 60 > RD_VAL + RD_STAGE_MAX) {
+			hm_unlock(&s->lock);
+			return ERR_REPLY(sc, "ERR ZRANGE reply too large for the KFlex offload (3968 "
+				    "bytes at most)");
+		}
+		at = rd_zemit(sc, at, (__u64)n, scores);
+		count += scores ? 2 : 1;
+		n = n->next[0];
+		stop--;
+	}
+	hm_unlock(&s->lock);
+	sc->acount = count;
+	return REPLY(RD_ARRAY, at - RD_VAL);
+busy:
+	hm_unlock(&s->lock);
+	return -1;
+}
+
+/* Whether the request in sc->req is one of the sorted-set commands. */
+static __always_inline bool zowned(struct rd_scratch *sc)
+{
+	return ARG_IS(sc, 0, "ZADD") || ARG_IS(sc, 0, "ZREM") || ARG_IS(sc, 0, "ZCARD") ||
+	       ARG_IS(sc, 0, "ZSCORE") || ARG_IS(sc, 0, "ZRANGE");
+}
+
+/* GET k, SET k v (--kmemcache): as the sorted-set commands, a global
+ * function returning REPLY(kind, staged bytes) or -1 when busy. */
+__noinline int rd_getset(int nargs)
+{
+	__u32 zero = 0, klen, vlen;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct kv_entry __arena *e;
+	struct kv_found f = {};
+	bool too_big = false;
+	int r;
+
+	if (!sc)
+		return -1;
+	if (ARG_IS(sc, 0, "GET")) {
+		if (nargs != 2)
+			return REPLY(RD_ERR, stage_arity(sc));
+		klen = sc->arg_len[1];
+		COUNT(gets);
+		if (klen > KV_KEY_MAX || !klen || sc->arg_off[1] > KV_OFF_MASK)
+			return REPLY(RD_NIL, 0);
+		r = kv_get(&rd_table, sc->req, sc->arg_off[1], klen, 0, sc->rep, RD_VAL,
+			   KV_ITEM_MAX, &f, &too_big, &sc->kst);
+		if (r <= 0)
+			return r < 0 ? -1 : REPLY(RD_NIL, 0);
+		COUNT(hits);
+		return REPLY(RD_BULK, f.ilen);
+	}
+	/* SET */
+	if (nargs < 3)
+		return REPLY(RD_ERR, stage_arity(sc));
+	if (nargs > 3) {
+		COUNT(refused);
+		return ERR_REPLY(sc, "ERR SET option not supported by the offload");
+	}
+	klen = sc->arg_len[1];
+	vlen = sc->arg_len[2];
+	if (vlen > rd_max_value || vlen > KV_ITEM_MAX) {
+		COUNT(refused);
+		return ERR_REPLY(sc, "ERR value too large for the KFlex offload");
+	}
+	if (klen > KV_KEY_MAX || !klen || sc->arg_off[2] > KV_OFF_MASK) {
+		COUNT(refused);
+		return ERR_REPLY(sc, "ERR key too long for the KFlex offload");
+	}
+	e = kv_new(&rd_table, sc->req, sc->arg_off[1], klen, sc->arg_off[2], vlen, 0, 0);
+	if (!e) {
+		COUNT(store_failures);
+		return ERR_REPLY(sc, "OOM command not allowed when used memory > 'maxmemory'.");
+	}
+	r = kv_store(&rd_table, e, 0, 0, sc->req, sc->arg_off[1], &sc->kst);
+	if (r < 0)
+		return -1;
+	COUNT(sets);
+	return REPLY(RD_OK, 0);
+}
+
 SEC("sk_skb/stream_verdict")
 int rd_verdict(struct __sk_buff *skb)
 {
-	__u32 zero = 0, len = skb->len, n = 0, klen, vlen;
+	__u32 zero = 0, len = skb->len, n = 0;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct rd_conn *c = conn_of(cookie);
 	enum rd_reply kind = RD_NIL;
-	struct kv_stats st = {};
-	struct kv_found f = {};
-	struct kv_entry __arena *e;
 	struct rd_walk w = {};
-	bool too_big = false, chunked = false;
+	bool chunked = false;
 	int nargs, r, h;
 	__s64 v;
 
@@ -855,7 +1725,10 @@ int rd_verdict(struct __sk_buff *skb)
 		if (w.status != 1)
 			return SK_DROP;
 		c->consume = 0;
-		n = STAGE(sc, "ERR value too large for the KFlex offload");
+		if (rd_zset)
+			n = STAGE(sc, "ERR request too large for the KFlex offload");
+		else
+			n = STAGE(sc, "ERR value too large for the KFlex offload");
 		kind = RD_ERR;
 		COUNT(refused);
 		goto answer;
@@ -877,7 +1750,7 @@ int rd_verdict(struct __sk_buff *skb)
 	nargs = split(sc, len);
 	if (nargs == 0)
 		goto pass;
-	if (!ARG_IS(sc, 0, "GET") && !ARG_IS(sc, 0, "SET")) {
+	if (rd_zset ? !zowned(sc) : !ARG_IS(sc, 0, "GET") && !ARG_IS(sc, 0, "SET")) {
 		if (chunked) {
 			c->args_left = w.args_left;
 			c->bulk_left = w.bulk_left;
@@ -902,73 +1775,32 @@ int rd_verdict(struct __sk_buff *skb)
 		c->consume = 1;
 		return SK_DROP;
 	}
-	if (nargs < 0) {
+	if (nargs < 0 || (rd_zset && sc->req[0] != '*' && nargs > RD_OWN_ARGS)) {
 		n = STAGE(sc, "ERR inline command form not supported by the KFlex offload");
 		kind = RD_ERR;
 		COUNT(refused);
 		goto answer;
 	}
-	if (ARG_IS(sc, 0, "GET")) {
-		if (nargs != 2) {
-			n = stage_arity(sc);
-			kind = RD_ERR;
-			goto answer;
-		}
-		klen = sc->arg_len[1];
-		COUNT(gets);
-		if (klen > KV_KEY_MAX || !klen || sc->arg_off[1] > KV_OFF_MASK) {
-			kind = RD_NIL;
-			goto answer;
-		}
-		r = kv_get(&rd_table, sc->req, sc->arg_off[1], klen, 0, sc->rep, RD_VAL,
-			   KV_ITEM_MAX, &f, &too_big, &st);
+	if (rd_zset) {
+		if (ARG_IS(sc, 0, "ZADD"))
+			r = rd_zadd(nargs);
+		else if (ARG_IS(sc, 0, "ZREM"))
+			r = rd_zrem(nargs);
+		else if (ARG_IS(sc, 0, "ZRANGE"))
+			r = rd_zrange(nargs);
+		else
+			r = rd_zread(nargs);
 		if (r < 0)
 			goto busy;
-		if (r == 0)
-			goto answer;
-		COUNT(hits);
-		kind = RD_BULK;
-		n = f.ilen;
+		kind = (r >> 16) & 7;
+		n = r & 0xffff;
 		goto answer;
 	}
-	/* SET */
-	if (nargs < 3) {
-		n = stage_arity(sc);
-		kind = RD_ERR;
-		goto answer;
-	}
-	if (nargs > 3) {
-		n = STAGE(sc, "ERR SET option not supported by the offload");
-		kind = RD_ERR;
-		COUNT(refused);
-		goto answer;
-	}
-	klen = sc->arg_len[1];
-	vlen = sc->arg_len[2];
-	if (vlen > rd_max_value || vlen > KV_ITEM_MAX) {
-		n = STAGE(sc, "ERR value too large for the KFlex offload");
-		kind = RD_ERR;
-		COUNT(refused);
-		goto answer;
-	}
-	if (klen > KV_KEY_MAX || !klen || sc->arg_off[2] > KV_OFF_MASK) {
-		n = STAGE(sc, "ERR key too long for the KFlex offload");
-		kind = RD_ERR;
-		COUNT(refused);
-		goto answer;
-	}
-	e = kv_new(&rd_table, sc->req, sc->arg_off[1], klen, sc->arg_off[2], vlen, 0, 0);
-	if (!e) {
-		COUNT(store_failures);
-		n = STAGE(sc, "OOM command not allowed when used memory > 'maxmemory'.");
-		kind = RD_ERR;
-		goto answer;
-	}
-	r = kv_store(&rd_table, e, 0, 0, sc->req, sc->arg_off[1], &st);
+	r = rd_getset(nargs);
 	if (r < 0)
 		goto busy;
-	COUNT(sets);
-	kind = RD_OK;
+	kind = (r >> 16) & 7;
+	n = r & 0xffff;
 	goto answer;
 busy:
 	/* a bucket lock not taken or the loop budget spent */
@@ -995,7 +1827,8 @@ pass:
 	return SK_PASS;
 }
 
-/* Creates the table (run by the loader, a part at a time). */
+/* Create the tables (run by the loader, a part at a time). */
 KV_TABLE_INIT(rd_init, rd_heap, rd_table);
+KV_TABLE_INIT(rd_minit, rd_heap, rd_members);
 
 char LICENSE[] SEC("license") = "GPL";

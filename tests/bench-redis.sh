@@ -3,7 +3,10 @@
 #
 # tests/bench-redis.sh OUTDIR -- the Redis GET/SET offload against
 # redis-server alone, in one guest run (run by `make bench-redis` inside a
-# guest).
+# guest). With KFLEX_BENCH_FAMILY=zset (tests/bench-zadd.sh, `make
+# bench-zadd`) the sorted-set offload instead: `kflex-load --kredis`, a
+# preload of ZADD myzset %d element:%012d for 0..99999, and redis-benchmark
+# -t zadd (ZADD myzset <random score> element:<random>) at -P 1 and -P 16.
 #
 # Topology: tests/bench-net.sh (the receive side of ks0 and redis-server on
 # CPU 1, redis-benchmark on CPU 0). For each round the variants alternate:
@@ -23,13 +26,19 @@ set -uo pipefail
 out=${1:?usage: bench-redis.sh OUTDIR}
 n=${KFLEX_BENCH_REQUESTS:-100000}
 rounds=${KFLEX_BENCH_ROUNDS:-3}
+family=${KFLEX_BENCH_FAMILY:-getset}
+if [ "$family" = zset ]; then
+	flag=--kredis tests=zadd configs="P1:-P 1,P16:-P 16"
+else
+	flag=--kmemcache tests=get,set configs="d64-P1:-d 64 -P 1,d64-P16:-d 64 -P 16,d1024-P1:-d 1024 -P 1"
+fi
 # shellcheck source=tests/bench-net.sh
 . "$(dirname "$0")/bench-net.sh"
 bench_setup "$out"
 
 # "TEST rps p50_ms p99_ms" per line of redis-benchmark --csv output.
 summarise() {
-	tr -d '"' | awk -F, '$1 == "SET" || $1 == "GET" { print $1, $2, $5, $7 }'
+	tr -d '"' | awk -F, '$1 == "SET" || $1 == "GET" || $1 == "ZADD" { print $1, $2, $5, $7 }'
 }
 
 start_server() {
@@ -45,17 +54,23 @@ start_server() {
 }
 
 preload() {
-	awk 'BEGIN { v = sprintf("%64s", ""); gsub(/ /, "x", v)
-		for (i = 0; i < 100000; i++) printf "SET key:%012d %s\r\n", i, v }' |
-		ip netns exec kbcli redis-cli -h 10.77.0.1 -p 6969 --pipe >"$1" 2>&1
+	if [ "$family" = zset ]; then
+		awk 'BEGIN { for (i = 0; i < 100000; i++) printf "ZADD myzset %d element:%012d\r\n", i, i }'
+	else
+		awk 'BEGIN { v = sprintf("%64s", ""); gsub(/ /, "x", v)
+			for (i = 0; i < 100000; i++) printf "SET key:%012d %s\r\n", i, v }'
+	fi | ip netns exec kbcli redis-cli -h 10.77.0.1 -p 6969 --pipe >"$1" 2>&1
 	grep -q 'errors: 0, replies: 100000' "$1" || echo "bench: preload failed, see $1" >&2
 }
 
-configs="d64-P1:-d 64 -P 1,d64-P16:-d 64 -P 16,d1024-P1:-d 1024 -P 1"
 {
-	echo "# redis-benchmark -t get,set -r 100000 -n $n -c 16 --csv (from namespace kbcli, CPU 0) against"
-	echo "# redis-server 7.0 on CPU 1, alone (redis) and behind kflex-load --kmemcache (offload);"
-	echo "# each run on a fresh server preloaded with 100,000 64-byte values. Medians of $rounds rounds,"
+	echo "# redis-benchmark -t $tests -r 100000 -n $n -c 16 --csv (from namespace kbcli, CPU 0) against"
+	echo "# redis-server 7.0 on CPU 1, alone (redis) and behind kflex-load $flag (offload);"
+	if [ "$family" = zset ]; then
+		echo "# each run on a fresh server preloaded with a 100,000-member sorted set. Medians of $rounds rounds,"
+	else
+		echo "# each run on a fresh server preloaded with 100,000 64-byte values. Medians of $rounds rounds,"
+	fi
 	echo "# variants alternating in one guest run (QEMU TCG, 2 vCPUs: only the ratios mean anything)."
 	echo "# KeyDB is not packaged for Debian 12: the baseline is redis-server alone."
 	printf '%-14s %9s %12s %10s %10s\n' "workload" "variant" "rps" "p50_ms" "p99_ms"
@@ -66,7 +81,7 @@ for r in $(seq "$rounds"); do
 		pin_napi
 		kl=
 		if [ "$variant" = offload ]; then
-			kflex-load --kmemcache --port 6969 --heap-size 1G \
+			kflex-load "$flag" --port 6969 --heap-size 1G \
 				>"$out/raw/$r-$variant-kflex-load.log" 2>&1 &
 			kl=$!
 			for _ in $(seq 600); do
@@ -83,7 +98,7 @@ for r in $(seq "$rounds"); do
 			j0=$(cpu_jiffies)
 			# shellcheck disable=SC2086 # args are words
 			ip netns exec kbcli taskset -c 0 timeout -s KILL 1200 redis-benchmark -h 10.77.0.1 \
-				-p 6969 -t get,set -r 100000 -n "$n" -c 16 $args --csv >"$log" 2>"${log%.csv}.err"
+				-p 6969 -t "$tests" -r 100000 -n "$n" -c 16 $args --csv >"$log" 2>"${log%.csv}.err"
 			j1=$(cpu_jiffies)
 			summarise <"$log" | while read -r t rps p50 p99; do
 				echo "$name-$t $variant $rps $p50 $p99" >>"$out/runs.txt"

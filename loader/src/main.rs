@@ -5,10 +5,8 @@
 //! Without an offload flag it attaches a per-CPU packet/byte counter at XDP,
 //! prints `ready` once attached, and on SIGINT/SIGTERM prints the counters
 //! and detaches. `--kmemcached` attaches the memcached offload
-//! ([`kflex_load::memcached`]), `--kmemcache` the Redis GET/SET offload
-//! ([`kflex_load::redis`]). The sorted-set offload (`--kredis`) is not
-//! implemented yet: it is refused with a message naming what it still
-//! needs, and `--help` says so.
+//! ([`kflex_load::memcached`]), `--kmemcache` the Redis GET/SET offload and
+//! `--kredis` the Redis sorted-set offload ([`kflex_load::redis`]).
 
 use std::{ffi::CStr, io::Write, mem::MaybeUninit, path::Path};
 
@@ -58,8 +56,8 @@ Kernel settings:
 /// interface --ifindex, prints `ready`, and on SIGINT/SIGTERM prints the counts and
 /// detaches. --kmemcached attaches the memcached offload in front of a memcached that
 /// listens on UDP --port; --kmemcache the Redis GET/SET offload in front of a
-/// redis-server on TCP --port. The sorted-set offload (--kredis) is not implemented
-/// yet: it is refused with a message saying what it still needs.
+/// redis-server on TCP --port; --kredis the Redis sorted-set offload in front of a
+/// redis-server on TCP --port.
 #[derive(Parser, Debug)]
 #[command(
     name = "kflex-load",
@@ -95,7 +93,15 @@ struct Cli {
     /// (a second signal stops waiting).
     #[arg(long, group = "mode")]
     kmemcache: bool,
-    /// Not implemented yet (refused): Redis ZADD offload into skiplist-backed sorted sets.
+    /// Redis sorted-set offload: as --kmemcache (the same hooks, framing, ordering,
+    /// EVAL and passthrough rules), but the kernel owns the sorted-set commands ZADD
+    /// (with NX, XX, GT, LT, CH, INCR), ZREM, ZCARD, ZSCORE and ZRANGE by index (with
+    /// WITHSCORES): skiplists ordered by (score, member) and a member table on a KFlex
+    /// heap, never in redis-server. BPF has no floating point: scores must be integers
+    /// within +/-2^53, others get "-ERR only integer scores within +/-2^53 are
+    /// offloaded by KFlex"; members up to 248 bytes; ZRANGE BYSCORE/BYLEX/REV/LIMIT get
+    /// "-ERR ZRANGE option not supported by the KFlex offload". GET, SET and every
+    /// other command go to redis-server.
     #[arg(long, group = "mode")]
     kredis: bool,
     /// Interface index to attach to (see `ip link`). Accepted but not needed by
@@ -193,22 +199,6 @@ impl Cli {
             Mode::Count
         }
     }
-}
-
-/// Refuses the offload modes this build does not implement yet.
-fn check_mode(mode: &Mode) -> Result<()> {
-    let (flag, what) = match mode {
-        Mode::Count | Mode::Memcached | Mode::RedisGetSet => return Ok(()),
-        Mode::RedisZadd => (
-            "--kredis",
-            "the Redis sorted-set offload (RESP framing at sk_skb, ZADD and friends on a \
-             skiplist on the heap)",
-        ),
-    };
-    bail!(
-        "{flag} is not available in this build: {what} is not implemented yet (the kernel's \
-         sk_skb reply path and the GET/SET offload's framing it needs are)"
-    )
 }
 
 fn check_root() -> Result<()> {
@@ -327,7 +317,6 @@ fn run(cli: Cli) -> Result<()> {
         None => {}
     }
     let mode = cli.mode();
-    check_mode(&mode)?;
     if cli.policy != memcached::Policy::Kflex && mode != Mode::Memcached {
         bail!("--policy applies to the memcached offload only: add --kmemcached");
     }
@@ -336,10 +325,18 @@ fn run(cli: Cli) -> Result<()> {
     }
     check_root()?;
     Status::read_from(Path::new(status::STATUS_PATH))?.require_active()?;
-    if mode == Mode::RedisGetSet {
+    if let Some(family) = match mode {
+        Mode::RedisGetSet => Some(redis::Family::GetSet),
+        Mode::RedisZadd => Some(redis::Family::SortedSets),
+        _ => None,
+    } {
         let signals = block_exit_signals()?;
-        let o =
-            redis::Options { port: cli.port, heap_size: cli.heap_size, max_value: cli.max_value };
+        let o = redis::Options {
+            family,
+            port: cli.port,
+            heap_size: cli.heap_size,
+            max_value: cli.max_value,
+        };
         return redis::run(&o, &signals);
     }
     let Some(ifindex) = cli.ifindex else {
@@ -431,11 +428,12 @@ mod tests {
     }
 
     #[test]
-    fn help_says_what_is_not_there_yet() {
+    fn help_says_what_each_offload_owns() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        let line = help.lines().skip_while(|l| l.trim() != "--kredis").nth(1).unwrap_or_default();
-        assert!(line.contains("Not implemented yet"), "--kredis: {line:?}\n{help}");
+        for word in ["ZADD", "ZRANGE by index", "integers", "+/-2^53", "248 bytes"] {
+            assert!(help.contains(word), "--kredis help lacks {word:?}\n{help}");
+        }
         // The Redis GET/SET offload says what it owns, its errors, and what EVAL needs.
         for word in [
             "The kernel owns GET and SET",
@@ -462,13 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_modes_name_what_is_missing() {
-        let e = check_mode(&Mode::RedisZadd).unwrap_err().to_string();
-        assert!(e.contains("--kredis") && e.contains("not implemented"), "{e}");
-        assert!(check_mode(&Mode::Count).is_ok());
-        assert!(check_mode(&Mode::Memcached).is_ok());
-        assert!(check_mode(&Mode::RedisGetSet).is_ok());
-        // --max-value belongs to --kmemcache
+    fn max_value_belongs_to_kmemcache() {
         let cli = Cli::try_parse_from(["kflex-load", "--kmemcache", "--max-value", "100"]).unwrap();
         assert_eq!((cli.mode(), cli.max_value), (Mode::RedisGetSet, 100));
     }

@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `kflex-load --kmemcache`: the Redis GET/SET offload (`bpf/redis.bpf.c`),
-//! RESP over TCP answered at the sk_skb hooks of redis-server's accepted
-//! sockets from a hash table on a KFlex heap, in front of a real
-//! redis-server.
+//! `kflex-load --kmemcache` and `--kredis`: the Redis offloads
+//! (`bpf/redis.bpf.c`), RESP over TCP answered at the sk_skb hooks of
+//! redis-server's accepted sockets from a KFlex heap, in front of a real
+//! redis-server. `--kmemcache` owns GET and SET (a hash table of values),
+//! `--kredis` the sorted-set commands ZADD, ZREM, ZCARD, ZSCORE and ZRANGE
+//! (skiplists and a member table, `bpf/ds/zset.h`).
 //!
 //! A sockops program on the root cgroup (v2) puts every connection accepted
 //! on the port after attach into a sockhash; its stream parser frames
-//! requests and its stream verdict answers GET and SET in the kernel and
-//! passes everything else to redis-server. On SIGINT/SIGTERM no new
+//! requests and its stream verdict answers the owned commands in the
+//! kernel and passes everything else to redis-server. On SIGINT/SIGTERM no new
 //! connection is offloaded, existing ones switch to passthrough, and the
 //! maps stay until the offloaded connections have closed (a socket that
 //! leaves the sockhash loses what redis-server has not read yet); a second
@@ -34,8 +36,32 @@ use crate::{ds, memcached, progstats, resp, skel::redis::*};
 /// Bytes of a command name in `rd_cmds` (RD_CMD_NAME in the BPF program).
 const CMD_NAME: usize = 32;
 
-/// Commands the GET/SET offload answers in the kernel.
-pub const OWNED: &str = "GET, SET";
+/// Which command family the offload owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// GET and SET (`--kmemcache`).
+    GetSet,
+    /// The sorted sets (`--kredis`).
+    SortedSets,
+}
+
+impl Family {
+    /// The commands answered in the kernel.
+    pub fn owned(self) -> &'static str {
+        match self {
+            Family::GetSet => "GET, SET",
+            Family::SortedSets => "ZADD, ZREM, ZCARD, ZSCORE, ZRANGE (by index)",
+        }
+    }
+
+    /// The offload's name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::GetSet => "Redis GET/SET offload",
+            Family::SortedSets => "Redis sorted-set offload",
+        }
+    }
+}
 
 /// Counter names, in the order of `struct rd_stats` in the BPF program.
 pub const COUNTERS: [&str; N] = [
@@ -52,10 +78,12 @@ pub const COUNTERS: [&str; N] = [
     "store_failures",
     "reply_failures",
     "held_refused",
+    "zwrites",
+    "zreads",
 ];
 
 /// Number of counters.
-pub const N: usize = 13;
+pub const N: usize = 15;
 
 // The BPF program's counters are exactly these.
 const _: () = assert!(size_of::<types::rd_stats>() == COUNTERS.len() * 8);
@@ -66,8 +94,9 @@ const BUCKET_ORDER: u32 = 16;
 /// The largest value the table holds (`KV_ITEM_MAX` in `bpf/ds/kv.h`).
 pub const VALUE_LIMIT: u32 = 2048;
 
-/// What `--kmemcache` runs with.
+/// What `--kmemcache` and `--kredis` run with.
 pub struct Options {
+    pub family: Family,
     pub port: u16,
     pub heap_size: u64,
     pub max_value: u32,
@@ -190,12 +219,17 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
     let rodata = open.maps.rodata_data.as_deref_mut().context("rodata")?;
     rodata.rd_port = o.port;
     rodata.rd_max_value = o.max_value;
+    rodata.rd_zset = u32::from(o.family == Family::SortedSets);
     open.maps
         .rd_heap
         .set_max_entries((o.heap_size / 4096) as u32)
         .context("sizing the KFlex heap")?;
     let mut skel = open.load().context("loading the Redis offload into the kernel")?;
     ds::init_table(skel.progs.rd_init.as_fd(), BUCKET_ORDER, o.heap_size)?;
+    if o.family == Family::SortedSets {
+        ds::init_table(skel.progs.rd_minit.as_fd(), BUCKET_ORDER, o.heap_size)
+            .context("the sorted sets' member table")?;
+    }
     let addr = server_addr(o.port);
     let held_rule = match resp::command_table(addr) {
         Ok(specs) => {
@@ -222,15 +256,25 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
         .attach_cgroup(cg.as_raw_fd())
         .with_context(|| format!("attaching the sockops program to {cgroot}"))?;
     println!(
-        "ready: Redis GET/SET offload on TCP port {} (new connections): {OWNED} answered in the \
-         kernel; other commands go to redis-server",
-        o.port
+        "ready: {} on TCP port {} (new connections): {} answered in the kernel; other \
+         commands go to redis-server",
+        o.family.name(),
+        o.port,
+        o.family.owned()
     );
-    println!(
-        "note: the offload owns GET and SET: their keys live in the kernel, not in \
-         redis-server; values up to {} bytes",
-        o.max_value
-    );
+    match o.family {
+        Family::GetSet => println!(
+            "note: the offload owns GET and SET: their keys live in the kernel, not in \
+             redis-server; values up to {} bytes",
+            o.max_value
+        ),
+        Family::SortedSets => println!(
+            "note: the offload owns the sorted-set commands {}: their keys live in the \
+             kernel, not in redis-server; integer scores within +/-2^53, members up to 248 \
+             bytes, ZRANGE replies up to 3968 bytes",
+            o.family.owned()
+        ),
+    }
     println!("{held_rule}");
     std::io::stdout().flush().ok();
 
@@ -267,7 +311,7 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .context("reading the offload's counters")?
         .unwrap_or_default();
-    println!("{sig:?}: Redis GET/SET offload on TCP port {}:", o.port);
+    println!("{sig:?}: {} on TCP port {}:", o.family.name(), o.port);
     print!("{}", format_counters(&sum_counters(&counters)));
     let progs = [&skel.progs.rd_parse, &skel.progs.rd_verdict];
     let ids: Vec<u32> =
@@ -328,7 +372,8 @@ mod tests {
 
     #[test]
     fn max_value_is_bounded() {
-        let o = |max_value| Options { port: 1, heap_size: 1 << 20, max_value };
+        let o =
+            |max_value| Options { family: Family::GetSet, port: 1, heap_size: 1 << 20, max_value };
         assert!(check_options(&o(VALUE_LIMIT)).is_ok());
         let e = check_options(&o(VALUE_LIMIT + 1)).unwrap_err().to_string();
         assert!(e.contains("--max-value"), "{e}");

@@ -102,8 +102,8 @@ pub fn bad_invocations_fail_clearly() -> Result<()> {
     ensure!(e.contains("--ifindex N is required"), "{e}");
     let e = load_fails(&["--ifindex", "lo"])?;
     ensure!(e.contains("invalid value"), "{e}");
-    let e = load_fails(&["--kredis", "--ifindex", "1"])?;
-    ensure!(e.contains("--kredis") && e.contains("not implemented"), "--kredis: {e}");
+    let e = load_fails(&["--kredis", "--port", "6998"])?;
+    ensure!(e.contains("nothing listens on TCP port 6998"), "--kredis: {e}");
     let e = load_fails(&["--kmemcache", "--port", "6998"])?;
     ensure!(
         e.contains("nothing listens on TCP port 6998") && e.contains("redis-server --port 6998"),

@@ -19,6 +19,7 @@ mod redis;
 mod release;
 mod sockmap;
 mod util;
+mod zset;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -77,6 +78,10 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(redis::other_commands_on_held_keys, "ym"),
     t!(redis::two_cpus_same_keys, "ym"),
     t!(redis::receive_on_the_server_cpu, "ym"),
+    t!(zset::differential, "ym"),
+    t!(zset::own_errors_and_limits, "ym"),
+    t!(zset::real_clients, "ym"),
+    t!(zset::two_cpus_same_set, "ym"),
     t!(cancel::endless_loops_are_cancelled, "ym"),
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
     t!(cancel::budget_follows_the_sysctl, "ym"),

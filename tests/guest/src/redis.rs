@@ -18,14 +18,14 @@ use kflex_load::{redis, resp, rng::Rng};
 use crate::util::*;
 
 /// The offloaded server's port and the oracle's.
-const PORT: u16 = 6979;
-const ORACLE: u16 = 6980;
+pub(crate) const PORT: u16 = 6979;
+pub(crate) const ORACLE: u16 = 6980;
 
 /// A redis-server on `port` of every address (no persistence), killed on drop.
-struct Server(std::process::Child);
+pub(crate) struct Server(std::process::Child);
 
 impl Server {
-    fn start(port: u16) -> Result<Server> {
+    pub(crate) fn start(port: u16) -> Result<Server> {
         let p = port.to_string();
         let child = std::process::Command::new("redis-server")
             .args(["--port", &p, "--bind", "0.0.0.0", "--save", "", "--appendonly", "no"])
@@ -50,7 +50,7 @@ impl Drop for Server {
 }
 
 /// Both servers and the offload in front of the first.
-struct Live {
+pub(crate) struct Live {
     server: Server,
     _oracle: Server,
     offload: Option<Background>,
@@ -58,19 +58,24 @@ struct Live {
 
 impl Live {
     fn new() -> Result<Live> {
+        Live::with("--kmemcache")
+    }
+
+    /// With the offload `flag` (--kmemcache or --kredis).
+    pub(crate) fn with(flag: &str) -> Result<Live> {
         ensure_kflex()?;
         let server = Server::start(PORT)?;
         let oracle = Server::start(ORACLE)?;
         let mut off = Background::spawn(
             "kflex-load",
-            &["--kmemcache", "--port", &PORT.to_string(), "--heap-size", "64M"],
+            &[flag, "--port", &PORT.to_string(), "--heap-size", "64M"],
         )?;
         off.wait_for("ready:", Duration::from_secs(180))?;
         Ok(Live { server, _oracle: oracle, offload: Some(off) })
     }
 
     /// Detaches (SIGTERM); returns kflex-load's output.
-    fn detach(&mut self) -> Result<Vec<String>> {
+    pub(crate) fn detach(&mut self) -> Result<Vec<String>> {
         let off = self.offload.take().context("not attached")?;
         let (ok, lines) = off.terminate()?;
         ensure!(ok, "kflex-load failed: {lines:?}");
@@ -87,7 +92,7 @@ impl Drop for Live {
     }
 }
 
-fn connect(port: u16) -> Result<TcpStream> {
+pub(crate) fn connect(port: u16) -> Result<TcpStream> {
     let s =
         TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to {port}"))?;
     s.set_nodelay(true)?;
@@ -96,7 +101,7 @@ fn connect(port: u16) -> Result<TcpStream> {
 }
 
 /// A request in RESP: an array of bulk strings.
-fn resp(args: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut v = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
         v.extend(format!("${}\r\n", a.len()).bytes());
@@ -108,7 +113,7 @@ fn resp(args: &[&[u8]]) -> Vec<u8> {
 
 /// Reads one complete RESP reply (simple, error, integer, bulk, array); a
 /// reply that is not RESP is an error.
-fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
+pub(crate) fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
     loop {
         if let Some((_, n)) = resp::parse(buf).with_context(|| {
             format!("a reply that is not RESP: {:?}", String::from_utf8_lossy(buf))
@@ -132,7 +137,7 @@ fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>> {
 /// byte per write, a longer one in writes of 1 to 2000 bytes) and reads one
 /// reply each. (Fragmented, a message skb is made of many segments: the
 /// offload must make it linear before resizing it into the reply.)
-fn exchange(port: u16, reqs: &[Vec<u8>], bytewise: bool) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn exchange(port: u16, reqs: &[Vec<u8>], bytewise: bool) -> Result<Vec<Vec<u8>>> {
     let mut s = connect(port)?;
     if bytewise {
         let mut rng = Rng::new(reqs.len() as u64);
@@ -162,7 +167,7 @@ fn exchange(port: u16, reqs: &[Vec<u8>], bytewise: bool) -> Result<Vec<Vec<u8>>>
     Ok(out)
 }
 
-fn show(b: &[u8]) -> String {
+pub(crate) fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     if s.len() > 120 {
         format!("{}... ({} bytes)", &s[..120], b.len())
@@ -218,7 +223,7 @@ fn owned_cases() -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Sends the cases' requests on one connection (pipelined in one write, or
 /// fragmented, see [`exchange`]) and checks every reply.
-fn check_cases(cases: &[(Vec<u8>, Vec<u8>)], bytewise: bool) -> Result<()> {
+pub(crate) fn check_cases(cases: &[(Vec<u8>, Vec<u8>)], bytewise: bool) -> Result<()> {
     let reqs: Vec<Vec<u8>> = cases.iter().map(|c| c.0.clone()).collect();
     let got = exchange(PORT, &reqs, bytewise)?;
     for ((req, want), got) in cases.iter().zip(&got) {
