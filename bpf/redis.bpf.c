@@ -816,6 +816,7 @@ static __always_inline int held_key(struct rd_scratch *sc, __u32 off, __u32 klen
 	struct kv_found f = {};
 	bool too_big = false;
 	void *kbuf = sc->req;
+	__u64 set;
 	__u32 i;
 	int r;
 
@@ -832,14 +833,15 @@ static __always_inline int held_key(struct rd_scratch *sc, __u32 off, __u32 klen
 	}
 	/* kv.h masks the offset; keep the compiler from proving it need not */
 	barrier_var(off);
-	/* values: cap 0, the item is not copied, found counts as too big;
-	 * sorted sets: the set's address, held while it has members */
-	r = kv_get(&rd_table, kbuf, off, klen, 0, sc->rep, RD_VAL, rd_zset ? 8 : 0, &f, &too_big,
-		   &st);
+	/* sorted sets: held while the set has members */
+	if (rd_zset) {
+		set = kv_peek_word(&rd_table, kbuf, off, klen);
+		return set && ((struct zs_set __arena *)set)->count > 0;
+	}
+	/* values: cap 0, the item is not copied, found counts as too big */
+	r = kv_get(&rd_table, kbuf, off, klen, 0, sc->rep, RD_VAL, 0, &f, &too_big, &st);
 	if (r < 0)
 		return -1;
-	if (rd_zset && r > 0)
-		return ((struct zs_set __arena *)KV_WORD(sc->rep, RD_VAL))->count > 0;
 	return r > 0 || too_big;
 }
 
@@ -923,11 +925,13 @@ __noinline int rd_held(int nargs)
  * Layout of sc->rep while one runs (below RD_VAL): the member-table key
  * (the set's address, then the member) from 0, a copy of the command's
  * key from RD_ZKEY, the set's address (the key table's item) at RD_ZSET,
- * a score (the member table's item) at RD_ZSCORE.
+ * a score (the member table's item) at RD_ZSCORE, the address of a member's
+ * entry in the member table at RD_ZENTRY.
  */
 #define RD_ZKEY 272
 #define RD_ZSET 768
 #define RD_ZSCORE 776
+#define RD_ZENTRY 784
 #define REPLY(kind, n) (((kind) << 16) | (n))
 #define ERR_REPLY(sc, s) REPLY(RD_ERR, STAGE(sc, s))
 
@@ -1146,49 +1150,53 @@ __noinline int rd_zkey(struct rd_scratch *sc, __u32 off, __u32 len)
 }
 
 /* The set under the key at RD_ZKEY (`klen` bytes): its address, 0 when
- * there is none, -1 when the bucket lock or the budget ran out. */
+ * there is none. No lock: the key table only ever gains entries. */
 __noinline __s64 rd_zset_of(struct rd_scratch *sc, __u32 klen)
 {
-	struct kv_stats st = {};
-	struct kv_found f = {};
-	bool too_big = false;
-	int r;
-
 	if (!sc)
 		return -1;
-	r = kv_get(&rd_table, sc->rep, RD_ZKEY, klen, 0, sc->rep, RD_ZSET, 8, &f, &too_big, &st);
-	if (r < 0)
-		return -1;
-	return r ? (__s64)KV_WORD(sc->rep, RD_ZSET) : 0;
+	return (__s64)kv_peek_word(&rd_table, sc->rep, RD_ZKEY, klen);
 }
 
 /* The member-table key of the `mlen`-byte member at `off` of the request
  * in set `set`, staged at 0 of sc->rep; the member's score, if it has one,
- * into *score: 1 found, 0 not, -1 busy. */
+ * into *score and RD_ZSCORE, its entry's address at RD_ZENTRY: 1 found, 0
+ * not, -1 busy. The caller holds the set's lock. */
 __noinline int rd_zmember(struct rd_scratch *sc, __u64 set, __u32 off, __u32 mlen, __s64 *score)
 {
-	struct kv_stats st = {};
-	struct kv_found f = {};
-	bool too_big = false;
-	int r;
+	struct kv_entry __arena *e;
+	bool busy = false;
 
 	if (!sc || !score || mlen > ZS_MEMBER_MAX)
 		return -1;
 	zs_stage_member(sc->rep, set, sc->req, RD_BUF - 1, off, mlen);
-	r = kv_get(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, 0, sc->rep, RD_ZSCORE, 8, &f,
-		   &too_big, &st);
-	if (r > 0)
-		*score = (__s64)KV_WORD(sc->rep, RD_ZSCORE);
-	return r;
+	e = kv_lookup(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, &busy);
+	if (busy)
+		return -1;
+	if (!e)
+		return 0;
+	*score = (__s64)e->data[KV_WORDS(e->klen) & (KV_KEY_MAX / 8 * 2 - 1)];
+	KV_WORD(sc->rep, RD_ZSCORE) = *score;
+	KV_WORD(sc->rep, RD_ZENTRY) = (__u64)e;
+	return 1;
 }
 
-/* zs_insert() and zs_erase() of the member staged at 0 of sc->rep, each
- * checked once. */
+/* zs_insert(), zs_move() and zs_erase() of the member staged at 0 of
+ * sc->rep, each checked once. */
 __noinline int rd_zins(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
 {
 	if (!sc || mlen > ZS_MEMBER_MAX)
 		return -1;
 	return zs_insert((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd);
+}
+
+__noinline int rd_zmove(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
+{
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	/* rd_zmember() left the old score at RD_ZSCORE */
+	return zs_move((struct zs_set __arena *)set, (__s64)KV_WORD(sc->rep, RD_ZSCORE), score,
+		       sc->rep, mlen, sc->upd);
 }
 
 __noinline int rd_zdel(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
@@ -1199,21 +1207,28 @@ __noinline int rd_zdel(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen
 }
 
 /*
- * Gives the member staged at 0 of sc->rep `score` in set `s`: inserts it
- * (`had` 0) or moves it from `old`. The member table's entry is allocated
- * first, the new node linked before the old one goes, so that running out
- * of heap changes nothing. Returns 1, 0 heap exhausted, -1 busy.
+ * Gives the member staged at 0 of sc->rep `score` in set `set`. One it has
+ * (`had`, found by rd_zmember()) keeps its node, moved, and its member
+ * entry, whose score is rewritten in place. A new one gets its member
+ * entry allocated before its node is linked, so that running out of heap
+ * changes nothing. Returns 1, 0 heap exhausted, -1 busy.
  */
 __noinline int rd_zput(struct rd_scratch *sc, __u64 set, __u32 mlen, __s64 score, int had)
 {
 	struct kv_entry __arena *e;
-	__s64 old;
 	int r;
 
 	if (!sc || mlen > ZS_MEMBER_MAX)
 		return -1;
-	/* rd_zmember() left the old score there */
-	old = (__s64)KV_WORD(sc->rep, RD_ZSCORE);
+	if (had) {
+		e = (struct kv_entry __arena *)KV_WORD(sc->rep, RD_ZENTRY);
+		r = rd_zmove(sc, set, score, mlen);
+		if (r <= 0)
+			return -1;
+		/* one aligned word: ZSCORE copies the old or the new score */
+		e->data[KV_WORDS(e->klen) & (KV_KEY_MAX / 8 * 2 - 1)] = score;
+		return 1;
+	}
 	KV_WORD(sc->rep, RD_ZSCORE) = score;
 	e = kv_new(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, RD_ZSCORE, 8, 0, 0);
 	if (!e)
@@ -1223,8 +1238,6 @@ __noinline int rd_zput(struct rd_scratch *sc, __u64 set, __u32 mlen, __s64 score
 		kv_drop(&rd_members, e);
 		return r;
 	}
-	if (had && rd_zdel(sc, set, old, mlen) < 0)
-		return -1;
 	return kv_store(&rd_members, e, 0, 0, sc->rep, 0, &sc->kst) < 0 ? -1 : 1;
 }
 
@@ -1237,6 +1250,7 @@ __noinline __s64 rd_zcreate(struct rd_scratch *sc, __u32 klen)
 {
 	struct zs_set __arena *s;
 	struct kv_entry __arena *e;
+	__s64 set;
 	int r;
 
 	if (!sc)
@@ -1258,8 +1272,8 @@ __noinline __s64 rd_zcreate(struct rd_scratch *sc, __u32 klen)
 	if (r < 0)
 		return -1;
 	/* another CPU's */
-	r = rd_zset_of(sc, klen);
-	return r > 0 ? r : -1;
+	set = rd_zset_of(sc, klen);
+	return set > 0 ? set : -1;
 }
 
 /* The ZADD option (ZF_*) at `off`, or 0. */

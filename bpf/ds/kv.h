@@ -357,6 +357,66 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 	return ret;
 }
 
+/*
+ * The live entry of the key at `koff` of `kbuf`, found under the bucket
+ * lock, which is released before it returns: only for callers that keep
+ * the entry from being freed by other means (the sorted sets' member table,
+ * whose entries of one set change only under that set's lock). NULL when
+ * absent; *busy set when the lock or the loop budget ran out.
+ */
+static __always_inline struct kv_entry __arena *
+kv_lookup(struct kv_table *t, const void *kbuf, __u32 koff, __u32 klen, bool *busy)
+{
+	__u64 h = kv_hash(kbuf, koff, klen);
+	struct hm_bucket __arena *b = hm_bucket_of(&t->m, h);
+	struct kv_entry __arena *n, *found = NULL;
+
+	if (hm_lock(&b->lock)) {
+		*busy = true;
+		return NULL;
+	}
+	n = (struct kv_entry __arena *)b->head;
+	while (n) {
+		if (!can_loop) {
+			*busy = true;
+			break;
+		}
+		if (n->hash == h && kv_key_eq(n, kbuf, koff, klen)) {
+			if (kv_live(t, n, 0))
+				found = n;
+			break;
+		}
+		n = n->next;
+	}
+	hm_unlock(&b->lock);
+	return found;
+}
+
+/*
+ * The first word of the item of the key at `koff` of `kbuf`, without the
+ * bucket lock: only for a table whose linked entries are never replaced or
+ * removed (the sorted sets' key table: a set is published once, with mode
+ * 1, and never freed), where a walk cannot meet a freed entry. 0 when
+ * absent (or the loop budget ran out).
+ */
+static __always_inline __u64 kv_peek_word(struct kv_table *t, const void *kbuf, __u32 koff,
+					  __u32 klen)
+{
+	__u64 h = kv_hash(kbuf, koff, klen);
+	struct hm_bucket __arena *b = hm_bucket_of(&t->m, h);
+	struct kv_entry __arena *n;
+
+	n = *(struct kv_entry __arena * volatile __arena *)&b->head;
+	while (n) {
+		if (!can_loop)
+			return 0;
+		if (n->hash == h && kv_key_eq(n, kbuf, koff, klen))
+			return n->data[KV_WORDS(n->klen) & (KV_KEY_MAX / 8 * 2 - 1)];
+		n = n->next;
+	}
+	return 0;
+}
+
 /* Every entry now reads as absent (freed lazily by later writes). */
 static __always_inline void kv_flush(struct kv_table *t)
 {

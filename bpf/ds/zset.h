@@ -15,7 +15,10 @@
  * last word padded with zeros (zs_stage_member). The skiplist functions
  * compare nodes with the member there. Every operation on one set's
  * skiplist runs under the set's heap lock; the member table's bucket locks
- * nest inside it. A set is never freed: one that lost its last member
+ * nest inside it. A member whose score changes keeps its node (zs_move) and
+ * its member-table entry, whose one-word item the caller rewrites in place
+ * under the set's lock (the one exception to kv.h's immutable entries: a
+ * reader copies the old or the new word, never a mix). A set is never freed: one that lost its last member
  * keeps its head and reads as absent, and ZADD fills it again (so a
  * pointer read from the key table stays valid without a reference).
  */
@@ -215,6 +218,46 @@ static __always_inline int zs_erase(struct zs_set __arena *s, __s64 score, const
 		lvl--;
 	}
 	s->level = lvl;
+	return 1;
+}
+
+/*
+ * Moves the node of (old, member) to `score` without reallocating it:
+ * unlinks it, changes its score and links it where the new score sorts.
+ * Returns 1, 0 absent, -1 when the loop budget ran out.
+ */
+static __always_inline int zs_move(struct zs_set __arena *s, __s64 old, __s64 score,
+				   const void *buf, __u32 mlen, __u64 *upd)
+{
+	struct zs_node __arena *n, *p;
+	bool stuck = false;
+	__u64 i, lvl;
+
+	n = zs_descend(s, old, buf, mlen, upd, &stuck);
+	if (stuck)
+		return -1;
+	if (!n || zs_cmp(n, old, buf, mlen))
+		return 0;
+	lvl = s->level;
+	bpf_for(i, 0, SKL_MAX_LEVEL) {
+		if (i >= n->level || i >= lvl)
+			break;
+		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
+		if (p->next[i & (SKL_MAX_LEVEL - 1)] == n)
+			p->next[i & (SKL_MAX_LEVEL - 1)] = n->next[i & (SKL_MAX_LEVEL - 1)];
+	}
+	n->score = score;
+	zs_descend(s, score, buf, mlen, upd, &stuck);
+	if (stuck)
+		return -1;
+	/* its height is below the set's levels: it was linked at all of them */
+	bpf_for(i, 0, SKL_MAX_LEVEL) {
+		if (i >= n->level || i >= lvl)
+			break;
+		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
+		n->next[i & (SKL_MAX_LEVEL - 1)] = p->next[i & (SKL_MAX_LEVEL - 1)];
+		p->next[i & (SKL_MAX_LEVEL - 1)] = n;
+	}
 	return 1;
 }
 
