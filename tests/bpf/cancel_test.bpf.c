@@ -11,10 +11,15 @@
  */
 #include "vmlinux.h"
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "kflex.h"
 
 extern void bpf_rcu_read_lock(void) __ksym;
 extern void bpf_rcu_read_unlock(void) __ksym;
+extern void bpf_preempt_disable(void) __ksym;
+extern void bpf_preempt_enable(void) __ksym;
+extern void *bpf_obj_new_impl(__u64 local_type_id, void *meta) __ksym;
+extern void bpf_obj_drop_impl(void *kptr, void *meta) __ksym;
 
 KFLEX_HEAP(heap, 1 << 16);
 
@@ -266,7 +271,7 @@ int fault_sub(struct xdp_md *ctx)
 	return XDP_TX;
 }
 
-/* Under an RCU read lock, which a cancelled run could not release. */
+/* Under an RCU read lock: the cancellation leaves the read-side section. */
 SEC("xdp")
 int fault_rcu(struct xdp_md *ctx)
 {
@@ -318,7 +323,7 @@ int fault_atomic_fetch(struct xdp_md *ctx)
 
 /*
  * A fetch-add under an RCU read lock, in a program that has cancellation
- * frames (its other heap load may cancel): the atomic's fault must not.
+ * frames anyway (its other heap load may cancel).
  */
 SEC("xdp")
 int fault_atomic_rcu(struct xdp_md *ctx)
@@ -336,6 +341,71 @@ int fault_atomic_rcu(struct xdp_md *ctx)
 		     : [p] "+r"(p), [v] "+r"(v) : : "memory");
 	bpf_rcu_read_unlock();
 	fault_val = v + r;
+	finished++;
+	return XDP_TX;
+}
+
+struct fault_obj {
+	__u64 a;
+};
+
+/* Holding a bpf_obj_new object (in a callee-saved register across the
+ * access): the cancellation drops it. */
+SEC("xdp")
+int fault_obj(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, r = 0xdead;
+	struct fault_obj *o;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	o = bpf_obj_new_impl(bpf_core_type_id_local(struct fault_obj), NULL);
+	if (!o)
+		return XDP_ABORTED;
+	FAULT_LOAD_ABOVE(p, r);
+	o->a = r;
+	fault_val = o->a;
+	bpf_obj_drop_impl(o, NULL);
+	finished++;
+	return XDP_TX;
+}
+
+/* With preemption disabled: the cancellation enables it again. */
+SEC("xdp")
+int fault_preempt(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr, v = 7;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_preempt_disable();
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "*(u64 *)(%[p] - 32768) = %[v]\n"
+		     : [p] "+r"(p) : [v] "r"(v) : "memory");
+	bpf_preempt_enable();
+	finished++;
+	return XDP_TX;
+}
+
+/*
+ * A store of an immediate under an RCU read lock: its mark has no room for
+ * an object table, so its fault cannot cancel; it is dropped and counted.
+ */
+SEC("xdp")
+int fault_imm_rcu(struct xdp_md *ctx)
+{
+	__u64 p = fault_ptr;
+
+	kflex_use_heap(heap);
+	if (!marked(ctx))
+		return XDP_DROP;
+	bpf_rcu_read_lock();
+	asm volatile("%[p] = addr_space_cast(%[p], 0, 1)\n"
+		     "*(u64 *)(%[p] - 32768) = 7\n"
+		     : [p] "+r"(p) : : "memory");
+	bpf_rcu_read_unlock();
 	finished++;
 	return XDP_TX;
 }

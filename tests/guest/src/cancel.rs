@@ -309,13 +309,15 @@ pub fn points_holding_resources_refused() -> Result<()> {
 /// Heap faults. In mode 0 (the default) a load past the heap's end and a
 /// store before its start (the guard zones), in the main program and in a
 /// subprogram, cancel the run: XDP_PASS, the code after the access never
-/// runs, `cancelled_fault` counts them, the kernel logs `cause=fault`. The
-/// same load under an RCU read lock (which a cancelled run could not
-/// release) and in a callback the kernel calls read 0 and the program goes
-/// on (`fault_zeroed`). Heap atomics likewise: an add above and a fetch-add
-/// below cancel; a fetch-add under an RCU read lock, in a program whose
-/// other heap load may cancel, is dropped and counted. Loaded in mode 1,
-/// every fault reads 0 / is dropped.
+/// runs, `cancelled_fault` counts them, the kernel logs `cause=fault`. Heap
+/// atomics likewise (an add above, a fetch-add below). Made holding what a
+/// cancellation releases, the fault cancels too and releases it (patch
+/// 0028): a load and a fetch-add under an RCU read lock (`rcu_unlocks`), a
+/// load holding a `bpf_obj_new` object (`released_obj`), a store with
+/// preemption disabled (`preempt_enables`). A load in a callback the kernel
+/// calls, and a store of an immediate under an RCU read lock (its mark has
+/// no room for the object table), read 0 or are dropped and the program goes
+/// on (`fault_zeroed`). Loaded in mode 1, every fault reads 0 / is dropped.
 pub fn heap_faults_cancel() -> Result<()> {
     ensure_kflex()?;
     const SIZE: u64 = 1 << 16;
@@ -326,23 +328,28 @@ pub fn heap_faults_cancel() -> Result<()> {
         };
         let base = heap_base(&skel.maps.heap)?;
         let tag = if mode1 { "mode 1" } else { "mode 0" };
+        // what, where, whether mode 0 cancels, what the cancellation releases
         let cases = [
-            ("load above", base + SIZE - 8, true),
-            ("store below", base, true),
-            ("load in a subprogram", base + SIZE - 8, true),
-            ("load under an RCU lock", base + SIZE - 8, false),
-            ("load in a callback", base + SIZE - 8, false),
-            ("atomic add above", base + SIZE - 8, true),
-            ("atomic fetch-add below", base, true),
-            ("atomic fetch-add under an RCU lock", base + SIZE - 8, false),
+            ("load above", base + SIZE - 8, true, None),
+            ("store below", base, true, None),
+            ("load in a subprogram", base + SIZE - 8, true, None),
+            ("load under an RCU lock", base + SIZE - 8, true, Some("rcu_unlocks")),
+            ("load in a callback", base + SIZE - 8, false, None),
+            ("atomic add above", base + SIZE - 8, true, None),
+            ("atomic fetch-add below", base, true, None),
+            ("atomic fetch-add under an RCU lock", base + SIZE - 8, true, Some("rcu_unlocks")),
+            ("load holding a bpf_obj_new object", base + SIZE - 8, true, Some("released_obj")),
+            ("store with preemption disabled", base, true, Some("preempt_enables")),
+            ("store of an immediate under an RCU lock", base, false, None),
         ];
-        for (i, (what, ptr, cancels)) in cases.into_iter().enumerate() {
+        for (i, (what, ptr, cancels, releases)) in cases.into_iter().enumerate() {
             let cancels = cancels && !mode1;
             let bss = skel.maps.bss_data.as_deref_mut().context("no .bss")?;
             bss.fault_ptr = ptr;
             bss.fault_val = 0xdead;
             let finished = bss.finished;
             let (before, zeroed) = (counter("cancelled_fault")?, counter("fault_zeroed")?);
+            let released = releases.map(counter).transpose()?;
             let prog = match i {
                 0 => &skel.progs.fault_load,
                 1 => &skel.progs.fault_store,
@@ -351,7 +358,10 @@ pub fn heap_faults_cancel() -> Result<()> {
                 4 => &skel.progs.fault_callback,
                 5 => &skel.progs.fault_atomic_add,
                 6 => &skel.progs.fault_atomic_fetch,
-                _ => &skel.progs.fault_atomic_rcu,
+                7 => &skel.progs.fault_atomic_rcu,
+                8 => &skel.progs.fault_obj,
+                9 => &skel.progs.fault_preempt,
+                _ => &skel.progs.fault_imm_rcu,
             };
             let (verdict, _) = xdp_run(prog, MARK)?;
             let (cancelled, zeroed) =
@@ -363,6 +373,10 @@ pub fn heap_faults_cancel() -> Result<()> {
                     verdict == XDP_PASS && ran == 0 && cancelled == 1 && zeroed == 0,
                     "{tag}, {what}: verdict {verdict}, after-access runs {ran}, cancelled {cancelled}, zeroed {zeroed}"
                 );
+                if let (Some(name), Some(before)) = (releases, released) {
+                    let now = counter(name)?;
+                    ensure!(now == before + 1, "{tag}, {what}: {name} {before} -> {now}");
+                }
             } else {
                 ensure!(
                     verdict == XDP_TX && ran == 1 && cancelled == 0 && zeroed == 1,
