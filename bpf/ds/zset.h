@@ -187,22 +187,19 @@ static __always_inline int zs_insert(struct zs_set __arena *s, __s64 score, cons
 }
 
 /*
- * Removes (score, member). Returns 1 removed, 0 absent, -1 when the loop
- * budget ran out (nothing changed).
+ * Finds (score, member) and unlinks its node from every level: returns the
+ * node, NULL when absent (or when the loop budget ran out: *stuck).
  */
-static __always_inline int zs_erase(struct zs_set __arena *s, __s64 score, const void *buf,
-				    __u32 mlen, __u64 *upd)
+static __always_inline struct zs_node __arena *
+zs_unlink(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, __u64 *upd,
+	  bool *stuck)
 {
-	struct zs_node __arena *n, *p, *head = s->head;
-	bool stuck = false;
-	__u64 i, lvl;
+	struct zs_node __arena *n, *p;
+	__u64 i, lvl = s->level;
 
-	n = zs_descend(s, score, buf, mlen, upd, &stuck);
-	if (stuck)
-		return -1;
-	if (!n || zs_cmp(n, score, buf, mlen))
-		return 0;
-	lvl = s->level;
+	n = zs_descend(s, score, buf, mlen, upd, stuck);
+	if (*stuck || !n || zs_cmp(n, score, buf, mlen))
+		return NULL;
 	bpf_for(i, 0, SKL_MAX_LEVEL) {
 		if (i >= n->level || i >= lvl)
 			break;
@@ -210,6 +207,25 @@ static __always_inline int zs_erase(struct zs_set __arena *s, __s64 score, const
 		if (p->next[i & (SKL_MAX_LEVEL - 1)] == n)
 			p->next[i & (SKL_MAX_LEVEL - 1)] = n->next[i & (SKL_MAX_LEVEL - 1)];
 	}
+	return n;
+}
+
+/*
+ * Removes (score, member). Returns 1 removed, 0 absent, -1 when the loop
+ * budget ran out (nothing changed).
+ */
+static __always_inline int zs_erase(struct zs_set __arena *s, __s64 score, const void *buf,
+				    __u32 mlen, __u64 *upd)
+{
+	struct zs_node __arena *n, *head = s->head;
+	bool stuck = false;
+	__u64 i, lvl = s->level;
+
+	n = zs_unlink(s, score, buf, mlen, upd, &stuck);
+	if (stuck)
+		return -1;
+	if (!n)
+		return 0;
 	ds_free(n);
 	s->count--;
 	bpf_for(i, 0, SKL_MAX_LEVEL) {
@@ -231,21 +247,13 @@ static __always_inline int zs_move(struct zs_set __arena *s, __s64 old, __s64 sc
 {
 	struct zs_node __arena *n, *p;
 	bool stuck = false;
-	__u64 i, lvl;
+	__u64 i, lvl = s->level;
 
-	n = zs_descend(s, old, buf, mlen, upd, &stuck);
+	n = zs_unlink(s, old, buf, mlen, upd, &stuck);
 	if (stuck)
 		return -1;
-	if (!n || zs_cmp(n, old, buf, mlen))
+	if (!n)
 		return 0;
-	lvl = s->level;
-	bpf_for(i, 0, SKL_MAX_LEVEL) {
-		if (i >= n->level || i >= lvl)
-			break;
-		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
-		if (p->next[i & (SKL_MAX_LEVEL - 1)] == n)
-			p->next[i & (SKL_MAX_LEVEL - 1)] = n->next[i & (SKL_MAX_LEVEL - 1)];
-	}
 	n->score = score;
 	zs_descend(s, score, buf, mlen, upd, &stuck);
 	if (stuck)

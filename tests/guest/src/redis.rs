@@ -330,30 +330,37 @@ pub fn differential() -> Result<()> {
             };
             reqs.push(req);
         }
-        // the same batches against both
-        let mut at = 0;
-        let (mut a, mut b) = (connect(PORT)?, connect(ORACLE)?);
-        let (mut ba, mut bb) = (Vec::new(), Vec::new());
-        while at < reqs.len() {
-            let n = (1 + rng.below(20) as usize).min(reqs.len() - at);
-            let batch = reqs[at..at + n].concat();
-            a.write_all(&batch)?;
-            b.write_all(&batch)?;
-            for (i, req) in reqs.iter().enumerate().skip(at).take(n) {
-                let (ra, rb) = (read_reply(&mut a, &mut ba)?, read_reply(&mut b, &mut bb)?);
-                ensure!(
-                    ra == rb,
-                    "connection {conn} request {i} {}: offload {} oracle {}",
-                    show(req),
-                    show(&ra),
-                    show(&rb)
-                );
-            }
-            at += n;
-        }
+        same_replies(conn, &reqs, &mut rng)?;
         total += reqs.len();
     }
     println!("differential: {total} requests on 12 connections, 0 mismatches");
+    Ok(())
+}
+
+/// Sends `reqs` on a new connection to the offload and one to the oracle,
+/// in the same random pipelined batches of 1 to 20, and checks that every
+/// reply is the same bytes (`conn` names the connection in the error).
+pub(crate) fn same_replies(conn: usize, reqs: &[Vec<u8>], rng: &mut Rng) -> Result<()> {
+    let mut at = 0;
+    let (mut a, mut b) = (connect(PORT)?, connect(ORACLE)?);
+    let (mut ba, mut bb) = (Vec::new(), Vec::new());
+    while at < reqs.len() {
+        let n = (1 + rng.below(20) as usize).min(reqs.len() - at);
+        let batch = reqs[at..at + n].concat();
+        a.write_all(&batch)?;
+        b.write_all(&batch)?;
+        for (i, req) in reqs.iter().enumerate().skip(at).take(n) {
+            let (ra, rb) = (read_reply(&mut a, &mut ba)?, read_reply(&mut b, &mut bb)?);
+            ensure!(
+                ra == rb,
+                "connection {conn} request {i} {}: offload {} oracle {}",
+                show(req),
+                show(&ra),
+                show(&rb)
+            );
+        }
+        at += n;
+    }
     Ok(())
 }
 

@@ -6,8 +6,6 @@
 //! reply bytes from both, except where the offload documents its own
 //! errors, and the offloaded server never holds the sorted sets.
 
-use std::io::Write;
-
 use anyhow::{ensure, Result};
 use kflex_load::rng::Rng;
 
@@ -102,26 +100,7 @@ pub fn differential() -> Result<()> {
                 request(&mut rng, key.as_bytes(), pure)
             })
             .collect();
-        let mut at = 0;
-        let (mut a, mut b) = (connect(PORT)?, connect(ORACLE)?);
-        let (mut ba, mut bb) = (Vec::new(), Vec::new());
-        while at < reqs.len() {
-            let n = (1 + rng.below(20) as usize).min(reqs.len() - at);
-            let batch = reqs[at..at + n].concat();
-            a.write_all(&batch)?;
-            b.write_all(&batch)?;
-            for (i, req) in reqs.iter().enumerate().skip(at).take(n) {
-                let (ra, rb) = (read_reply(&mut a, &mut ba)?, read_reply(&mut b, &mut bb)?);
-                ensure!(
-                    ra == rb,
-                    "connection {conn} request {i} {}: offload {} oracle {}",
-                    show(req),
-                    show(&ra),
-                    show(&rb)
-                );
-            }
-            at += n;
-        }
+        same_replies(conn, &reqs, &mut rng)?;
         total += reqs.len();
     }
     // the whole sets agree too
