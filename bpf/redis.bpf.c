@@ -136,9 +136,15 @@ struct rd_conn {
 	/* inside a request framed in chunks: */
 	__u32 args_left;	/* arguments whose '$' line is still to come */
 	__u32 bulk_left;	/* bytes of the current argument (with its CRLF) */
-	__u32 consume;		/* the request is consumed, not passed */
+	__u32 consume;		/* the request is consumed, not passed, and
+				 * refused at its end (RD_CONSUME_*) */
 	__u32 pad;
 };
+
+/* Why a request framed in chunks is consumed. */
+#define RD_CONSUME_TOO_LARGE 1	/* an owned one */
+#define RD_CONSUME_HELD 2	/* another command on a key the offload holds */
+#define RD_CONSUME_BUSY 3	/* the check of its keys could not be made */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -855,9 +861,9 @@ static __always_inline int held_key(struct rd_scratch *sc, __u32 off, __u32 klen
  * verifier checks it once. Returns 1 held, 0 not (or not a known command
  * with keys), -1 a bucket lock or the loop budget ran out.
  */
-__noinline int rd_held(int nargs)
+__noinline int rd_held(int nargs, __u32 len)
 {
-	__u32 zero = 0, i, len, pos, off, v, step;
+	__u32 zero = 0, i, nlen, pos, off, v, step;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
 	struct rd_keyspec *ks;
 	int a, first, last, r;
@@ -865,12 +871,12 @@ __noinline int rd_held(int nargs)
 
 	if (!sc || nargs < 2)
 		return 0;
-	len = sc->arg_len[0];
-	if (!len || len > RD_CMD_NAME)
+	nlen = sc->arg_len[0];
+	if (!nlen || nlen > RD_CMD_NAME)
 		return 0;
 	__builtin_memset(sc->name, 0, sizeof(sc->name));
 	bpf_for(i, 0, RD_CMD_NAME) {
-		if (i >= len)
+		if (i >= nlen)
 			break;
 		ch = RD_BYTE(sc->req, sc->arg_off[0] + i);
 		if (ch >= 'A' && ch <= 'Z')
@@ -901,10 +907,11 @@ __noinline int rd_held(int nargs)
 	 * argument's '$' line and bytes */
 	pos = count_line(sc, 0, &v);
 	bpf_for(a, 0, RD_ARGS_MAX) {
-		if (!pos || a > last || a >= nargs || pos >= RD_MSG_MAX)
+		if (!pos || a > last || a >= nargs || pos >= len || pos >= RD_MSG_MAX)
 			break;
 		off = count_line(sc, pos, &v);
-		if (!off)
+		/* only what the message holds (a chunk ends before the rest) */
+		if (!off || off + v > len)
 			break;
 		pos = off + v + 2;
 		if (a < first || (a - first) % step)
@@ -1738,13 +1745,21 @@ int rd_verdict(struct __sk_buff *skb)
 			return SK_PASS;
 		if (w.status != 1)
 			return SK_DROP;
-		c->consume = 0;
-		if (rd_zset)
-			n = STAGE(sc, "ERR request too large for the KFlex offload");
-		else
-			n = STAGE(sc, "ERR value too large for the KFlex offload");
 		kind = RD_ERR;
-		COUNT(refused);
+		if (c->consume == RD_CONSUME_HELD) {
+			n = STAGE(sc, "ERR key is held by the KFlex offload");
+			COUNT(held_refused);
+		} else if (c->consume == RD_CONSUME_BUSY) {
+			n = STAGE(sc, "ERR busy, retry");
+			COUNT(lock_timeouts);
+		} else if (rd_zset) {
+			n = STAGE(sc, "ERR request too large for the KFlex offload");
+			COUNT(refused);
+		} else {
+			n = STAGE(sc, "ERR value too large for the KFlex offload");
+			COUNT(refused);
+		}
+		c->consume = 0;
 		goto answer;
 	}
 	COUNT(requests);
@@ -1765,13 +1780,19 @@ int rd_verdict(struct __sk_buff *skb)
 	if (nargs == 0)
 		goto pass;
 	if (rd_zset ? !zowned(sc) : !ARG_IS(sc, 0, "GET") && !ARG_IS(sc, 0, "SET")) {
+		/* another command on a key the offload holds: refused (of a
+		 * request framed in chunks, the keys in its first chunk: the
+		 * later ones are passed before they are seen) */
+		r = rd_held(nargs, len);
 		if (chunked) {
 			c->args_left = w.args_left;
 			c->bulk_left = w.bulk_left;
-			goto pass;
+			if (!r)
+				goto pass;
+			/* consumed chunk by chunk, refused at its end */
+			c->consume = r > 0 ? RD_CONSUME_HELD : RD_CONSUME_BUSY;
+			return SK_DROP;
 		}
-		/* another command on a key the offload holds: refused */
-		r = rd_held(nargs);
 		if (!r)
 			goto pass;
 		if (r < 0)
@@ -1786,7 +1807,7 @@ int rd_verdict(struct __sk_buff *skb)
 		 * its end */
 		c->args_left = w.args_left;
 		c->bulk_left = w.bulk_left;
-		c->consume = 1;
+		c->consume = RD_CONSUME_TOO_LARGE;
 		return SK_DROP;
 	}
 	if (nargs < 0 || (rd_zset && sc->req[0] != '*' && nargs > RD_OWN_ARGS)) {

@@ -548,7 +548,9 @@ pub fn detach_under_load() -> Result<()> {
 /// table: single key, every key, every other key, the ninth argument, a key
 /// 3 KiB into the request, EVAL's keys, a subcommand's key), from the kernel while
 /// the connection is pure and through EVAL after a passed request; values
-/// in key-value lists are not keys; other keys reach redis-server.
+/// in key-value lists are not keys; other keys reach redis-server. A request
+/// over 8 KiB (framed in chunks) with a held key in its first chunk is
+/// consumed and refused at its end.
 pub fn other_commands_on_held_keys() -> Result<()> {
     let mut live = Live::new()?;
     let held = b"-ERR key is held by the KFlex offload\r\n".to_vec();
@@ -574,6 +576,12 @@ pub fn other_commands_on_held_keys() -> Result<()> {
         (resp(&[b"OBJECT", b"ENCODING", b"held1"]), held.clone()),
         (resp(&[b"OBJECT", b"ENCODING", b"b"]), b"$6\r\nembstr\r\n".to_vec()),
         (resp(&[b"EVAL", b"return redis.call('exists', KEYS[1])", b"1", b"b"]), b":1\r\n".to_vec()),
+        // requests over 8 KiB, framed in chunks: a held key in the first
+        // chunk refuses the whole request at its end; other keys pass
+        (resp(&[b"APPEND", b"held1", &[b'y'; 9000]]), held.clone()),
+        (resp(&[b"GET", b"held1"]), b"$1\r\nv\r\n".to_vec()),
+        (resp(&[b"APPEND", b"long", &[b'y'; 9000]]), b":9000\r\n".to_vec()),
+        (resp(&[b"STRLEN", b"long"]), b":9000\r\n".to_vec()),
     ];
     check_cases(&cases, false)?;
     let out = live.detach()?;
@@ -582,8 +590,8 @@ pub fn other_commands_on_held_keys() -> Result<()> {
         "kflex-load did not state the rule: {out:?}"
     );
     ensure!(
-        out.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["held_refused", "11"]),
-        "held_refused is not 11: {out:?}"
+        out.iter().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["held_refused", "12"]),
+        "held_refused is not 12: {out:?}"
     );
     Ok(())
 }
