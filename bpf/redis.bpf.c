@@ -191,6 +191,7 @@ struct rd_scratch {
 	__u32 nargs;
 	__u32 acount;		/* elements of an array reply staged at RD_VAL */
 	__u64 upd[SKL_MAX_LEVEL];	/* a skiplist walk's predecessors */
+	__u64 rank[SKL_MAX_LEVEL];	/* and their positions */
 	__u8 hdr[RD_HDR];
 	__u8 name[RD_CMD_NAME];
 	__u8 num[32];		/* digits being formatted */
@@ -1024,40 +1025,56 @@ __noinline int rd_parse_ll(struct rd_scratch *sc, __u32 off, __u32 len, __s64 *v
 
 /*
  * A ZADD score at `off` (`len` bytes) into *v: 0 an integer within
- * +/-ZS_SCORE_MAX (an optional sign and digits), 1 a number the offload
- * does not take (a fraction, an exponent, an infinity, a larger integer), 2
- * not a number at all (Redis's "not a valid float").
+ * +/-ZS_SCORE_MAX (an optional sign and digits, not -0), 1 a number the
+ * offload does not take (a fraction, an exponent, an infinity, -0, a hex
+ * form, a larger integer), 2 not a number at all: what Redis's strtod-based
+ * string2d() refuses ("not a valid float").
  */
 __noinline int rd_parse_score(struct rd_scratch *sc, __u32 off, __u32 len, __s64 *v)
 {
-	__u32 i, sign, seen = 0;	/* 1 digits, 2 '.', 'e' or a sign, 4 other */
+	/* seen: 1 digits, 2 '.', 4 'e', 8 exponent digits, 16 not a number */
+	__u32 i, sign, seen = 0, at = 0;
 	__u64 u = 0;
 	__u8 c;
 
-	if (!sc || !v || !len || len > 64)
+	if (!sc || !v || !len)
 		return 2;
+	if (len > 512)
+		return 1;
 	c = RD_BYTE(sc->req, off);
 	sign = c == '-' || c == '+';
-	bpf_for(i, 0, 64) {
+	if (len > sign + 1 && RD_BYTE(sc->req, off + sign) == '0' &&
+	    (RD_BYTE(sc->req, off + sign + 1) | 0x20) == 'x')
+		return 1;	/* a hex float (strtod's); not taken */
+	bpf_for(i, 0, 512) {
 		if (i >= len)
 			break;
 		c = RD_BYTE(sc->req, off + i);
+		if (i < sign)
+			continue;
 		if (c >= '0' && c <= '9') {
-			seen |= 1;
-			if (u <= ZS_SCORE_MAX)
+			seen |= (seen & 4) ? 8 : 1;
+			if (!(seen & 6) && u <= ZS_SCORE_MAX)
 				u = u * 10 + (c - '0');
-		} else if (i >= sign) {
-			if (c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')
-				seen |= 2;
-			else
-				seen |= 4;
+		} else if (c == '.' && !(seen & 6)) {
+			seen |= 2;
+		} else if ((c == 'e' || c == 'E') && (seen & 1) && !(seen & 4)) {
+			seen |= 4;
+			at = i;
+		} else if ((c == '-' || c == '+') && (seen & 4) && !(seen & 8) &&
+			   i == at + 1) {
+			continue;
+		} else {
+			seen |= 16;
 		}
 	}
-	if (seen == 1 && u <= ZS_SCORE_MAX) {
+	if (seen == 1 && u <= ZS_SCORE_MAX &&
+	    !(u == 0 && RD_BYTE(sc->req, off) == '-')) {
 		*v = RD_BYTE(sc->req, off) == '-' ? -(__s64)u : (__s64)u;
 		return 0;
 	}
-	if (!(seen & 4) && (seen & 1))
+	/* digits, with an exponent only if it has digits: a number */
+	if (!(seen & 16) && (seen & 1) && (!(seen & 4) || (seen & 8)))
 		return 1;
 	/* inf, +inf, -inf, infinity in any case */
 	if (WORD_IS(sc, off + sign, len - sign, "INF") ||
@@ -1188,64 +1205,58 @@ __noinline int rd_zmember(struct rd_scratch *sc, __u64 set, __u32 off, __u32 mle
 	return 1;
 }
 
-/* zs_insert(), zs_move() and zs_erase() of the member staged at 0 of
- * sc->rep, each checked once. */
-__noinline int rd_zins(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
-{
-	if (!sc || mlen > ZS_MEMBER_MAX)
-		return -1;
-	return zs_insert((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd);
-}
-
-__noinline int rd_zmove(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
-{
-	if (!sc || mlen > ZS_MEMBER_MAX)
-		return -1;
-	/* rd_zmember() left the old score at RD_ZSCORE */
-	return zs_move((struct zs_set __arena *)set, (__s64)KV_WORD(sc->rep, RD_ZSCORE), score,
-		       sc->rep, mlen, sc->upd);
-}
-
-__noinline int rd_zdel(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
-{
-	if (!sc || mlen > ZS_MEMBER_MAX)
-		return -1;
-	return zs_erase((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd);
-}
-
 /*
- * Gives the member staged at 0 of sc->rep `score` in set `set`. One it has
- * (`had`, found by rd_zmember()) keeps its node, moved, and its member
- * entry, whose score is rewritten in place. A new one gets its member
- * entry allocated before its node is linked, so that running out of heap
- * changes nothing. Returns 1, 0 heap exhausted, -1 busy.
+ * The member staged at 0 of sc->rep, new in set `set`, gets `score`: its
+ * member-table entry is allocated before its node is linked, so that
+ * running out of heap changes nothing. Returns 1, 0 heap exhausted, -1
+ * busy. Each of these is a global function: checked once, and the stack of
+ * the deepest call chain stays within 512 bytes.
  */
-__noinline int rd_zput(struct rd_scratch *sc, __u64 set, __u32 mlen, __s64 score, int had)
+__noinline int rd_zins(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
 {
 	struct kv_entry __arena *e;
 	int r;
 
 	if (!sc || mlen > ZS_MEMBER_MAX)
 		return -1;
-	if (had) {
-		e = (struct kv_entry __arena *)KV_WORD(sc->rep, RD_ZENTRY);
-		r = rd_zmove(sc, set, score, mlen);
-		if (r <= 0)
-			return -1;
-		/* one aligned word: ZSCORE copies the old or the new score */
-		e->data[KV_WORDS(e->klen) & (KV_KEY_MAX / 8 * 2 - 1)] = score;
-		return 1;
-	}
 	KV_WORD(sc->rep, RD_ZSCORE) = score;
 	e = kv_new(&rd_members, sc->rep, 0, ZS_MEMBER + mlen, RD_ZSCORE, 8, 0, 0);
 	if (!e)
 		return 0;
-	r = rd_zins(sc, set, score, mlen);
+	r = zs_insert((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd, sc->rank);
 	if (r <= 0) {
 		kv_drop(&rd_members, e);
 		return r;
 	}
 	return kv_store(&rd_members, e, 0, 0, sc->rep, 0, &sc->kst) < 0 ? -1 : 1;
+}
+
+/*
+ * The member staged at 0 of sc->rep, found by rd_zmember() (its score at
+ * RD_ZSCORE, its entry at RD_ZENTRY), gets `score`: its node moves
+ * (zs_move()) and its entry's one-word score is rewritten in place (ZSCORE
+ * copies the old or the new word). Returns 1, or -1.
+ */
+__noinline int rd_zmove(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
+{
+	struct kv_entry __arena *e;
+
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	e = (struct kv_entry __arena *)KV_WORD(sc->rep, RD_ZENTRY);
+	if (zs_move((struct zs_set __arena *)set, (__s64)KV_WORD(sc->rep, RD_ZSCORE), score,
+		    sc->rep, mlen, sc->upd, sc->rank) <= 0)
+		return -1;
+	e->data[KV_WORDS(e->klen) & (KV_KEY_MAX / 8 * 2 - 1)] = score;
+	return 1;
+}
+
+/* zs_erase() of the member staged at 0 of sc->rep. */
+__noinline int rd_zdel(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen)
+{
+	if (!sc || mlen > ZS_MEMBER_MAX)
+		return -1;
+	return zs_erase((struct zs_set __arena *)set, score, sc->rep, mlen, sc->upd, sc->rank);
 }
 
 /*
@@ -1338,7 +1349,9 @@ __noinline int rd_zadd(int nargs)
 		return ERR_REPLY(sc, "ERR GT, LT, and/or NX options at the same time are not compatible");
 	if ((flags & ZF_INCR) && elements > 1)
 		return ERR_REPLY(sc, "ERR INCR option supports a single increment-element pair");
-	/* every score and member first: an error leaves the set as it was */
+	/* every score and member first: an error leaves the set as it was;
+	 * Redis's own error (a score that is no number) before the offload's */
+	f = 0;
 	bpf_for(i, 0, RD_ARGS_MAX / 2) {
 		if (i >= elements)
 			break;
@@ -1348,12 +1361,16 @@ __noinline int rd_zadd(int nargs)
 		if (r == 2)
 			return ERR_REPLY(sc, "ERR value is not a valid float");
 		if (r)
-			return ERR_REPLY(sc, "ERR only integer scores within +/-2^53 are offloaded by KFlex");
+			f |= 1;
 		if (!cur_next(sc, cu, &off, &len))
 			return -1;
 		if (len > ZS_MEMBER_MAX)
-			return ERR_REPLY(sc, "ERR member too long for the KFlex offload");
+			f |= 2;
 	}
+	if (f & 1)
+		return ERR_REPLY(sc, "ERR only integer scores within +/-2^53 are offloaded by KFlex");
+	if (f & 2)
+		return ERR_REPLY(sc, "ERR member too long for the KFlex offload");
 	r = rd_zkey(sc, koff, klen);
 	if (r)
 		return r;
@@ -1400,7 +1417,7 @@ __noinline int rd_zadd(int nargs)
 			done = 1;
 			if (score == old)
 				continue;
-			r = rd_zput(sc, (__u64)s, len, score, 1);
+			r = rd_zmove(sc, (__u64)s, score, len);
 			if (r < 0)
 				goto busy;
 			if (!r)
@@ -1410,7 +1427,7 @@ __noinline int rd_zadd(int nargs)
 			if (flags & ZF_XX)
 				continue;
 			done = 1;
-			r = rd_zput(sc, (__u64)s, len, score, 0);
+			r = rd_zins(sc, (__u64)s, score, len);
 			if (r < 0)
 				goto busy;
 			if (!r)
@@ -1517,7 +1534,11 @@ __noinline int rd_zread(int nargs)
 		return -1;
 	if (!set || !s->count || len > ZS_MEMBER_MAX)
 		return REPLY(RD_NIL, 0);
+	/* the member's entry lives while the set's lock is held */
+	if (hm_lock(&s->lock))
+		return -1;
 	r = rd_zmember(sc, set, off, len, &score);
+	hm_unlock(&s->lock);
 	if (r < 0)
 		return -1;
 	return r ? zscore_reply(sc, score) : REPLY(RD_NIL, 0);
@@ -1561,6 +1582,25 @@ __noinline __u32 rd_zemit(struct rd_scratch *sc, __u32 at, __u64 node, bool scor
 	return at;
 }
 
+/* ZRANGE's options. */
+#define ZR_LIMIT 1
+#define ZR_BYSCORE 2
+#define ZR_BYLEX 4
+#define ZR_REV 8
+#define ZR_WITHSCORES 16
+
+/* The ZRANGE option (ZR_*) at `off`, or 0. */
+__noinline int rd_zrange_opt(struct rd_scratch *sc, __u32 off, __u32 len)
+{
+	if (!sc)
+		return 0;
+	return WORD_IS(sc, off, len, "WITHSCORES") ? ZR_WITHSCORES :
+	       WORD_IS(sc, off, len, "LIMIT") ? ZR_LIMIT :
+	       WORD_IS(sc, off, len, "BYSCORE") ? ZR_BYSCORE :
+	       WORD_IS(sc, off, len, "BYLEX") ? ZR_BYLEX :
+	       WORD_IS(sc, off, len, "REV") ? ZR_REV : 0;
+}
+
 /* ZRANGE key start stop [WITHSCORES] (by index) */
 __noinline int rd_zrange(int nargs)
 {
@@ -1571,6 +1611,7 @@ __noinline int rd_zrange(int nargs)
 	struct zs_node __arena *n;
 	__s64 set, start, stop, size;
 	bool scores = false;
+	__u32 other = 0, o;	/* ZR_* but WITHSCORES */
 
 	if (!sc)
 		return -1;
@@ -1582,17 +1623,30 @@ __noinline int rd_zrange(int nargs)
 	opts = cu;
 	if (!cur_next(sc, &opts, &off, &len) || !cur_next(sc, &opts, &off, &len))
 		return -1;
+	/* Redis's syntax first (LIMIT takes two arguments), then what the
+	 * offload does not do */
 	bpf_for(i, 4, RD_ARGS_MAX) {
 		if (!cur_next(sc, &opts, &off, &len))
 			break;
-		if (WORD_IS(sc, off, len, "WITHSCORES"))
-			scores = true;
-		else if (WORD_IS(sc, off, len, "BYSCORE") || WORD_IS(sc, off, len, "BYLEX") ||
-			 WORD_IS(sc, off, len, "REV") || WORD_IS(sc, off, len, "LIMIT"))
-			return ERR_REPLY(sc, "ERR ZRANGE option not supported by the KFlex offload");
-		else
+		o = rd_zrange_opt(sc, off, len);
+		if (!o)
 			return ERR_REPLY(sc, "ERR syntax error");
+		if (o == ZR_LIMIT &&
+		    (!cur_next(sc, &opts, &off, &len) || !cur_next(sc, &opts, &off, &len)))
+			return ERR_REPLY(sc, "ERR syntax error");
+		if (o == ZR_WITHSCORES)
+			scores = true;
+		else
+			other |= o;
 	}
+	if ((other & ZR_LIMIT) && !(other & (ZR_BYSCORE | ZR_BYLEX)))
+		return ERR_REPLY(sc, "ERR syntax error, LIMIT is only supported in combination with "
+				 "either BYSCORE or BYLEX");
+	if (scores && (other & ZR_BYLEX))
+		return ERR_REPLY(sc, "ERR syntax error, WITHSCORES not supported in combination with "
+				 "BYLEX");
+	if (other)
+		return ERR_REPLY(sc, "ERR ZRANGE option not supported by the KFlex offload");
 	if (!cur_next(sc, &cu, &off, &len) || rd_parse_ll(sc, off, len, &start) ||
 	    !cur_next(sc, &cu, &off, &len) || rd_parse_ll(sc, off, len, &stop))
 		return ERR_REPLY(sc, "ERR value is not an integer or out of range");
@@ -1621,14 +1675,11 @@ __noinline int rd_zrange(int nargs)
 	}
 	if (stop >= size)
 		stop = size - 1;
-	n = s->head->next[0];
-	while (start > 0 && n) {
-		if (!can_loop)
-			goto busy;
-		n = n->next[0];
-		start--;
-		stop--;
-	}
+	/* down the levels to the first, then along level 0 */
+	n = zs_at(s, start);
+	if (!n)
+		goto busy;	/* start < size: only a spent budget */
+	stop -= start;
 	while (n && stop >= 0) {
 		if (!can_loop)
 			goto busy;

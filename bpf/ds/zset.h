@@ -36,7 +36,9 @@ struct zs_node {
 	__s64 score;
 	__u32 mlen;
 	__u32 level;
-	struct zs_node __arena *next[];	/* `level` of them, then the member */
+	/* `level` forward pointers, `level` spans (how many level-0 steps
+	 * each pointer skips, as in Redis's zskiplist), then the member */
+	struct zs_node __arena *next[];
 };
 
 struct zs_set {
@@ -46,8 +48,15 @@ struct zs_set {
 	struct zs_node __arena *head;	/* full height, no member */
 };
 
-/* The member words of node `n`. */
-#define ZS_WORDS(n) ((__u64 __arena *)&(n)->next[(n)->level & (SKL_MAX_LEVEL * 2 - 1)])
+/* Level `i`'s span of node `n`, and its member words. */
+#define ZS_SPAN(n, i)								\
+	(((__u64 __arena *)&(n)->next[(n)->level & (SKL_MAX_LEVEL * 2 - 1)])	\
+		[(i) & (SKL_MAX_LEVEL - 1)])
+#define ZS_WORDS(n)								\
+	((__u64 __arena *)&(n)->next[((n)->level & (SKL_MAX_LEVEL * 2 - 1)) * 2])
+#define ZS_NEXT(n, i) ((n)->next[(i) & (SKL_MAX_LEVEL - 1)])
+/* Per-level arrays of a walk (upd[], rank[]: scratch memory). */
+#define ZS_AT(a, i) ((a)[(i) & (SKL_MAX_LEVEL - 1)])
 
 /* A new empty set (and its head), or NULL if the heap is exhausted. */
 static __always_inline struct zs_set __arena *zs_new(void)
@@ -58,7 +67,7 @@ static __always_inline struct zs_set __arena *zs_new(void)
 
 	if (!s)
 		return NULL;
-	h = ds_alloc(sizeof(*h) + SKL_MAX_LEVEL * sizeof(h->next[0]));
+	h = ds_alloc(sizeof(*h) + 2 * SKL_MAX_LEVEL * sizeof(h->next[0]));
 	if (!h) {
 		ds_free(s);
 		return NULL;
@@ -67,8 +76,10 @@ static __always_inline struct zs_set __arena *zs_new(void)
 	DS_SET(h->score, 0);
 	DS_SET(h->mlen, 0);
 	h->level = SKL_MAX_LEVEL;
-	for (i = 0; i < SKL_MAX_LEVEL; i++)
+	for (i = 0; i < SKL_MAX_LEVEL; i++) {
 		DS_SET(h->next[i], NULL);
+		DS_SET(ZS_SPAN(h, i), 0);
+	}
 	DS_SET(s->lock, 0);
 	DS_SET(s->count, 0);
 	s->level = 1;
@@ -114,15 +125,16 @@ static __always_inline int zs_cmp(struct zs_node __arena *n, __s64 score, const 
 
 /*
  * Walks down to (score, member): upd[i] = the address of the last node of
- * level i before it. Returns the level-0 successor of upd[0] (the node
- * itself, if present), or NULL; *stuck set when the loop budget ran out.
+ * level i before it, rank[i] = that node's position (the head's is 0).
+ * Returns the level-0 successor of upd[0] (the node itself, if present),
+ * or NULL; *stuck set when the loop budget ran out.
  */
 static __always_inline struct zs_node __arena *
 zs_descend(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, __u64 *upd,
-	   bool *stuck)
+	   __u64 *rank, bool *stuck)
 {
 	struct zs_node __arena *x = s->head, *nx;
-	__u64 lvl = s->level;
+	__u64 lvl = s->level, r = 0;
 
 	while (lvl > 0) {
 		lvl--;
@@ -131,14 +143,56 @@ zs_descend(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, _
 				*stuck = true;
 				return NULL;
 			}
-			nx = x->next[lvl & (SKL_MAX_LEVEL - 1)];
+			nx = ZS_NEXT(x, lvl);
 			if (!nx || zs_cmp(nx, score, buf, mlen) >= 0)
 				break;
+			r += ZS_SPAN(x, lvl);
 			x = nx;
 		}
-		upd[lvl & (SKL_MAX_LEVEL - 1)] = (__u64)x;
+		ZS_AT(upd, lvl) = (__u64)x;
+		ZS_AT(rank, lvl) = r;
 	}
-	return x->next[0];
+	return ZS_NEXT(x, 0);
+}
+
+/*
+ * Links node `n` (height n->level) where zs_descend() to its (score,
+ * member) left upd[] and rank[], keeping every span right (Redis's
+ * zslInsert); `len` is the number of the set's other nodes. The caller
+ * counts it.
+ */
+static __always_inline void zs_link(struct zs_set __arena *s, struct zs_node __arena *n,
+				    __u64 *upd, __u64 *rank, __u64 len)
+{
+	struct zs_node __arena *p;
+	__u64 i, h = n->level, top = s->level, r0 = ZS_AT(rank, 0);
+
+	/* levels the set does not use yet start at the head */
+	bpf_for(i, 0, SKL_MAX_LEVEL) {
+		if (i >= h)
+			break;
+		if (i < top)
+			continue;
+		ZS_AT(upd, i) = (__u64)s->head;
+		ZS_AT(rank, i) = 0;
+		ZS_SPAN(s->head, i) = len;
+	}
+	if (h > top)
+		s->level = top = h;
+	bpf_for(i, 0, SKL_MAX_LEVEL) {
+		if (i >= top)
+			break;
+		p = (struct zs_node __arena *)ZS_AT(upd, i);
+		if (i >= h) {
+			/* a pointer above the new node now skips it too */
+			ZS_SPAN(p, i) += 1;
+			continue;
+		}
+		ZS_NEXT(n, i) = ZS_NEXT(p, i);
+		ZS_NEXT(p, i) = n;
+		ZS_SPAN(n, i) = ZS_SPAN(p, i) - (r0 - ZS_AT(rank, i));
+		ZS_SPAN(p, i) = r0 - ZS_AT(rank, i) + 1;
+	}
 }
 
 /*
@@ -146,18 +200,18 @@ zs_descend(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, _
  * heap is exhausted, -1 when the loop budget ran out (nothing changed).
  */
 static __always_inline int zs_insert(struct zs_set __arena *s, __s64 score, const void *buf,
-				     __u32 mlen, __u64 *upd)
+				     __u32 mlen, __u64 *upd, __u64 *rank)
 {
-	struct zs_node __arena *n, *p;
-	__u64 i, h, top, mw = KV_WORDS(mlen);
+	struct zs_node __arena *n;
+	__u64 i, h, mw = KV_WORDS(mlen);
 	__u64 __arena *m;
 	bool stuck = false;
 
-	zs_descend(s, score, buf, mlen, upd, &stuck);
+	zs_descend(s, score, buf, mlen, upd, rank, &stuck);
 	if (stuck)
 		return -1;
 	h = sl_height(kv_hash(buf, ZS_MEMBER, mlen));
-	n = ds_alloc(sizeof(*n) + (h + mw) * 8);
+	n = ds_alloc(sizeof(*n) + (2 * h + mw) * 8);
 	if (!n)
 		return 0;
 	n->score = score;
@@ -169,44 +223,44 @@ static __always_inline int zs_insert(struct zs_set __arena *s, __s64 score, cons
 			break;
 		m[i] = KV_WORD(buf, ZS_MEMBER + i * 8);
 	}
-	/* levels the set does not use yet start at the head */
-	top = s->level;
-	bpf_for(i, 0, SKL_MAX_LEVEL) {
-		if (i >= h)
-			break;
-		if (i >= top)
-			upd[i & (SKL_MAX_LEVEL - 1)] = (__u64)s->head;
-		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
-		n->next[i & (SKL_MAX_LEVEL - 1)] = p->next[i & (SKL_MAX_LEVEL - 1)];
-		p->next[i & (SKL_MAX_LEVEL - 1)] = n;
-	}
-	if (h > top)
-		s->level = h;
+	zs_link(s, n, upd, rank, s->count);
 	s->count++;
 	return 1;
 }
 
 /*
- * Finds (score, member) and unlinks its node from every level: returns the
- * node, NULL when absent (or when the loop budget ran out: *stuck).
+ * Finds (score, member) and unlinks its node from every level, keeping the
+ * spans right and dropping levels left empty (Redis's zslDeleteNode):
+ * returns the node, NULL when absent (or when the loop budget ran out:
+ * *stuck). The caller counts it.
  */
 static __always_inline struct zs_node __arena *
 zs_unlink(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, __u64 *upd,
-	  bool *stuck)
+	  __u64 *rank, bool *stuck)
 {
-	struct zs_node __arena *n, *p;
+	struct zs_node __arena *n, *p, *head = s->head;
 	__u64 i, lvl = s->level;
 
-	n = zs_descend(s, score, buf, mlen, upd, stuck);
+	n = zs_descend(s, score, buf, mlen, upd, rank, stuck);
 	if (*stuck || !n || zs_cmp(n, score, buf, mlen))
 		return NULL;
 	bpf_for(i, 0, SKL_MAX_LEVEL) {
-		if (i >= n->level || i >= lvl)
+		if (i >= lvl)
 			break;
-		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
-		if (p->next[i & (SKL_MAX_LEVEL - 1)] == n)
-			p->next[i & (SKL_MAX_LEVEL - 1)] = n->next[i & (SKL_MAX_LEVEL - 1)];
+		p = (struct zs_node __arena *)ZS_AT(upd, i);
+		if (ZS_NEXT(p, i) == n) {
+			ZS_SPAN(p, i) += ZS_SPAN(n, i) - 1;
+			ZS_NEXT(p, i) = ZS_NEXT(n, i);
+		} else {
+			ZS_SPAN(p, i) -= 1;
+		}
 	}
+	bpf_for(i, 0, SKL_MAX_LEVEL) {
+		if (lvl <= 1 || ZS_NEXT(head, lvl - 1))
+			break;
+		lvl--;
+	}
+	s->level = lvl;
 	return n;
 }
 
@@ -215,58 +269,71 @@ zs_unlink(struct zs_set __arena *s, __s64 score, const void *buf, __u32 mlen, __
  * budget ran out (nothing changed).
  */
 static __always_inline int zs_erase(struct zs_set __arena *s, __s64 score, const void *buf,
-				    __u32 mlen, __u64 *upd)
+				    __u32 mlen, __u64 *upd, __u64 *rank)
 {
-	struct zs_node __arena *n, *head = s->head;
+	struct zs_node __arena *n;
 	bool stuck = false;
-	__u64 i, lvl = s->level;
 
-	n = zs_unlink(s, score, buf, mlen, upd, &stuck);
+	n = zs_unlink(s, score, buf, mlen, upd, rank, &stuck);
 	if (stuck)
 		return -1;
 	if (!n)
 		return 0;
-	ds_free(n);
 	s->count--;
-	bpf_for(i, 0, SKL_MAX_LEVEL) {
-		if (lvl <= 1 || head->next[(lvl - 1) & (SKL_MAX_LEVEL - 1)])
-			break;
-		lvl--;
-	}
-	s->level = lvl;
+	ds_free(n);
 	return 1;
 }
 
 /*
  * Moves the node of (old, member) to `score` without reallocating it:
- * unlinks it, changes its score and links it where the new score sorts.
- * Returns 1, 0 absent, -1 when the loop budget ran out.
+ * unlinks it, changes its score and links it where the new score sorts;
+ * the count stays as it is throughout (readers without the set's lock read
+ * it). Returns 1, 0 absent, -1 when the loop budget ran out.
  */
 static __always_inline int zs_move(struct zs_set __arena *s, __s64 old, __s64 score,
-				   const void *buf, __u32 mlen, __u64 *upd)
+				   const void *buf, __u32 mlen, __u64 *upd, __u64 *rank)
 {
-	struct zs_node __arena *n, *p;
+	struct zs_node __arena *n;
 	bool stuck = false;
-	__u64 i, lvl = s->level;
 
-	n = zs_unlink(s, old, buf, mlen, upd, &stuck);
+	n = zs_unlink(s, old, buf, mlen, upd, rank, &stuck);
 	if (stuck)
 		return -1;
 	if (!n)
 		return 0;
 	n->score = score;
-	zs_descend(s, score, buf, mlen, upd, &stuck);
+	zs_descend(s, score, buf, mlen, upd, rank, &stuck);
 	if (stuck)
 		return -1;
-	/* its height is below the set's levels: it was linked at all of them */
-	bpf_for(i, 0, SKL_MAX_LEVEL) {
-		if (i >= n->level || i >= lvl)
-			break;
-		p = (struct zs_node __arena *)upd[i & (SKL_MAX_LEVEL - 1)];
-		n->next[i & (SKL_MAX_LEVEL - 1)] = p->next[i & (SKL_MAX_LEVEL - 1)];
-		p->next[i & (SKL_MAX_LEVEL - 1)] = n;
-	}
+	zs_link(s, n, upd, rank, s->count - 1);
 	return 1;
+}
+
+/*
+ * The node at 0-based position `at` (Redis's zslGetElementByRank), or
+ * NULL past the end or when the loop budget ran out: a walk down the
+ * levels, O(log n).
+ */
+static __always_inline struct zs_node __arena *zs_at(struct zs_set __arena *s, __u64 at)
+{
+	struct zs_node __arena *x = s->head, *nx;
+	__u64 lvl = s->level, done = 0, want = at + 1;
+
+	while (lvl > 0) {
+		lvl--;
+		while (1) {
+			if (!can_loop)
+				return NULL;
+			nx = ZS_NEXT(x, lvl);
+			if (!nx || done + ZS_SPAN(x, lvl) > want)
+				break;
+			done += ZS_SPAN(x, lvl);
+			x = nx;
+		}
+		if (done == want)
+			return x;
+	}
+	return NULL;
 }
 
 /*

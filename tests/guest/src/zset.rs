@@ -125,7 +125,8 @@ pub fn differential() -> Result<()> {
 /// an infinity, 2^53 + 1), Redis's errors for what is not a number and for
 /// bad option mixes, ZRANGE's other forms refused, members over 248 bytes
 /// refused, a ZRANGE reply over 3968 bytes refused, a request over 8 KiB
-/// refused whole, other commands on a held set refused, an emptied set
+/// refused whole, Redis's own errors where Redis gives them (before the
+/// offload's, in Redis's order), other commands on a held set refused, an emptied set
 /// gone; all pipelined in one write, then again behind a passed request
 /// (the replies through EVAL).
 pub fn own_errors_and_limits() -> Result<()> {
@@ -139,6 +140,8 @@ pub fn own_errors_and_limits() -> Result<()> {
         (resp(&[b"ZADD", b"e", b"1e3", b"a"]), only_int.clone()),
         (resp(&[b"ZADD", b"e", b"-inf", b"a"]), only_int.clone()),
         (resp(&[b"ZADD", b"e", b"9007199254740993", b"a"]), only_int.clone()),
+        (resp(&[b"ZADD", b"e", b"0x10", b"a"]), only_int.clone()),
+        (resp(&[b"ZADD", b"e", b"-0", b"a"]), only_int.clone()),
         (resp(&[b"ZADD", b"e", b"abc", b"a"]), b"-ERR value is not a valid float\r\n".to_vec()),
         (resp(&[b"ZADD", b"e", b"1", b"a", b"2"]), b"-ERR syntax error\r\n".to_vec()),
         (
@@ -204,6 +207,28 @@ pub fn own_errors_and_limits() -> Result<()> {
     ));
     cases.push((resp(&[b"ZCARD", b"huge"]), b":0\r\n".to_vec()));
     check_cases(&cases, false)?;
+    // Redis's own errors, checked before the offload's: the same bytes as
+    // redis-server alone
+    let theirs: Vec<Vec<u8>> = vec![
+        resp(&[b"ZADD", b"o", b"1.5", b"a", b"x", b"b"]),
+        resp(&[b"ZADD", b"o", b"1", &long, b"x", b"b"]),
+        resp(&[b"ZADD", b"o", b"1e", b"a"]),
+        resp(&[b"ZADD", b"o", b"1-2", b"a"]),
+        resp(&[b"ZADD", b"o", b" 1", b"a"]),
+        resp(&[b"ZADD", b"o", b"nan", b"a"]),
+        resp(&[b"ZADD", b"o", b"INCR", b"1", b"a", b"2", b"b"]),
+        resp(&[b"ZADD", b"o", b"GT", b"LT", b"1", b"a"]),
+        resp(&[b"ZRANGE", b"o", b"0", b"1", b"REV", b"foo"]),
+        resp(&[b"ZRANGE", b"o", b"0", b"1", b"LIMIT", b"0"]),
+        resp(&[b"ZRANGE", b"o", b"0", b"1", b"LIMIT", b"0", b"1"]),
+        resp(&[b"ZRANGE", b"o", b"0", b"1", b"BYLEX", b"WITHSCORES"]),
+        resp(&[b"ZRANGE", b"o", b"01", b"1"]),
+        resp(&[b"ZRANGE", b"o", b"0", b"99999999999999999999"]),
+        resp(&[b"ZCARD", b"o", b"x"]),
+        resp(&[b"ZSCORE", b"o"]),
+        resp(&[b"ZREM", b"o"]),
+    ];
+    same_replies(0, &theirs, &mut Rng::new(7))?;
     // the same through EVAL, behind a passed request
     let mut behind = vec![(resp(&[b"PING"]), b"+PONG\r\n".to_vec())];
     behind.extend(cases.iter().filter(|c| !c.0.starts_with(b"ZADD inl")).cloned().map(
