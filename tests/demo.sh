@@ -5,7 +5,9 @@
 # counter with kflex-load to a veth whose peer lives in another network
 # namespace and ping through it; then put the memcached offload
 # (kflex-load --kmemcached) in front of a real memcached and drive it with
-# memaslap from the other namespace, verifying every value it gets back.
+# memaslap from the other namespace, verifying every value it gets back;
+# then the Redis offloads (kflex-load --kmemcache, --kredis) in front of a
+# real redis-server, with redis-cli and redis-benchmark.
 set -euo pipefail
 
 say() { printf '\n== %s\n' "$*"; }
@@ -108,6 +110,36 @@ say "redis-benchmark GET/SET through the offload: 10000 requests, 64-byte values
 redis-benchmark -p 6979 -t get,set -n 10000 -r 1000 -d 64 -c 8 --csv
 
 say "stopping kflex-load --kmemcache (SIGTERM)"
+kill -TERM "$pid"
+wait "$pid"
+cat "$out"
+kill "$rs"
+wait "$rs" 2>/dev/null || true
+
+say "redis-server on TCP port 6979, then kflex-load --kredis --port 6979 --heap-size 256M"
+redis-server --port 6979 --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+rs=$!
+for _ in $(seq 50); do redis-cli -p 6979 PING >/dev/null 2>&1 && break; sleep 0.2; done
+kflex-load --kredis --port 6979 --heap-size 256M >"$out" 2>&1 &
+pid=$!
+for _ in $(seq 300); do grep -q '^ready' "$out" && break; sleep 0.2; done
+cat "$out"
+
+say "redis-cli: a sorted set in the kernel (ZADD, ZRANGE, ZSCORE, ZCARD)"
+redis-cli -p 6979 ZADD board 30 carol 10 alice 20 bob
+redis-cli -p 6979 ZADD board XX CH 25 alice
+redis-cli -p 6979 ZRANGE board 0 -1 WITHSCORES
+redis-cli -p 6979 ZSCORE board alice
+redis-cli -p 6979 ZCARD board
+say "redis-cli: a fractional score is refused; ZPOPMIN on the held set too"
+redis-cli -p 6979 ZADD board 1.5 dave
+redis-cli -p 6979 ZPOPMIN board
+echo "keys redis-server itself holds: $(redis-cli -p 6979 DBSIZE)"
+
+say "redis-benchmark ZADD through the offload: 10000 requests"
+redis-benchmark -p 6979 -t zadd -n 10000 -r 1000 -c 8 --csv
+
+say "stopping kflex-load --kredis (SIGTERM)"
 kill -TERM "$pid"
 wait "$pid"
 cat "$out"
