@@ -47,6 +47,8 @@ mod objects;
 mod populate;
 
 pub(crate) use locks::LockError;
+#[cfg(CONFIG_KFLEX_BENCH)]
+pub(crate) use objects::BenchAlloc;
 use objects::{Cache, CpuShared, GlobalList, PagePool};
 
 // One definition of what crosses the C boundary, checked here: the C side

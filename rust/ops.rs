@@ -259,6 +259,24 @@ unsafe extern "C" fn native(
     }
 }
 
+#[cfg(CONFIG_KFLEX_BENCH)]
+unsafe extern "C" fn bench_alloc(
+    info: *mut bindings::kflex_heap_info,
+    mode: u32,
+    size: u64,
+    n: u64,
+) -> u64 {
+    use crate::heap::BenchAlloc;
+    let mode = match mode {
+        bindings::kflex_bench_alloc_mode_KFLEX_BENCH_SECTION => BenchAlloc::Section,
+        bindings::kflex_bench_alloc_mode_KFLEX_BENCH_CACHE => BenchAlloc::Cache,
+        bindings::kflex_bench_alloc_mode_KFLEX_BENCH_PAIR => BenchAlloc::Pair,
+        _ => return 0,
+    };
+    // SAFETY: a running program pins its heap.
+    unsafe { heap(info) }.bench_alloc(mode, size, n)
+}
+
 /// The verdict of a cancelled run of a program (`logic::verdict`): its
 /// override (`has_over`, `over`) when its hook accepts it. `-EOPNOTSUPP` when
 /// the hook has no safe verdict, `-ERANGE` with the accepted range in
@@ -423,6 +441,10 @@ pub(crate) fn table(owner: *mut bindings::module, version: *const u8) -> binding
         native: Some(native),
         #[cfg(not(CONFIG_KFLEX_BENCH))]
         native: None,
+        #[cfg(CONFIG_KFLEX_BENCH)]
+        bench_alloc: Some(bench_alloc),
+        #[cfg(not(CONFIG_KFLEX_BENCH))]
+        bench_alloc: None,
         points: Some(points),
         lock: Some(lock),
         unlock: Some(unlock),

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Allocator benchmark: alloc+free pairs and batches of 256 allocations then
- * 256 frees. Built twice: for a KFlex heap (bpf_kflex_alloc/free) and with
+ * 256 frees, from SEC("syscall") programs and (pairs) from an XDP program.
+ * Built twice: for a KFlex heap (bpf_kflex_alloc/free; `kind` 2 picks
+ * bpf_obj_new/bpf_obj_drop, 6.12's own BPF allocator) and with
  * -DKFLEX_UPSTREAM_ARENA for the upstream arena, where `kind` picks the BPF
  * free-list allocator (0) or the bump allocator (1) of arena_alloc.h.
  */
 #include "vmlinux.h"
 #include "kflex.h"
+#include <bpf/bpf_core_read.h>
 
 KFLEX_HEAP(heap, 1 << 28);
 
@@ -15,11 +18,21 @@ KFLEX_HEAP(heap, 1 << 28);
 struct bench_args {
 	__u64 size;	/* object size */
 	__u64 n;	/* operations (pairs, or objects in batches) */
-	__u64 kind;	/* arena builds: 0 free list, 1 bump */
+	__u64 kind;	/* 0 KFlex or free list, 1 bump, 2 bpf_obj_new; parts: mode */
 	__u64 ret;	/* failed allocations */
 };
 
 void __arena *batch[BATCH];
+
+#ifndef KFLEX_UPSTREAM_ARENA
+/* The arguments of the XDP program, which has no context to carry them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_args);
+} xdp_args SEC(".maps");
+#endif
 
 static __always_inline void __arena *bench_alloc(__u64 kind, __u64 size)
 {
@@ -36,13 +49,115 @@ static __always_inline void bench_free(__u64 kind, void __arena *p)
 		kflex_free(heap, p);
 }
 
-SEC("syscall")
-int pairs(struct bench_args *a)
+#ifndef KFLEX_UPSTREAM_ARENA
+/*
+ * bpf_obj_new() objects of the benchmark's sizes. bpf_mem_alloc() puts an
+ * 8-byte header in front of each, so 4096 bytes is beyond its largest
+ * cache: no 4096-byte row.
+ */
+extern void *bpf_obj_new_impl(__u64 local_type_id, void *meta) __ksym;
+extern void bpf_obj_drop_impl(void *obj, void *meta) __ksym;
+
+#define OBJ_TYPE(n)							\
+	struct obj##n { __u64 w[n / 8]; };				\
+	struct slot##n { struct obj##n __kptr *p; };			\
+	struct {							\
+		__uint(type, BPF_MAP_TYPE_ARRAY);			\
+		__uint(max_entries, BATCH);				\
+		__type(key, __u32);					\
+		__type(value, struct slot##n);				\
+	} slots##n SEC(".maps");
+
+OBJ_TYPE(16)
+OBJ_TYPE(64)
+OBJ_TYPE(256)
+
+/* One bpf_obj_new() + bpf_obj_drop() pair of struct obj<n>; 1 if it failed. */
+#define OBJ_PAIR(n, i) ({						\
+	struct obj##n *o = bpf_obj_new_impl(bpf_core_type_id_local(struct obj##n), NULL); \
+	if (o) {							\
+		o->w[0] = (i);						\
+		bpf_obj_drop_impl(o, NULL);				\
+	}								\
+	!o;								\
+})
+
+static __always_inline __u64 obj_pair(__u64 size, __u64 i)
 {
-	__u64 i, kind = a->kind, size = a->size, fails = 0;
+	switch (size) {
+	case 16:
+		return OBJ_PAIR(16, i);
+	case 64:
+		return OBJ_PAIR(64, i);
+	case 256:
+		return OBJ_PAIR(256, i);
+	}
+	return 1;
+}
+
+/*
+ * A batch of bpf_obj_new() objects lives in an array of kptrs: the objects
+ * are owned references, which the verifier only lets a program keep across
+ * loop iterations in a map.
+ */
+#define OBJ_BATCH(n) ({							\
+	__u64 fails = 0;						\
+	__u32 k;							\
+	bpf_for(k, 0, BATCH) {						\
+		struct slot##n *v = bpf_map_lookup_elem(&slots##n, &k);	\
+		struct obj##n *o = bpf_obj_new_impl(bpf_core_type_id_local(struct obj##n), NULL); \
+		if (!o) {						\
+			fails++;					\
+			continue;					\
+		}							\
+		o->w[0] = k;						\
+		if (!v) {						\
+			bpf_obj_drop_impl(o, NULL);			\
+			continue;					\
+		}							\
+		o = bpf_kptr_xchg(&v->p, o);				\
+		if (o)							\
+			bpf_obj_drop_impl(o, NULL);			\
+	}								\
+	bpf_for(k, 0, BATCH) {						\
+		struct slot##n *v = bpf_map_lookup_elem(&slots##n, &k);	\
+		struct obj##n *o;					\
+		if (!v)							\
+			continue;					\
+		o = bpf_kptr_xchg(&v->p, NULL);				\
+		if (o)							\
+			bpf_obj_drop_impl(o, NULL);			\
+	}								\
+	fails;								\
+})
+
+static __noinline __u64 obj_batch(__u64 size)
+{
+	switch (size) {
+	case 16:
+		return OBJ_BATCH(16);
+	case 64:
+		return OBJ_BATCH(64);
+	case 256:
+		return OBJ_BATCH(256);
+	}
+	return BATCH;
+}
+#endif
+
+/* n alloc+free pairs of `size` bytes with allocator `kind`; the failures. */
+static __always_inline __u64 run_pairs(__u64 kind, __u64 size, __u64 n)
+{
+	__u64 i, fails = 0;
 	void __arena *p;
 
-	bpf_for(i, 0, a->n) {
+	bpf_for(i, 0, n) {
+#ifndef KFLEX_UPSTREAM_ARENA
+		if (kind == 2) {
+			fails += obj_pair(size, i);
+			continue;
+		}
+#endif
 		p = bench_alloc(kind, size);
 		if (!p) {
 			fails++;
@@ -51,9 +166,34 @@ int pairs(struct bench_args *a)
 		*(__u64 __arena *)p = i;
 		bench_free(kind, p);
 	}
-	a->ret = fails;
+	return fails;
+}
+
+SEC("syscall")
+int pairs(struct bench_args *a)
+{
+	a->ret = run_pairs(a->kind, a->size, a->n);
 	return 0;
 }
+
+#ifndef KFLEX_UPSTREAM_ARENA
+/*
+ * The pairs from an XDP program (arguments in xdp_args); passes the packet.
+ * Not in the arena build: the BPF allocators of arena_alloc.h take pages
+ * with bpf_arena_alloc_pages(), which 6.12 allows in sleepable programs only.
+ */
+SEC("xdp")
+int xdp_pairs(struct xdp_md *ctx)
+{
+	struct bench_args *a;
+	__u32 zero = 0;
+
+	a = bpf_map_lookup_elem(&xdp_args, &zero);
+	if (a)
+		a->ret = run_pairs(a->kind, a->size, a->n);
+	return XDP_PASS;
+}
+#endif
 
 SEC("syscall")
 int batches(struct bench_args *a)
@@ -62,6 +202,12 @@ int batches(struct bench_args *a)
 	void __arena *p;
 
 	bpf_for(r, 0, a->n / BATCH) {
+#ifndef KFLEX_UPSTREAM_ARENA
+		if (kind == 2) {
+			fails += obj_batch(size);
+			continue;
+		}
+#endif
 		bpf_for(i, 0, BATCH) {
 			p = bench_alloc(kind, size);
 			if (p)
@@ -94,6 +240,37 @@ int calls(struct bench_args *a)
 		bpf_kflex_free(&heap, NULL);
 		bpf_kflex_free(&heap, NULL);
 	}
+	return 0;
+}
+
+extern __s64 bpf_kflex_bench_alloc(void *heap, __u32 mode, __u64 size, __u64 n) __ksym __weak;
+
+/*
+ * The allocator's cost taken apart: a->n iterations of part a->kind (enum
+ * kflex_bench_alloc_mode) in the kernel, in calls of at most 2^20.
+ */
+SEC("syscall")
+int parts(struct bench_args *a)
+{
+	__u64 done = 0, fails = 0, chunk;
+	__s64 r;
+	int i;
+
+	bpf_for(i, 0, 1024) {
+		if (done >= a->n)
+			break;
+		chunk = a->n - done;
+		if (chunk > (1 << 20))
+			chunk = 1 << 20;
+		r = bpf_kflex_bench_alloc(&heap, a->kind, a->size, chunk);
+		if (r < 0) {
+			a->ret = r;
+			return 0;
+		}
+		fails += r;
+		done += chunk;
+	}
+	a->ret = fails;
 	return 0;
 }
 #endif

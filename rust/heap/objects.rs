@@ -125,6 +125,8 @@ impl Ring {
 
 /// Per-CPU state any CPU may read: statistics and deferred frees.
 pub(super) struct CpuShared {
+    /// Written only by the holder of this CPU's [`Cache`] ([`bump_owned`]),
+    /// as are `frees` and `class_bytes`.
     pub(super) allocs: AtomicU64,
     pub(super) frees: AtomicU64,
     pub(super) failed: AtomicU64,
@@ -553,6 +555,33 @@ impl Heap {
 
     // ---- entry points ----
 
+    /// `bpf_kflex_bench_alloc()`: `n` iterations of `mode` on objects of
+    /// `size` bytes, no kfunc calls; returns the failed allocations.
+    #[cfg(CONFIG_KFLEX_BENCH)]
+    pub(crate) fn bench_alloc(&self, mode: BenchAlloc, size: u64, n: u64) -> u64 {
+        let mut failed = 0u64;
+        for _ in 0..n {
+            match mode {
+                BenchAlloc::Section => {
+                    for _ in 0..2 {
+                        core::hint::black_box(Section::enter());
+                    }
+                }
+                BenchAlloc::Cache => {
+                    for _ in 0..2 {
+                        let s = Section::enter();
+                        core::hint::black_box(self.caches.get(&s).is_some());
+                    }
+                }
+                BenchAlloc::Pair => match self.alloc(size) {
+                    0 => failed = failed.wrapping_add(1),
+                    u => self.free(u),
+                },
+            }
+        }
+        failed
+    }
+
     /// `bpf_kflex_alloc()`: user address of `size` new bytes, or 0.
     pub(crate) fn alloc(&self, size: u64) -> u64 {
         let s = Section::enter();
@@ -585,8 +614,8 @@ impl Heap {
             if uaddr == 0 {
                 bump(&c.failed, 1);
             } else {
-                bump(&c.allocs, 1);
-                account(c, class, 1);
+                bump_owned(&cache, &c.allocs, 1);
+                account(&cache, c, class, 1);
             }
         }
         self.drain(s, &mut cache);
@@ -610,8 +639,8 @@ impl Heap {
         match self.try_free(s, cache, uaddr) {
             Ok(class) => {
                 if let Some(c) = self.cpu(s) {
-                    bump(&c.frees, 1);
-                    account(c, class, -1);
+                    bump_owned(cache, &c.frees, 1);
+                    account(cache, c, class, -1);
                 }
             }
             Err(Deferral::Busy) => self.defer(s, uaddr),
@@ -685,13 +714,37 @@ impl Heap {
     }
 }
 
-/// Adds `sign` objects of `class` (if a small object) to the CPU's bytes.
-fn account(c: &CpuShared, class: Option<usize>, sign: i64) {
+/// What one iteration of [`Heap::bench_alloc`] does.
+#[cfg(CONFIG_KFLEX_BENCH)]
+pub(crate) enum BenchAlloc {
+    /// Enter and leave two sections (a pair's).
+    Section,
+    /// ... and take the CPU's cache in each.
+    Cache,
+    /// Allocate and free one object.
+    Pair,
+}
+
+/// Adds `sign` objects of `class` (if a small object) to the bytes of the
+/// CPU whose cache `held` is.
+fn account(held: &Cache, c: &CpuShared, class: Option<usize>, sign: i64) {
     if let Some(k) = class {
         if let Some(b) = c.class_bytes.get(k) {
-            b.fetch_add(sign.wrapping_mul(class_size(k) as i64), Ordering::Relaxed);
+            let _ = held;
+            // Only the holder of this CPU's cache writes these counters
+            // (other CPUs only read them): no read-modify-write atomic.
+            let v = b.load(Ordering::Relaxed);
+            b.store(v.wrapping_add(sign.wrapping_mul(class_size(k) as i64)), Ordering::Relaxed);
         }
     }
+}
+
+/// Adds `v` to `counter`, a counter of the CPU whose cache `held` is that
+/// only that cache's holder writes (`allocs`, `frees`): a plain load and
+/// store (other CPUs only read it), cheaper than an atomic add.
+fn bump_owned(held: &Cache, counter: &AtomicU64, v: u64) {
+    let _ = held;
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
 }
 
 /// Why a free did not happen now.

@@ -65,9 +65,21 @@ pub fn class_size(class: usize) -> u64 {
     CLASS_SIZES.get(class).map_or(PAGE_SIZE, |&c| u64::from(c))
 }
 
+/// Objects per page of each class (a table: a division is slow, and this
+/// is on every allocation and free).
+const OBJS_PER_PAGE: [u16; NR_CLASSES] = {
+    let mut t = [0u16; NR_CLASSES];
+    let mut i = 0;
+    while i < NR_CLASSES {
+        t[i] = (PAGE_SIZE / CLASS_SIZES[i] as u64) as u16;
+        i += 1;
+    }
+    t
+};
+
 /// Objects per page of class `class`.
 pub fn objs_per_page(class: usize) -> usize {
-    (PAGE_SIZE / class_size(class)) as usize
+    OBJS_PER_PAGE.get(class).map_or(1, |&n| usize::from(n))
 }
 
 /// Pages of a large allocation of `size` bytes (> 4096), if at most

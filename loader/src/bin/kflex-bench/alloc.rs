@@ -1,9 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Allocator benchmarks (`alloc/{pairs,batch256}/<size>/<variant>`,
-//! `alloc/kfunc-calls/kflex`): the KFlex heap allocator against the BPF
-//! allocators of the upstream arena (`bpf/bench/alloc.bpf.c`, built for
-//! both).
+//! Allocator benchmarks (`bpf/bench/alloc.bpf.c`, built for the KFlex heap
+//! and for the upstream arena):
+//! - `alloc/{pairs,batch256}/<size>/<variant>` from `SEC("syscall")` and
+//!   `alloc/xdp-pairs/<size>/<variant>` from XDP: the KFlex heap allocator
+//!   against the BPF free list and bump allocator over the upstream arena and
+//!   against `bpf_obj_new`/`bpf_obj_drop` (6.12's `bpf_mem_alloc`);
+//! - `alloc/pairs/<size>/kmalloc`: `kmalloc`+`kfree` in a kernel loop, the
+//!   native limit (no BPF, no kfunc calls);
+//! - the cost of a KFlex pair taken apart: `alloc/kfunc-calls/kflex` (the
+//!   two calls, returning at once), `alloc/parts/sections` (two allocator
+//!   sections), `alloc/parts/sections+cache` (... taking the CPU's cache) and
+//!   `alloc/parts/<size>/in-kernel-pair` (the whole pair in a kernel loop).
 
 use std::{any::Any, io::Write as _, mem::MaybeUninit, os::fd::BorrowedFd, time::Duration};
 
@@ -12,7 +20,10 @@ use kflex_load::{
     ds::{self, Progs},
     skel::{alloc, alloc_arena},
 };
-use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{
+    skel::{OpenSkel, Skel, SkelBuilder},
+    MapCore, MapFlags, MapHandle,
+};
 
 use crate::results;
 
@@ -34,28 +45,57 @@ fn run_prog(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
 }
 
 /// One allocator variant: which build, which allocator kind.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
     KFlex,
     ArenaFreeList,
     ArenaBump,
+    /// `bpf_obj_new`/`bpf_obj_drop` (in the KFlex build).
+    ObjNew,
 }
 
 impl Variant {
+    const ALL: [Variant; 4] =
+        [Variant::KFlex, Variant::ArenaFreeList, Variant::ArenaBump, Variant::ObjNew];
+
     fn name(self) -> &'static str {
         match self {
             Variant::KFlex => "kflex",
             Variant::ArenaFreeList => "arena-freelist",
             Variant::ArenaBump => "arena-bump",
+            Variant::ObjNew => "bpf-obj-new",
         }
     }
+
+    /// `bench_args.kind`.
+    fn kind(self) -> u64 {
+        match self {
+            Variant::KFlex | Variant::ArenaFreeList => 0,
+            Variant::ArenaBump => 1,
+            Variant::ObjNew => 2,
+        }
+    }
+
+    /// Whether the variant has objects of `size` bytes (`bpf_mem_alloc`'s
+    /// largest cache is 4096 bytes with its 8-byte header).
+    fn has(self, size: u64) -> bool {
+        self != Variant::ObjNew || size <= 256
+    }
 }
+
+/// `enum kflex_bench_alloc_mode` (`bpf_kflex_bench_alloc()`).
+const PART_SECTIONS: u64 = 0;
+const PART_CACHE: u64 = 1;
+const PART_PAIR: u64 = 2;
+const PART_KMALLOC: u64 = 3;
 
 /// The loaded allocator benchmark programs (KFlex heap and upstream
 /// arena): `pairs`, `batches`, and on the KFlex heap `calls`.
 struct Loaded {
     kflex: Progs,
     arena: Progs,
+    /// `xdp_args` of the KFlex build.
+    xdp_args: MapHandle,
     /// The skeletons (maps stay alive with them).
     _skels: [Box<dyn Any>; 2],
 }
@@ -73,6 +113,7 @@ impl Loaded {
         let l = Loaded {
             kflex: Progs::of(kflex.object())?,
             arena: Progs::of(arena.object())?,
+            xdp_args: MapHandle::try_from(&kflex.maps.xdp_args)?,
             _skels: [Box::new(kflex), Box::new(arena)],
         };
         // Populate the KFlex heap ahead so that the benchmark measures the
@@ -86,9 +127,46 @@ impl Loaded {
     /// Program `name` of variant `v`'s build.
     fn prog(&self, v: Variant, name: &str) -> Result<BorrowedFd<'_>> {
         match v {
-            Variant::KFlex => self.kflex.get(name),
+            Variant::KFlex | Variant::ObjNew => self.kflex.get(name),
             Variant::ArenaFreeList | Variant::ArenaBump => self.arena.get(name),
         }
+    }
+
+    /// Runs `xdp_pairs` of the KFlex build once on a 64-byte packet with
+    /// `args`; returns the updated arguments and the wall time of the run.
+    fn run_xdp(&self, args: Args) -> Result<(Args, Duration)> {
+        use std::os::fd::AsRawFd;
+        let map = &self.xdp_args;
+        let key = 0u32.to_ne_bytes();
+        map.update(&key, as_bytes(&args), MapFlags::ANY)?;
+        let prog = self.kflex.get("xdp_pairs")?;
+        let pkt = [0u8; 64];
+        // SAFETY: zeroed options are valid; `pkt` outlives the call.
+        let mut opts = unsafe { std::mem::zeroed::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() };
+        opts.sz = std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() as _;
+        opts.data_in = pkt.as_ptr().cast();
+        opts.data_size_in = pkt.len() as u32;
+        opts.repeat = 1;
+        let t = std::time::Instant::now();
+        // SAFETY: see above; the descriptor is a live program.
+        let r =
+            unsafe { libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(prog.as_raw_fd(), &mut opts) };
+        let elapsed = t.elapsed();
+        ensure!(r == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::from_raw_os_error(-r));
+        ensure!(opts.retval == 2, "xdp_pairs returned {} (cancelled?)", opts.retval);
+        let out = map.lookup(&key, MapFlags::ANY)?.context("xdp_args has no entry 0")?;
+        ensure!(out.len() == std::mem::size_of::<Args>(), "xdp_args: {} bytes", out.len());
+        // SAFETY: `Args` is plain old data of exactly these many bytes.
+        let args = unsafe { std::ptr::read_unaligned(out.as_ptr().cast::<Args>()) };
+        Ok((args, elapsed))
+    }
+}
+
+/// The bytes of `a` (plain old data without padding).
+fn as_bytes(a: &Args) -> &[u8] {
+    // SAFETY: `Args` is four u64s: no padding, every byte initialised.
+    unsafe {
+        std::slice::from_raw_parts((a as *const Args).cast::<u8>(), std::mem::size_of::<Args>())
     }
 }
 
@@ -109,13 +187,13 @@ pub fn cases(ops: u64) -> Vec<Case> {
     for batches in [false, true] {
         let (pattern, prog) = if batches { ("batch256", "batches") } else { ("pairs", "pairs") };
         for size in [16u64, 64, 256, 4096] {
-            for v in [Variant::KFlex, Variant::ArenaFreeList, Variant::ArenaBump] {
+            for v in Variant::ALL.into_iter().filter(|v| v.has(size)) {
                 let name = format!("alloc/{pattern}/{size}/{}", v.name());
                 let baseline = match v {
                     Variant::KFlex => None,
                     _ => Some(format!("alloc/{pattern}/{size}/kflex")),
                 };
-                let kind = matches!(v, Variant::ArenaBump) as u64;
+                let kind = v.kind();
                 cases.push(Case {
                     name,
                     baseline,
@@ -130,6 +208,42 @@ pub fn cases(ops: u64) -> Vec<Case> {
             }
         }
     }
+    // From XDP: the arena's BPF allocators need sleepable programs on 6.12
+    // (bpf_arena_alloc_pages), so only the KFlex heap and bpf_obj_new.
+    for size in [16u64, 64, 256, 4096] {
+        for v in [Variant::KFlex, Variant::ObjNew].into_iter().filter(|v| v.has(size)) {
+            cases.push(Case {
+                name: format!("alloc/xdp-pairs/{size}/{}", v.name()),
+                baseline: (v != Variant::KFlex).then(|| format!("alloc/xdp-pairs/{size}/kflex")),
+                ops,
+                run: Box::new(move |l: &Loaded| {
+                    let (a, t) = l.run_xdp(Args { size, n: ops, kind: v.kind(), ret: 0 })?;
+                    ensure!(a.ret == 0, "{} allocations failed", a.ret);
+                    Ok(t.as_nanos() as f64 / ops as f64)
+                }),
+            });
+        }
+    }
+    // The native limit, and the pair taken apart.
+    let part = |name: String, baseline: String, mode: u64, size: u64| Case {
+        name,
+        baseline: Some(baseline),
+        ops,
+        run: Box::new(move |l: &Loaded| {
+            let prog = l.prog(Variant::KFlex, "parts")?;
+            let (a, t) = run_prog(prog, Args { size, n: ops, kind: mode, ret: 0 })?;
+            ensure!(a.ret == 0, "bpf_kflex_bench_alloc: {}", a.ret as i64);
+            Ok(t.as_nanos() as f64 / ops as f64)
+        }),
+    };
+    for size in [16u64, 64, 256, 4096] {
+        let base = format!("alloc/pairs/{size}/kflex");
+        cases.push(part(format!("alloc/pairs/{size}/kmalloc"), base.clone(), PART_KMALLOC, size));
+        cases.push(part(format!("alloc/parts/{size}/in-kernel-pair"), base, PART_PAIR, size));
+    }
+    let base = "alloc/pairs/64/kflex".to_string();
+    cases.push(part("alloc/parts/sections".into(), base.clone(), PART_SECTIONS, 64));
+    cases.push(part("alloc/parts/sections+cache".into(), base, PART_CACHE, 64));
     // How much of a pair is the two kfunc calls themselves.
     cases.push(Case {
         name: "alloc/kfunc-calls/kflex".into(),
