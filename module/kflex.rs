@@ -15,6 +15,7 @@
 use kernel::{c_str, prelude::*, str::CStr};
 
 mod heap;
+mod kmem;
 // Shared with the host crate (kflex-core), where its items are the public
 // API; here the module is private, so their `pub` reaches only this crate.
 // Host-only items are behind `feature = "host-tools"`, never set here.

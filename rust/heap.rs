@@ -31,7 +31,7 @@ use kernel::{
     bindings, c_str, new_mutex,
     prelude::*,
     str::CStr,
-    sync::Mutex,
+    sync::{Mutex, SpinLock},
 };
 
 use crate::{
@@ -148,6 +148,10 @@ pub(crate) struct Heap {
     /// Heap locks held and waited for, per CPU (`locks`).
     locks: PerCpu<locks::LockCpu>,
     c: Counters,
+    /// The native structures on kernel memory of the benchmarks (empty
+    /// unless `bpf_kflex_bench_native()` fills them).
+    #[pin]
+    kmem: SpinLock<crate::kmem::Structs>,
 }
 
 /// Heap-wide statistics (the per-CPU ones are in [`CpuShared`]).
@@ -249,6 +253,7 @@ impl Heap {
                 cpus,
                 locks: held,
                 c: Counters { meta_bytes: AtomicU64::new(meta as u64), ..Default::default() },
+                kmem <- crate::kmem::new(),
             }? Error),
             flags::GFP_KERNEL,
         )?;
@@ -273,6 +278,12 @@ impl Heap {
                 drop(unsafe { KVVec::<PageDesc>::from_raw_parts(p, n, n) });
             }
         }
+    }
+
+    /// The native structures on kernel memory (benchmarks).
+    #[cfg(CONFIG_KFLEX_BENCH)]
+    pub(crate) fn kmem(&self) -> &SpinLock<crate::kmem::Structs> {
+        &self.kmem
     }
 
     /// User address of heap offset 0.

@@ -26,6 +26,9 @@ const VAL: usize = 64;
 const DS_LIST: u32 = 0;
 const DS_RBTREE: u32 = 1;
 const DS_SKIPLIST: u32 = 2;
+/// Structures `DS_KMEM + 0..=2`: the same three on kernel memory
+/// ([`crate::kmem`]).
+const DS_KMEM: u32 = 3;
 const OP_UPDATE: u32 = 0;
 const OP_LOOKUP: u32 = 1;
 const OP_DELETE: u32 = 2;
@@ -532,10 +535,13 @@ impl Skl<'_, '_> {
 }
 
 /// `bpf_kflex_bench_native()`: one operation `op` on structure `ds` rooted
-/// at user address `root`. Returns whether the key was found (lookup,
+/// at user address `root` (structures on kernel memory have no root). Returns whether the key was found (lookup,
 /// delete) or inserted (update), or `EFAULT`/`EINVAL`.
 pub(crate) fn run(heap: &Heap, root: u64, ds: u32, op: u32, key: &[u8; KEY]) -> Result<bool> {
     let key = &key_of(key);
+    if let Some(kds) = ds.checked_sub(DS_KMEM) {
+        return crate::kmem::run(heap.kmem(), kds, op, key);
+    }
     let root = heap.offset_of(root).ok_or(EINVAL)?;
     heap.object_ptr(root, ROOT_SIZE).ok_or(EINVAL)?;
     if op > OP_DELETE {

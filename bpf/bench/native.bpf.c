@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Drives the native data structures of the KFlex component (the "KMod"
- * baseline, CONFIG_KFLEX_BENCH) over the same heap and keys as the BPF data
- * structures: one bpf_kflex_bench_native() call per operation.
+ * baseline, CONFIG_KFLEX_BENCH) with the same keys as the BPF data
+ * structures, over the same heap (validated accesses) or on kernel memory:
+ * one bpf_kflex_bench_native() call per operation.
  */
 #include "vmlinux.h"
 #include "kflex.h"
@@ -30,7 +31,7 @@ extern int bpf_kflex_bench_native(void *heap, void *req, __u32 req__sz, const vo
 				  __u32 key__sz) __ksym __weak;
 
 struct nat_args {
-	__u64 ds;	/* 0 list, 1 rbtree, 2 skiplist */
+	__u64 ds;	/* 0 list, 1 rbtree, 2 skiplist; 3-5 the same on kernel memory */
 	__u64 op;	/* 0 update, 1 lookup, 2 delete */
 	__u64 first;	/* first key index */
 	__u64 count;	/* operations */
@@ -70,9 +71,10 @@ int nat_run(struct nat_args *a)
 	__u32 idx;
 	void *key;
 
-	if (a->ds > 2)
+	if (a->ds > 5)
 		return 1;
-	req.root = nat_roots[a->ds];
+	/* The structures on kernel memory (3-5) have no root in the heap. */
+	req.root = a->ds < 3 ? nat_roots[a->ds] : 0;
 	req.ds = a->ds;
 	req.op = a->op;
 	bpf_for(i, 0, a->count) {

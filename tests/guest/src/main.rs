@@ -60,6 +60,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(guards::stats_line_and_modes, "ym"),
     t!(native::native_structures_match_model, "ym"),
     t!(native::hostile_links_are_contained, "ym"),
+    t!(native::kmem_structures_match_model, "ym"),
     t!(memcached::protocol_replies, "ym"),
     t!(memcached::protocol_malformed_and_passed, "ym"),
     t!(memcached::memaslap_verifies_through_the_offload, "ym"),

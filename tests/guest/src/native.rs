@@ -227,6 +227,53 @@ pub fn native_structures_match_model() -> Result<()> {
     Ok(())
 }
 
+/// The same structures on kernel memory (`rust/kmem.rs`, structures 3-5:
+/// the kernel crate's RBTree, a list and a skiplist of `KBox`es) match the
+/// model too: every operation's result, then every key's membership, then
+/// deleting everything leaves nothing to find. They take no heap memory.
+pub fn kmem_structures_match_model() -> Result<()> {
+    ensure_kflex()?;
+    let mut rng = Rng::new(0x0fed_cba9_8765_4321);
+    let nkeys = 400;
+    let keys = keys(nkeys, &mut rng);
+    let l = Loaded::new(&keys)?;
+    let id = l.skel.maps.heap.info()?.info.id;
+    let before = heapstats::find(id)?.context("heap statistics")?.class_bytes();
+    for ds in 3..6u64 {
+        let mut model = BTreeSet::new();
+        for _ in 0..4000 {
+            let idx = (rng.next_u64() % nkeys as u64) as usize;
+            let op = match rng.next_u64() % 10 {
+                0..=4 => 0,
+                5..=7 => 1,
+                _ => 2,
+            };
+            let got = l.op(ds, op, idx)?;
+            let want = match op {
+                0 => model.insert(keys[idx]),
+                1 => model.contains(&keys[idx]),
+                _ => model.remove(&keys[idx]),
+            };
+            ensure!(got == want, "ds {ds}: op {op} on key {idx}: kernel {got}, model {want}");
+        }
+        for (idx, k) in keys.iter().enumerate() {
+            let got = l.op(ds, 1, idx)?;
+            ensure!(got == model.contains(k), "ds {ds}: lookup of key {idx}: kernel {got}");
+        }
+        println!("kmem ds {ds}: {} keys after 4000 operations, every lookup agrees", model.len());
+        for k in model.clone() {
+            let idx = keys.iter().position(|x| *x == k).context("key")?;
+            ensure!(l.op(ds, 2, idx)?, "ds {ds}: delete of a present key failed");
+        }
+        for idx in 0..nkeys {
+            ensure!(!l.op(ds, 1, idx)?, "ds {ds}: key {idx} found after deleting everything");
+        }
+    }
+    let after = heapstats::find(id)?.context("heap statistics")?.class_bytes();
+    ensure!(after == before, "the kernel-memory structures used heap memory: {before} -> {after}");
+    Ok(())
+}
+
 /// Heap offsets of every node of structure `ds`, walked from user space
 /// (the structure must be intact).
 fn nodes_of(l: &Loaded, ds: usize) -> Result<Vec<u64>> {

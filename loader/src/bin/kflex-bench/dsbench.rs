@@ -4,9 +4,11 @@
 //! structures of `bpf/ds/` (list, rbtree, hashmap, skiplist, cms, cs), each
 //! operation a separate program driven in batches by BPF_PROG_TEST_RUN, on
 //! the KFlex heap (in every guard mode the kernel offers), on the upstream
-//! arena, on the kernel's own alternative and, for the rbtree and the
-//! skiplist, as native code in the kernel (`bpf_kflex_bench_native()`, the
-//! paper's "KMod"); the ratio is to `kflex` (full guards with elision).
+//! arena, on the kernel's own alternative and, for the list, the rbtree and
+//! the skiplist, as native code in the kernel (`bpf_kflex_bench_native()`,
+//! the paper's "KMod"): `native` on kernel memory, `native-heap` over the
+//! same heap with validated accesses; the ratio is to `kflex` (full guards
+//! with elision).
 //! `ds/hashmap-2cpu/...` runs the hash map on two CPUs.
 //!
 //! This file names what is measured (structures, variants, units, sizes);
@@ -107,8 +109,11 @@ pub enum Variant {
     Arena,
     /// The kernel's own alternative.
     Kernel,
-    /// Native code in the kernel over the same heap (rbtree, skiplist).
+    /// Native code in the kernel on kernel memory (list, rbtree,
+    /// skiplist): the paper's KMod.
     Native,
+    /// The same native code over the heap, every access validated.
+    NativeHeap,
 }
 
 impl Variant {
@@ -124,6 +129,7 @@ impl Variant {
             Variant::Arena => "arena",
             Variant::Kernel => s.kernel_alternative().map_or("kernel", |k| k.0),
             Variant::Native => "native",
+            Variant::NativeHeap => "native-heap",
         }
     }
 
@@ -199,8 +205,11 @@ impl Unit {
         if self.s.kernel_alternative().is_some() {
             v.push(Variant::Kernel);
         }
-        if self.cpus == 1 && matches!(self.s, Structure::Rbtree | Structure::Skiplist) {
+        if self.cpus == 1
+            && matches!(self.s, Structure::List | Structure::Rbtree | Structure::Skiplist)
+        {
             v.push(Variant::Native);
+            v.push(Variant::NativeHeap);
         }
         v
     }
@@ -261,8 +270,10 @@ pub fn notes(sz: Sizes, zipf: f64, seed: u64, reps: usize) -> Vec<String> {
         "hashmap-2cpu: each phase split over two threads pinned to CPUs 0 and 1 (bucket \
          locks; lookups lock-free)"
             .into(),
-        "native: the rbtree and skiplist of the KFlex component in Rust over the same heap, \
-         one bpf_kflex_bench_native() call per operation (validated accesses)"
+        "native: the list, rbtree and skiplist of the KFlex component in Rust on kernel \
+         memory (KBox nodes, the kernel crate's RBTree; the paper's KMod), one \
+         bpf_kflex_bench_native() call per operation; native-heap: the same structures over \
+         the KFlex heap, every access validated"
             .into(),
     ]
 }

@@ -136,7 +136,7 @@ pub struct Impl {
 pub fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
     let objects = s.objects();
     let (ops, skel) = match v {
-        Variant::Native => return load_native_impl(s, work, sz),
+        Variant::Native | Variant::NativeHeap => return load_native_impl(s, v, work, sz),
         Variant::KFlex(_) | Variant::Arena => {
             let load = if v == Variant::Arena { objects.arena } else { objects.kflex };
             let heap_pages = (sz.heap_bytes() >> 12) as u32;
@@ -180,14 +180,17 @@ pub fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result
     Ok(Some(Impl { variant: v, name: v.name(s), kind: Kind::Programs(ops), compare, _skel: skel }))
 }
 
-/// The native variant of `s`, if it has one and the kernel has the
+/// Native variant `v` of `s`, if it has one and the kernel has the
 /// benchmark kfunc; loads it once to check.
-fn load_native_impl(s: Structure, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
+fn load_native_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
     let ds = match s {
+        Structure::List => 0,
         Structure::Rbtree => 1,
         Structure::Skiplist => 2,
         _ => return Ok(None),
     };
+    // Structures 3-5 are the same on kernel memory.
+    let ds = if v == Variant::Native { ds + 3 } else { ds };
     if !native_available() {
         eprintln!(
             "skipping {}/native: the kernel has no bpf_kflex_bench_native() \
@@ -199,8 +202,8 @@ fn load_native_impl(s: Structure, work: &WorkMaps, sz: Sizes) -> Result<Option<I
     // Check once that the native structures load.
     drop(load_native(work, sz)?);
     Ok(Some(Impl {
-        variant: Variant::Native,
-        name: Variant::Native.name(s),
+        variant: v,
+        name: v.name(s),
         kind: Kind::Native(ds),
         compare: Compare::Hits,
         _skel: Box::new(()),
