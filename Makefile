@@ -26,7 +26,7 @@ export KFLEX_VMLINUX_DIR := $(KFLEX_CACHE)/include
 export LIBCLANG_PATH ?= /usr/lib/llvm-19/lib
 VARIANT ?= y
 
-.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench bench-offloads bench-redis bench-zadd check \
+.PHONY: all setup kernel kernel-y kernel-m kernel-st kernel-base kernel-debug tools demo test vm bench bench-offloads bench-redis bench-zadd bench-alloc check \
 	selftests test-verifier test-debug clean-cache
 
 all: tools
@@ -105,6 +105,12 @@ bench-redis: tools
 # zadd on a 100,000-member set, both variants alternating, 3 rounds).
 bench-zadd: tools
 	$(call offload_bench,zadd)
+
+# The allocator against the BPF allocators, bpf_obj_new and kmalloc (cost
+# breakdown included), and the list/rbtree/skiplist rows with the native
+# structures on kernel memory: tables in bench/results/alloc/.
+bench-alloc: tools
+	$(call offload_bench,alloc)
 
 # Formatting and lints of the userspace crates.
 check:

@@ -69,7 +69,7 @@ impl List {
                 return Some(i);
             }
             n = x.next.as_deref();
-            i += 1;
+            i = i.wrapping_add(1);
         }
         None
     }
@@ -210,7 +210,7 @@ impl Skiplist {
         s ^= s >> 7;
         s ^= s << 17;
         self.rng = s;
-        (1 + (s.trailing_ones() / 2) as usize).min(MAX_LEVEL)
+        ((s.trailing_ones() / 2) as usize).wrapping_add(1).min(MAX_LEVEL)
     }
 
     fn op(&mut self, op: u32, key: &Key) -> Result<bool> {

@@ -49,6 +49,46 @@ static __always_inline void bench_free(__u64 kind, void __arena *p)
 		kflex_free(heap, p);
 }
 
+/*
+ * Remote frees: remote_alloc fills `remote_objs` on one CPU, remote_free empties
+ * it on another (user space pins the thread in between).
+ */
+#define REMOTE 4096
+void __arena *remote_objs[REMOTE];
+
+SEC("syscall")
+int remote_alloc(struct bench_args *a)
+{
+	__u64 i, kind = a->kind, size = a->size, fails = 0;
+	void __arena *p;
+
+	bpf_for(i, 0, REMOTE) {
+		p = bench_alloc(kind, size);
+		if (p)
+			*(__u64 __arena *)p = i;
+		else
+			fails++;
+		remote_objs[i & (REMOTE - 1)] = p;
+	}
+	a->ret = fails;
+	return 0;
+}
+
+SEC("syscall")
+int remote_free(struct bench_args *a)
+{
+	__u64 i, kind = a->kind;
+	void __arena *p;
+
+	bpf_for(i, 0, REMOTE) {
+		p = remote_objs[i & (REMOTE - 1)];
+		remote_objs[i & (REMOTE - 1)] = NULL;
+		if (p)
+			bench_free(kind, p);
+	}
+	return 0;
+}
+
 #ifndef KFLEX_UPSTREAM_ARENA
 /*
  * bpf_obj_new() objects of the benchmark's sizes. bpf_mem_alloc() puts an

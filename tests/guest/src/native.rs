@@ -173,6 +173,29 @@ fn check_skiplist(l: &Loaded, model: &BTreeSet<Key>) -> Result<()> {
     Ok(())
 }
 
+/// `n` random operations (half updates, a third lookups, the rest deletes)
+/// on structure `ds`, each result checked against a model; returns the
+/// model.
+fn random_ops(l: &Loaded, ds: u64, keys: &[Key], n: usize, rng: &mut Rng) -> Result<BTreeSet<Key>> {
+    let mut model = BTreeSet::new();
+    for _ in 0..n {
+        let idx = (rng.next_u64() % keys.len() as u64) as usize;
+        let op = match rng.next_u64() % 10 {
+            0..=4 => 0,
+            5..=7 => 1,
+            _ => 2,
+        };
+        let got = l.op(ds, op, idx)?;
+        let want = match op {
+            0 => model.insert(keys[idx]),
+            1 => model.contains(&keys[idx]),
+            _ => model.remove(&keys[idx]),
+        };
+        ensure!(got == want, "ds {ds}: op {op} on key {idx}: kernel {got}, model {want}");
+    }
+    Ok(model)
+}
+
 /// Random operations on the native list, rbtree and skiplist match a model;
 /// the structures' invariants hold; deleting everything frees every node.
 pub fn native_structures_match_model() -> Result<()> {
@@ -182,22 +205,7 @@ pub fn native_structures_match_model() -> Result<()> {
     let keys = keys(nkeys, &mut rng);
     let l = Loaded::new(&keys)?;
     for ds in 0..3u64 {
-        let mut model = BTreeSet::new();
-        for _ in 0..3000 {
-            let idx = (rng.next_u64() % nkeys as u64) as usize;
-            let op = match rng.next_u64() % 10 {
-                0..=4 => 0,
-                5..=7 => 1,
-                _ => 2,
-            };
-            let got = l.op(ds, op, idx)?;
-            let want = match op {
-                0 => model.insert(keys[idx]),
-                1 => model.contains(&keys[idx]),
-                _ => model.remove(&keys[idx]),
-            };
-            ensure!(got == want, "ds {ds}: op {op} on key {idx}: kernel {got}, model {want}");
-        }
+        let model = random_ops(&l, ds, &keys, 3000, &mut rng)?;
         match ds {
             0 => check_list(&l, &model)?,
             1 => {
@@ -240,22 +248,7 @@ pub fn kmem_structures_match_model() -> Result<()> {
     let id = l.skel.maps.heap.info()?.info.id;
     let before = heapstats::find(id)?.context("heap statistics")?.class_bytes();
     for ds in 3..6u64 {
-        let mut model = BTreeSet::new();
-        for _ in 0..4000 {
-            let idx = (rng.next_u64() % nkeys as u64) as usize;
-            let op = match rng.next_u64() % 10 {
-                0..=4 => 0,
-                5..=7 => 1,
-                _ => 2,
-            };
-            let got = l.op(ds, op, idx)?;
-            let want = match op {
-                0 => model.insert(keys[idx]),
-                1 => model.contains(&keys[idx]),
-                _ => model.remove(&keys[idx]),
-            };
-            ensure!(got == want, "ds {ds}: op {op} on key {idx}: kernel {got}, model {want}");
-        }
+        let model = random_ops(&l, ds, &keys, 4000, &mut rng)?;
         for (idx, k) in keys.iter().enumerate() {
             let got = l.op(ds, 1, idx)?;
             ensure!(got == model.contains(k), "ds {ds}: lookup of key {idx}: kernel {got}");

@@ -6,6 +6,8 @@
 //!   `alloc/xdp-pairs/<size>/<variant>` from XDP: the KFlex heap allocator
 //!   against the BPF free list and bump allocator over the upstream arena and
 //!   against `bpf_obj_new`/`bpf_obj_drop` (6.12's `bpf_mem_alloc`);
+//! - `alloc/remote4096/<size>/<variant>`: 4096 objects allocated on CPU 0,
+//!   then freed on CPU 1 (per object: one allocation and one remote free);
 //! - `alloc/pairs/<size>/kmalloc`: `kmalloc`+`kfree` in a kernel loop, the
 //!   native limit (no BPF, no kfunc calls);
 //! - the cost of a KFlex pair taken apart: `alloc/kfunc-calls/kflex` (the
@@ -88,6 +90,9 @@ const PART_SECTIONS: u64 = 0;
 const PART_CACHE: u64 = 1;
 const PART_PAIR: u64 = 2;
 const PART_KMALLOC: u64 = 3;
+
+/// Objects of one remote-free round (`REMOTE` in alloc.bpf.c).
+const REMOTE: u64 = 4096;
 
 /// The loaded allocator benchmark programs (KFlex heap and upstream
 /// arena): `pairs`, `batches`, and on the KFlex heap `calls`.
@@ -206,6 +211,32 @@ pub fn cases(ops: u64) -> Vec<Case> {
                     }),
                 });
             }
+        }
+    }
+    // Remote frees: allocate on CPU 0, free on CPU 1.
+    for size in [16u64, 64, 256] {
+        for v in [Variant::KFlex, Variant::ArenaFreeList] {
+            cases.push(Case {
+                name: format!("alloc/remote{REMOTE}/{size}/{}", v.name()),
+                baseline: (v != Variant::KFlex)
+                    .then(|| format!("alloc/remote{REMOTE}/{size}/kflex")),
+                ops,
+                run: Box::new(move |l: &Loaded| {
+                    let rounds = ops.div_ceil(REMOTE).max(1);
+                    let args = Args { size, n: REMOTE, kind: v.kind(), ret: 0 };
+                    let mut total = Duration::ZERO;
+                    for _ in 0..rounds {
+                        crate::pin_to(0)?;
+                        let (a, t) = run_prog(l.prog(v, "remote_alloc")?, args)?;
+                        ensure!(a.ret == 0, "{} allocations failed", a.ret);
+                        crate::pin_to(1)?;
+                        let (_, u) = run_prog(l.prog(v, "remote_free")?, args)?;
+                        total += t + u;
+                    }
+                    crate::pin_to(0)?;
+                    Ok(total.as_nanos() as f64 / (rounds * REMOTE) as f64)
+                }),
+            });
         }
     }
     // From XDP: the arena's BPF allocators need sleepable programs on 6.12

@@ -113,7 +113,7 @@ fn positive(s: &str) -> Result<f64, String> {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> Result<()> {
+pub(crate) fn pin_to(cpu: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)

@@ -184,7 +184,6 @@ pub fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result
 /// benchmark kfunc; loads it once to check.
 fn load_native_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
     let ds = match s {
-        Structure::List => 0,
         Structure::Rbtree => 1,
         Structure::Skiplist => 2,
         _ => return Ok(None),
