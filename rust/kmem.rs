@@ -4,13 +4,14 @@
 //! KFlex paper measured it, ordinary kernel code on the kernel's own memory.
 //!
 //! A singly linked list, the kernel crate's red-black tree
-//! ([`kernel::rbtree::RBTree`]) and a skiplist, with the benchmark
-//! workload's 32-byte keys and 64-byte values. Nodes are `KBox`es from
+//! ([`kernel::rbtree::RBTree`]), a skiplist and a chained hash map, with the
+//! benchmark workload's 32-byte keys and 64-byte values. Nodes are `KBox`es from
 //! `kmalloc`; nothing is validated, because nothing but this file can reach
 //! them (unlike [`crate::native`], whose nodes live in the BPF-writable heap).
 //! One set per heap, behind a spinlock, freed with the heap; reached through
-//! `bpf_kflex_bench_native()` (structures 3, 4, 5), which the glue allows
-//! from process context only, so the lock is never wanted by an interrupt.
+//! `bpf_kflex_bench_native()` and `bpf_kflex_bench_native_batch()`
+//! (structures 3, 4, 5, 6), which the glue allows from process context only,
+//! so the lock is never wanted by an interrupt.
 
 use core::ptr;
 
@@ -273,27 +274,170 @@ impl Drop for Skiplist {
     }
 }
 
+// ---- chained hash map (as bpf/ds/hashmap.h: 2^k buckets, full hash kept) ----
+
+/// Buckets per chunk: one page of heads.
+const CHUNK: usize = 512;
+/// Largest bucket order.
+const MAX_ORDER: u64 = 24;
+
+struct HNode {
+    next: Option<KBox<HNode>>,
+    hash: u64,
+    key: Key,
+    val: Val,
+}
+
+/// Bucket heads in page-sized chunks (no large contiguous allocation under
+/// the lock), made at the first operation.
+#[derive(Default)]
+struct HashMap {
+    chunks: KVec<KVec<Option<KBox<HNode>>>>,
+    mask: u64,
+}
+
+/// The hash of bpf/ds/ds.h (`ds_hash`): multiply-xorshift over the words.
+fn hash(k: &Key) -> u64 {
+    const M1: u64 = 0xff51_afd7_ed55_8ccd;
+    const M2: u64 = 0xc4ce_b9fe_1a85_ec53;
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (i, w) in k.iter().enumerate() {
+        h = (h ^ w).wrapping_mul(M1);
+        if i < 3 {
+            h ^= h >> 32;
+        }
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(M1);
+    h ^= h >> 33;
+    h = h.wrapping_mul(M2);
+    h ^ (h >> 33)
+}
+
+impl HashMap {
+    /// Makes `2^order` empty buckets if there are none yet.
+    fn ensure(&mut self, order: u64) -> Result {
+        if !self.chunks.is_empty() {
+            return Ok(());
+        }
+        let n = 1usize << order.min(MAX_ORDER);
+        let mut chunks = KVec::new();
+        for _ in 0..n.div_ceil(CHUNK) {
+            let mut c = KVec::with_capacity(CHUNK, gfp())?;
+            for _ in 0..CHUNK.min(n) {
+                c.push(None, gfp())?;
+            }
+            chunks.push(c, gfp())?;
+        }
+        self.chunks = chunks;
+        self.mask = n.wrapping_sub(1) as u64;
+        Ok(())
+    }
+
+    fn bucket(&mut self, h: u64) -> Option<&mut Option<KBox<HNode>>> {
+        let i = (h & self.mask) as usize;
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    fn op(&mut self, op: u32, key: &Key, order: u64) -> Result<bool> {
+        self.ensure(order)?;
+        let h = hash(key);
+        let Some(head) = self.bucket(h) else { return Err(EINVAL) };
+        // Position of the key in its chain.
+        let mut at = None;
+        let mut n = head.as_deref();
+        let mut i = 0usize;
+        while let Some(x) = n {
+            if x.hash == h && x.key == *key {
+                at = Some(i);
+                break;
+            }
+            n = x.next.as_deref();
+            i = i.wrapping_add(1);
+        }
+        let mut link = head;
+        for _ in 0..at.unwrap_or(0) {
+            match link {
+                Some(x) => link = &mut x.next,
+                None => break,
+            }
+        }
+        match (op, at) {
+            (OP_LOOKUP, at) => Ok(at.is_some()),
+            (OP_UPDATE, Some(_)) => {
+                if let Some(x) = link {
+                    x.val = val_of(key);
+                }
+                Ok(false)
+            }
+            (OP_UPDATE, None) => {
+                let mut x = KBox::new(
+                    HNode { next: None, hash: h, key: *key, val: val_of(key) },
+                    gfp(),
+                )?;
+                x.next = link.take();
+                *link = Some(x);
+                Ok(true)
+            }
+            (_, None) => Ok(false),
+            (_, Some(_)) => Ok(match link.take() {
+                Some(mut x) => {
+                    *link = x.next.take();
+                    true
+                }
+                None => false,
+            }),
+        }
+    }
+}
+
+impl Drop for HashMap {
+    fn drop(&mut self) {
+        for c in self.chunks.iter_mut() {
+            for b in c.iter_mut() {
+                let mut n = b.take();
+                while let Some(mut x) = n {
+                    n = x.next.take();
+                }
+            }
+        }
+    }
+}
+
 /// The structures of one heap.
 #[cfg_attr(not(CONFIG_KFLEX_BENCH), allow(dead_code))]
 pub(crate) struct Structs {
     list: List,
     rbtree: RBTree<Key, Val>,
     skiplist: Skiplist,
+    hashmap: HashMap,
 }
 
 /// A new empty set behind its lock.
 pub(crate) fn new() -> impl PinInit<SpinLock<Structs>> {
     new_spinlock!(
-        Structs { list: List::default(), rbtree: RBTree::new(), skiplist: Skiplist::default() },
+        Structs {
+            list: List::default(),
+            rbtree: RBTree::new(),
+            skiplist: Skiplist::default(),
+            hashmap: HashMap::default(),
+        },
         "kflex_kmem"
     )
 }
 
-/// One operation `op` on structure `ds` (0 list, 1 rbtree, 2 skiplist):
-/// whether the key was found (lookup, delete) or inserted (update).
-/// Process context only.
+/// One operation `op` on structure `ds` (0 list, 1 rbtree, 2 skiplist,
+/// 3 hash map of `2^arg` buckets, made at its first operation): whether the
+/// key was found (lookup, delete) or inserted (update). Process context
+/// only.
 #[cfg_attr(not(CONFIG_KFLEX_BENCH), allow(dead_code))]
-pub(crate) fn run(structs: &SpinLock<Structs>, ds: u32, op: u32, key: &Key) -> Result<bool> {
+pub(crate) fn run(
+    structs: &SpinLock<Structs>,
+    ds: u32,
+    op: u32,
+    key: &Key,
+    arg: u64,
+) -> Result<bool> {
     if op > OP_DELETE {
         return Err(EINVAL);
     }
@@ -318,6 +462,7 @@ pub(crate) fn run(structs: &SpinLock<Structs>, ds: u32, op: u32, key: &Key) -> R
             }
         }
         2 => s.skiplist.op(op, key),
+        3 => s.hashmap.op(op, key, arg),
         _ => Err(EINVAL),
     }
 }

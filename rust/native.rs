@@ -26,8 +26,9 @@ const VAL: usize = 64;
 const DS_LIST: u32 = 0;
 const DS_RBTREE: u32 = 1;
 const DS_SKIPLIST: u32 = 2;
-/// Structures `DS_KMEM + 0..=2`: the same three on kernel memory
-/// ([`crate::kmem`]).
+/// Structures `DS_KMEM + 0..=2`: the same three on kernel memory, and
+/// `DS_KMEM + 3` a hash map there ([`crate::kmem`]); `root` is the hash
+/// map's bucket order.
 const DS_KMEM: u32 = 3;
 const OP_UPDATE: u32 = 0;
 const OP_LOOKUP: u32 = 1;
@@ -540,7 +541,7 @@ impl Skl<'_, '_> {
 pub(crate) fn run(heap: &Heap, root: u64, ds: u32, op: u32, key: &[u8; KEY]) -> Result<bool> {
     let key = &key_of(key);
     if let Some(kds) = ds.checked_sub(DS_KMEM) {
-        return crate::kmem::run(heap.kmem(), kds, op, key);
+        return crate::kmem::run(heap.kmem(), kds, op, key, root);
     }
     let root = heap.offset_of(root).ok_or(EINVAL)?;
     heap.object_ptr(root, ROOT_SIZE).ok_or(EINVAL)?;

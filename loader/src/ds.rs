@@ -161,7 +161,8 @@ pub struct Args {
 #[repr(C)]
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NativeArgs {
-    /// 0 list, 1 rbtree, 2 skiplist.
+    /// 0 list, 1 rbtree, 2 skiplist over the heap; 3, 4, 5 the same on
+    /// kernel memory, 6 a hash map there.
     pub ds: u64,
     /// 0 update, 1 lookup, 2 delete.
     pub op: u64,
@@ -173,6 +174,8 @@ pub struct NativeArgs {
     pub found: u64,
     /// Out: failed operations.
     pub errors: u64,
+    /// The hash map's bucket order (structure 6).
+    pub arg: u64,
 }
 
 /// Runs a syscall program once with context `ctx` (BPF_PROG_TEST_RUN),
@@ -193,6 +196,27 @@ pub fn test_run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<(i32, 
         return Err(std::io::Error::from_raw_os_error(-r)).context("BPF_PROG_TEST_RUN");
     }
     Ok((opts.retval as i32, elapsed))
+}
+
+/// Keys per block of `nat_blocks` (`NAT_BLOCK` in `bpf/bench/native.bpf.c`).
+pub const NAT_BLOCK: usize = 4096;
+
+/// Entries `nat_blocks` needs for `n` keys.
+pub fn nat_blocks_for(n: usize) -> u32 {
+    n.div_ceil(NAT_BLOCK).max(1) as u32
+}
+
+/// Copies 32-byte keys, back to back in `keys`, into the blocks of
+/// `nat_blocks` (native.bpf.c's `nat_batch` reads them from there).
+pub fn fill_nat_blocks(map: &impl libbpf_rs::MapCore, keys: &[u8]) -> Result<()> {
+    let mut block = vec![0u8; NAT_BLOCK * 32];
+    for (i, chunk) in keys.chunks(NAT_BLOCK * 32).enumerate() {
+        block.fill(0);
+        block[..chunk.len()].copy_from_slice(chunk);
+        map.update(&(i as u32).to_ne_bytes(), &block, libbpf_rs::MapFlags::ANY)
+            .with_context(|| format!("copying keys to nat_blocks[{i}]"))?;
+    }
+    Ok(())
 }
 
 /// [`test_run_ctx`] of a program that must return 0; returns the wall time.

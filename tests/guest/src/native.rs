@@ -26,6 +26,10 @@ use crate::util::*;
 
 type Key = [u8; 32];
 
+/// Bucket order of the hash map on kernel memory in these tests: 16
+/// buckets, so its chains are long.
+const KMEM_ORDER: u64 = 4;
+
 struct Loaded {
     skel: NativeSkel<'static>,
     base: u64,
@@ -35,10 +39,12 @@ impl Loaded {
     fn new(keys: &[Key]) -> Result<Loaded> {
         let mut open = NativeSkelBuilder::default().open(skel_storage())?;
         open.maps.nat_keys.set_max_entries(keys.len() as u32)?;
+        open.maps.nat_blocks.set_max_entries(ds::nat_blocks_for(keys.len()))?;
         let skel = open.load().context("loading native.bpf.c (CONFIG_KFLEX_BENCH?)")?;
         for (i, k) in keys.iter().enumerate() {
             skel.maps.nat_keys.update(&(i as u32).to_ne_bytes(), k, MapFlags::ANY)?;
         }
+        ds::fill_nat_blocks(&skel.maps.nat_blocks, keys.concat().as_slice())?;
         let base = heap_base(&skel.maps.heap)?;
         let l = Loaded { skel, base };
         l.run(&mut NativeArgs::default(), true)?;
@@ -53,7 +59,14 @@ impl Loaded {
 
     /// One operation; returns whether the key was found or inserted.
     fn op(&self, ds: u64, op: u64, idx: usize) -> Result<bool> {
-        let mut a = NativeArgs { ds, op, first: idx as u64, count: 1, ..Default::default() };
+        let mut a = NativeArgs {
+            ds,
+            op,
+            first: idx as u64,
+            count: 1,
+            arg: KMEM_ORDER,
+            ..Default::default()
+        };
         self.run(&mut a, false)?;
         ensure!(a.errors == 0, "ds {ds} op {op} key {idx}: the kfunc failed");
         Ok(a.found == 1)
@@ -235,10 +248,12 @@ pub fn native_structures_match_model() -> Result<()> {
     Ok(())
 }
 
-/// The same structures on kernel memory (`rust/kmem.rs`, structures 3-5:
-/// the kernel crate's RBTree, a list and a skiplist of `KBox`es) match the
-/// model too: every operation's result, then every key's membership, then
-/// deleting everything leaves nothing to find. They take no heap memory.
+/// The same structures on kernel memory (`rust/kmem.rs`, structures 3-6:
+/// a list, the kernel crate's RBTree, a skiplist and a hash map of `KBox`es)
+/// match the model too: every operation's result, then every key's
+/// membership (one call each, and one batch call of
+/// `bpf_kflex_bench_native_batch()` over all keys), then deleting
+/// everything leaves nothing to find. They take no heap memory.
 pub fn kmem_structures_match_model() -> Result<()> {
     ensure_kflex()?;
     let mut rng = Rng::new(0x0fed_cba9_8765_4321);
@@ -247,12 +262,28 @@ pub fn kmem_structures_match_model() -> Result<()> {
     let l = Loaded::new(&keys)?;
     let id = l.skel.maps.heap.info()?.info.id;
     let before = heapstats::find(id)?.context("heap statistics")?.class_bytes();
-    for ds in 3..6u64 {
+    for ds in 3..7u64 {
         let model = random_ops(&l, ds, &keys, 4000, &mut rng)?;
         for (idx, k) in keys.iter().enumerate() {
             let got = l.op(ds, 1, idx)?;
             ensure!(got == model.contains(k), "ds {ds}: lookup of key {idx}: kernel {got}");
         }
+        let mut a = NativeArgs {
+            ds,
+            op: 1,
+            first: 0,
+            count: nkeys as u64,
+            arg: KMEM_ORDER,
+            ..Default::default()
+        };
+        ds::run_ctx(l.skel.progs.nat_batch.as_fd(), &mut a)?;
+        ensure!(
+            a.found == model.len() as u64 && a.errors == 0,
+            "ds {ds}: batch lookup found {} (errors {}), model {}",
+            a.found,
+            a.errors,
+            model.len()
+        );
         println!("kmem ds {ds}: {} keys after 4000 operations, every lookup agrees", model.len());
         for k in model.clone() {
             let idx = keys.iter().position(|x| *x == k).context("key")?;

@@ -183,13 +183,16 @@ pub fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result
 /// Native variant `v` of `s`, if it has one and the kernel has the
 /// benchmark kfunc; loads it once to check.
 fn load_native_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result<Option<Impl>> {
-    let ds = match s {
-        Structure::Rbtree => 1,
-        Structure::Skiplist => 2,
+    // Structures 0-2 over the heap, 3-5 the same on kernel memory, 6 the
+    // hash map on kernel memory (no heap version).
+    let ds = match (s, v) {
+        (Structure::Rbtree, Variant::NativeHeap) => 1,
+        (Structure::Skiplist, Variant::NativeHeap) => 2,
+        (Structure::Rbtree, _) => 4,
+        (Structure::Skiplist, _) => 5,
+        (Structure::Hashmap, Variant::Native) => 6,
         _ => return Ok(None),
     };
-    // Structures 3-5 are the same on kernel memory.
-    let ds = if v == Variant::Native { ds + 3 } else { ds };
     if !native_available() {
         eprintln!(
             "skipping {}/native: the kernel has no bpf_kflex_bench_native() \
@@ -216,7 +219,7 @@ fn native_available() -> bool {
 }
 
 /// Loads `native.bpf.c`, copies the workload's keys into its key array and
-/// runs its nat_init.
+/// its key blocks and runs its nat_init.
 pub fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'static>> {
     use libbpf_rs::{MapCore as _, MapFlags};
 
@@ -224,6 +227,7 @@ pub fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'sta
     let storage = Box::leak(Box::new(MaybeUninit::uninit()));
     let mut open = native::NativeSkelBuilder::default().open(storage)?;
     open.maps.nat_keys.set_max_entries(n as u32)?;
+    open.maps.nat_blocks.set_max_entries(ds::nat_blocks_for(n))?;
     open.maps.heap.set_max_entries((sz.heap_bytes() >> 12) as u32)?;
     let sk = open
         .load()
@@ -235,6 +239,7 @@ pub fn load_native(work: &WorkMaps, sz: Sizes) -> Result<native::NativeSkel<'sta
         .nat_keys
         .update_batch(&idx, &keys, n as u32, MapFlags::ANY, MapFlags::ANY)
         .context("copying the keys to nat_keys")?;
+    ds::fill_nat_blocks(&sk.maps.nat_blocks, &keys)?;
     // nat_init populates `count` bytes of the heap ahead, as the heap
     // structures' init programs do.
     let mut a = ds::NativeArgs { count: sz.reserve(), ..Default::default() };

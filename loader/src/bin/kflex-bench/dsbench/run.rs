@@ -79,21 +79,28 @@ fn run_rep(
     Ok(out)
 }
 
+/// Operations of one `bpf_kflex_bench_native_batch()` call, at most.
+const NATIVE_BATCH_MAX: u64 = 1 << 16;
+
 /// One repetition of the three phases on the native structure `nds`.
 fn run_native_rep(nds: u64, work: &WorkMaps, sz: Sizes) -> Result<[Option<Phase>; 3]> {
     let sk = load_native(work, sz)?;
-    let prog = sk.progs.nat_run.as_fd();
+    // One kfunc call per batch: the loop over the keys runs in the kernel.
+    let prog = sk.progs.nat_batch.as_fd();
+    // Structure 6 (the hash map on kernel memory) takes its bucket order.
+    let arg = if nds == 6 { sz.bucket_order() } else { 0 };
     let mut out = [None; 3];
     for (i, slot) in out.iter_mut().enumerate() {
         let start = i as u64 * sz.ops;
         let (mut found, mut time, mut off) = (0, Duration::ZERO, 0);
         while off < sz.ops {
-            let n = sz.batch.min(sz.ops - off);
+            let n = sz.batch.min(sz.ops - off).min(NATIVE_BATCH_MAX);
             let mut a = ds::NativeArgs {
                 ds: nds,
                 op: i as u64,
                 first: start + off,
                 count: n,
+                arg,
                 ..Default::default()
             };
             time += ds::run_ctx(prog, &mut a)?;
