@@ -36,6 +36,8 @@ struct arena_obj {
 struct arena_obj __arena *arena_free_lists[ARENA_NR_CLASSES];
 char __arena *arena_bump_cur;
 __u64 arena_bump_left;
+/* Pages the free-list allocator holds (carved class pages and large ones). */
+__u64 arena_fl_pages;
 
 static __always_inline int arena_class(__u64 size)
 {
@@ -85,6 +87,7 @@ static __noinline __attribute__((unused)) void __arena *arena_fl_alloc(void *hea
 		page = bpf_arena_alloc_pages(heap, NULL, pages, NUMA_NO_NODE, 0);
 		if (!page)
 			return NULL;
+		arena_fl_pages += pages;
 		*(__u64 __arena *)page = 100 + pages;
 		return page + 8;
 	}
@@ -96,6 +99,7 @@ static __noinline __attribute__((unused)) void __arena *arena_fl_alloc(void *hea
 		page = bpf_arena_alloc_pages(heap, NULL, 1, NUMA_NO_NODE, 0);
 		if (!page)
 			return NULL;
+		arena_fl_pages++;
 		csize = arena_class_size(class);
 		n = ARENA_PAGE / csize;
 		bpf_for(i, 1, n) {
@@ -123,6 +127,7 @@ static __noinline __attribute__((unused)) void arena_fl_free(void *heap, void __
 	class = *(__u64 __arena *)o;
 	if (class >= 100) {
 		bpf_arena_free_pages(heap, o, class - 100);
+		arena_fl_pages -= class - 100;
 		return;
 	}
 	if (class >= ARENA_NR_CLASSES)

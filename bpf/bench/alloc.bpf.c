@@ -89,6 +89,99 @@ int remote_free(struct bench_args *a)
 	return 0;
 }
 
+/*
+ * Fragmentation: a seeded random workload over FRAG_SLOTS slots; each
+ * operation frees the slot's object if it has one, else allocates one of a
+ * memcached-like size (16 B - 4 KiB, skewed to small) into it. Live bytes
+ * (requested) and their peak are tracked here; the populated memory is the
+ * allocator's (KFlex: heap statistics; free list: arena_fl_pages).
+ */
+#define FRAG_SLOTS 65536
+
+struct frag_args {
+	__u64 seed;		/* xorshift state, carried across runs */
+	__u64 n;		/* operations this run */
+	__u64 live;		/* out: live bytes */
+	__u64 peak_live;	/* out: their peak so far */
+	__u64 pages;		/* out (free list): pages held now */
+	__u64 peak_pages;	/* out (free list): their peak so far */
+	__u64 fails;		/* out: failed allocations so far */
+};
+
+void __arena *frag_obj[FRAG_SLOTS];
+__u32 frag_size[FRAG_SLOTS];
+__u64 frag_live, frag_peak_live, frag_peak_pages, frag_fails;
+
+static __always_inline __u64 frag_next(__u64 *s)
+{
+	__u64 x = *s;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	*s = x;
+	return x;
+}
+
+/* 50% 16-64 B, 30% 65-256 B, 15% 257-1024 B, 5% 1025-4096 B. */
+static __always_inline __u64 frag_pick(__u64 r)
+{
+	__u64 p = r % 100, u = r >> 32;
+
+	if (p < 50)
+		return 16 + u % 49;
+	if (p < 80)
+		return 65 + u % 192;
+	if (p < 95)
+		return 257 + u % 768;
+	return 1025 + u % 3072;
+}
+
+SEC("syscall")
+int frag(struct frag_args *a)
+{
+	__u64 i, r, size, seed = a->seed;
+	void __arena *p;
+	__u32 slot;
+
+	bpf_for(i, 0, a->n) {
+		r = frag_next(&seed);
+		slot = (r >> 16) & (FRAG_SLOTS - 1);
+		p = frag_obj[slot];
+		if (p) {
+			bench_free(0, p);
+			frag_live -= frag_size[slot];
+			frag_obj[slot] = NULL;
+			continue;
+		}
+		size = frag_pick(frag_next(&seed));
+		p = bench_alloc(0, size);
+		if (!p) {
+			frag_fails++;
+			continue;
+		}
+		*(__u64 __arena *)p = i;
+		frag_obj[slot] = p;
+		frag_size[slot] = size;
+		frag_live += size;
+		if (frag_live > frag_peak_live)
+			frag_peak_live = frag_live;
+#ifdef KFLEX_UPSTREAM_ARENA
+		if (arena_fl_pages > frag_peak_pages)
+			frag_peak_pages = arena_fl_pages;
+#endif
+	}
+	a->seed = seed;
+	a->live = frag_live;
+	a->peak_live = frag_peak_live;
+#ifdef KFLEX_UPSTREAM_ARENA
+	a->pages = arena_fl_pages;
+#endif
+	a->peak_pages = frag_peak_pages;
+	a->fails = frag_fails;
+	return 0;
+}
+
 #ifndef KFLEX_UPSTREAM_ARENA
 /*
  * bpf_obj_new() objects of the benchmark's sizes. bpf_mem_alloc() puts an

@@ -101,6 +101,8 @@ struct Loaded {
     arena: Progs,
     /// `xdp_args` of the KFlex build.
     xdp_args: MapHandle,
+    /// Map id of the KFlex heap (for its statistics).
+    heap_id: u32,
     /// The skeletons (maps stay alive with them).
     _skels: [Box<dyn Any>; 2],
 }
@@ -119,6 +121,7 @@ impl Loaded {
             kflex: Progs::of(kflex.object())?,
             arena: Progs::of(arena.object())?,
             xdp_args: MapHandle::try_from(&kflex.maps.xdp_args)?,
+            heap_id: kflex.maps.heap.info()?.info.id,
             _skels: [Box::new(kflex), Box::new(arena)],
         };
         // Populate the KFlex heap ahead so that the benchmark measures the
@@ -287,6 +290,69 @@ pub fn cases(ops: u64) -> Vec<Case> {
         }),
     });
     cases
+}
+
+/// Arguments of the fragmentation program (`struct frag_args`).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct FragArgs {
+    seed: u64,
+    n: u64,
+    live: u64,
+    peak_live: u64,
+    pages: u64,
+    peak_pages: u64,
+    fails: u64,
+}
+
+/// Operations of one run of `frag` (well within a run's budget).
+const FRAG_CHUNK: u64 = 200_000;
+
+/// One row of the fragmentation table.
+pub struct FragRow {
+    pub variant: &'static str,
+    pub ops: u64,
+    /// Peak of the requested bytes of live objects.
+    pub peak_live: u64,
+    /// Peak of the memory the allocator held (pages it carved or handed out).
+    pub peak_held: u64,
+    pub fails: u64,
+}
+
+/// The fragmentation workload (`frag` in alloc.bpf.c): `ops` random
+/// allocations and frees of memcached-like sizes over 65,536 slots, from
+/// the same seed, on the KFlex heap and with the BPF free list on the
+/// upstream arena, each on a fresh load.
+pub fn fragmentation(ops: u64, seed: u64) -> Result<Vec<FragRow>> {
+    let mut rows = Vec::new();
+    for v in [Variant::KFlex, Variant::ArenaFreeList] {
+        let l = Loaded::load()?;
+        let before = match v {
+            Variant::KFlex => crate::heapstats_held(l.heap_id)?,
+            _ => 0,
+        };
+        let mut a = FragArgs { seed: seed | 1, ..Default::default() };
+        let mut done = 0;
+        while done < ops {
+            a.n = FRAG_CHUNK.min(ops - done);
+            ds::run_ctx(l.prog(v, "frag")?, &mut a)?;
+            done += a.n;
+        }
+        let peak_held = match v {
+            // The heap never gives pages back: what it holds at the end is
+            // its peak.
+            Variant::KFlex => crate::heapstats_held(l.heap_id)?.saturating_sub(before),
+            _ => a.peak_pages * 4096,
+        };
+        rows.push(FragRow {
+            variant: v.name(),
+            ops,
+            peak_live: a.peak_live,
+            peak_held,
+            fails: a.fails,
+        });
+    }
+    Ok(rows)
 }
 
 /// Runs `cases` (a warm-up, then `reps` repetitions each; the median is

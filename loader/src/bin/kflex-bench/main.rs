@@ -69,6 +69,13 @@ struct Cli {
     /// array increments; a few ns each), at least 1024.
     #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1024..))]
     guard_ops: u64,
+    /// Run only the allocator fragmentation workload (KFlex heap and BPF
+    /// free list): peak memory held against peak live bytes.
+    #[arg(long)]
+    fragmentation: bool,
+    /// Operations of the fragmentation workload.
+    #[arg(long, default_value_t = 10_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    frag_ops: u64,
     /// Loop steps per repetition of the cancellation benchmarks, at least
     /// 1024.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1024..))]
@@ -110,6 +117,57 @@ fn positive(s: &str) -> Result<f64, String> {
         Ok(_) => Err("must be a positive number".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Bytes of heap `id` the allocator holds: populated pages that are neither
+/// in the reserve nor populated by user-space faults.
+pub(crate) fn heapstats_held(id: u32) -> Result<u64> {
+    let st = kflex_load::heapstats::find(id)?.context("no statistics for the KFlex heap")?;
+    let pages = st
+        .get("pages_populated")
+        .saturating_sub(st.get("pages_reserve"))
+        .saturating_sub(st.get("pages_user"));
+    Ok(pages * 4096)
+}
+
+/// Prints the fragmentation table (and writes `--json-file`).
+fn fragmentation(cli: &Cli) -> Result<()> {
+    let rows = alloc::fragmentation(cli.frag_ops, cli.seed)?;
+    let mut out = format!(
+        "fragmentation: {} random allocations/frees over 65536 slots, sizes 16 B-4 KiB \
+         (50% <= 64 B, 30% <= 256 B, 15% <= 1 KiB, 5% <= 4 KiB), seed {}\n",
+        cli.frag_ops, cli.seed
+    );
+    out.push_str(&format!(
+        "{:<16} {:>14} {:>16} {:>10} {:>8}\n",
+        "variant", "peak live B", "peak held B", "held/live", "failed"
+    ));
+    let mut json = Vec::new();
+    for r in &rows {
+        let ratio = r.peak_held as f64 / r.peak_live.max(1) as f64;
+        out.push_str(&format!(
+            "{:<16} {:>14} {:>16} {:>9.2}x {:>8}\n",
+            r.variant, r.peak_live, r.peak_held, ratio, r.fails
+        ));
+        json.push(serde_json::json!({
+            "variant": r.variant, "ops": r.ops, "peak_live": r.peak_live,
+            "peak_held": r.peak_held, "ratio": ratio, "fails": r.fails,
+        }));
+    }
+    out.push_str(
+        "note: held = pages the allocator carved or handed out (KFlex: populated minus \
+         reserve; free list: pages from bpf_arena_alloc_pages); bpf_obj_new is not measured\n",
+    );
+    if let Some(path) = &cli.json_file {
+        let j = serde_json::json!({ "seed": cli.seed, "fragmentation": json });
+        std::fs::write(path, format!("{j}\n")).with_context(|| format!("writing {path}"))?;
+    }
+    if cli.json {
+        println!("{}", serde_json::Value::Array(json));
+    } else {
+        print!("{out}");
+    }
+    Ok(())
 }
 
 /// Pins the calling thread to `cpu`.
@@ -177,6 +235,10 @@ fn run(cli: Cli) -> Result<()> {
     }
     Status::read_from(Path::new(STATUS_PATH))?.require_active()?;
     pin_to(0)?;
+    if cli.fragmentation {
+        let _budget = kflex_load::cancel::SysctlGuard::budget_us(1_000_000)?;
+        return fragmentation(&cli);
+    }
     // Mode 0 for the whole run; the mode before it comes back at the end.
     let _mode = GuardMode::Full.set()?;
     // Every loop of a KFlex program carries a cancellation point: the
