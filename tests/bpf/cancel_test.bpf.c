@@ -390,8 +390,9 @@ int fault_preempt(struct xdp_md *ctx)
 }
 
 /*
- * A store of an immediate under an RCU read lock: its mark has no room for
- * an object table, so its fault cannot cancel; it is dropped and counted.
+ * A store of an immediate under an RCU read lock: the verifier makes it a
+ * store of BPF_REG_AX so that its mark can carry the object table; its
+ * fault cancels the run and releases the RCU read lock.
  */
 SEC("xdp")
 int fault_imm_rcu(struct xdp_md *ctx)

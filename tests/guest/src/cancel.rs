@@ -314,10 +314,11 @@ pub fn points_holding_resources_refused() -> Result<()> {
 /// cancellation releases, the fault cancels too and releases it (patch
 /// 0028): a load and a fetch-add under an RCU read lock (`rcu_unlocks`), a
 /// load holding a `bpf_obj_new` object (`released_obj`), a store with
-/// preemption disabled (`preempt_enables`). A load in a callback the kernel
-/// calls, and a store of an immediate under an RCU read lock (its mark has
-/// no room for the object table), read 0 or are dropped and the program goes
-/// on (`fault_zeroed`). Loaded in mode 1, every fault reads 0 / is dropped.
+/// preemption disabled (`preempt_enables`), a store of an immediate under an
+/// RCU read lock (rewritten into a store of `BPF_REG_AX`, whose mark has room
+/// for the object table). A load in a callback the kernel calls reads 0 and
+/// the program goes on (`fault_zeroed`). Loaded in mode 1, every fault reads
+/// 0 / is dropped.
 pub fn heap_faults_cancel() -> Result<()> {
     ensure_kflex()?;
     const SIZE: u64 = 1 << 16;
@@ -340,7 +341,7 @@ pub fn heap_faults_cancel() -> Result<()> {
             ("atomic fetch-add under an RCU lock", base + SIZE - 8, true, Some("rcu_unlocks")),
             ("load holding a bpf_obj_new object", base + SIZE - 8, true, Some("released_obj")),
             ("store with preemption disabled", base, true, Some("preempt_enables")),
-            ("store of an immediate under an RCU lock", base, false, None),
+            ("store of an immediate under an RCU lock", base, true, Some("rcu_unlocks")),
         ];
         for (i, (what, ptr, cancels, releases)) in cases.into_iter().enumerate() {
             let cancels = cancels && !mode1;
