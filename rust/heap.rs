@@ -127,6 +127,10 @@ pub(crate) struct Heap {
     /// Copy of `pool.next_fresh` for process context, which must not take
     /// `pool`.
     next_fresh_hint: AtomicU64,
+    /// Pages given back to the system, to be populated again first: a
+    /// stack linked through the descriptors (page index + 1; 0: empty).
+    /// Under `pop_lock`.
+    released_top: AtomicU32,
     /// Serialises population (worker, faults, bpf_kflex_reserve()).
     #[pin]
     pop_lock: Mutex<()>,
@@ -166,6 +170,9 @@ struct Counters {
     refused_double: AtomicU64,
     corrupt_links: AtomicU64,
     meta_bytes: AtomicU64,
+    /// The page pool's free pages (published under its lock).
+    pages_free: AtomicU64,
+    pages_returned: AtomicU64,
 }
 
 // SAFETY: `info` is the C-owned heap info, valid for the heap's life and
@@ -241,6 +248,7 @@ impl Heap {
                 reserve_target: AtomicU64::new(populate::RESERVE_MIN),
                 want: AtomicU64::new(0),
                 next_fresh_hint: AtomicU64::new(1),
+                released_top: AtomicU32::new(0),
                 pop_lock <- new_mutex!((), "kflex_heap_pop"),
                 work <- Work::new(populate::worker, WORK_NAME, &WORK_KEY),
                 irq_work <- IrqWork::new(populate::irq_worker),
@@ -383,5 +391,7 @@ impl Heap {
         st.refused_double = self.c.refused_double.load(Ordering::Relaxed);
         st.corrupt_links = self.c.corrupt_links.load(Ordering::Relaxed);
         st.meta_bytes = self.c.meta_bytes.load(Ordering::Relaxed);
+        st.pages_free = self.c.pages_free.load(Ordering::Relaxed);
+        st.pages_returned = self.c.pages_returned.load(Ordering::Relaxed);
     }
 }

@@ -156,11 +156,24 @@ pub(super) struct PagePool {
     /// Free runs of pages `(start, len)` from large frees.
     runs: [(u64, u64); MAX_RUNS],
     nruns: usize,
+    /// Pages on the free-page stack and in the runs.
+    free_pages: u64,
 }
 
 impl PagePool {
     pub(super) fn new() -> Self {
-        PagePool { next_fresh: 1, free_top: 0, runs: [(0, 0); MAX_RUNS], nruns: 0 }
+        PagePool {
+            next_fresh: 1,
+            free_top: 0,
+            runs: [(0, 0); MAX_RUNS],
+            nruns: 0,
+            free_pages: 0,
+        }
+    }
+
+    /// Pages on the free-page stack and in the runs.
+    pub(super) fn free_pages(&self) -> u64 {
+        self.free_pages
     }
 }
 
@@ -303,13 +316,49 @@ impl Heap {
         None
     }
 
-    fn push_free_page(&self, pool: &mut PagePool, page: u64) {
+    pub(super) fn push_free_page(&self, pool: &mut PagePool, page: u64) {
         if let Some(d) = self.desc(page) {
             d.link.store(pool.free_top, Ordering::Relaxed);
             d.set_kind(PageKind::FreeStack);
             // Page indices fit 32 bits (static assertion in heap.rs).
             pool.free_top = page.wrapping_add(1) as u32;
+            self.count_free(pool, 1, 0);
         }
+    }
+
+    /// Adds `add` and takes `sub` pages from the pool's count of free pages
+    /// and publishes it (`pages_free`: the worker's watermarks).
+    fn count_free(&self, pool: &mut PagePool, add: u64, sub: u64) {
+        pool.free_pages = pool.free_pages.saturating_add(add).saturating_sub(sub);
+        self.c.pages_free.store(pool.free_pages, Ordering::Relaxed);
+    }
+
+    /// One free page for the worker to give back to the system (the
+    /// free-page stack first, then the end of the last run); its descriptor
+    /// says `Unpopulated` from here on, so nothing hands it out again.
+    pub(super) fn take_free_for_release(&self, pool: &mut PagePool) -> Option<u64> {
+        let p = match self.pop_free_page(pool) {
+            Some(p) => p,
+            None => {
+                let i = pool.nruns.checked_sub(1)?;
+                let (start, len) = *pool.runs.get(i)?;
+                let last = start.checked_add(len)?.checked_sub(1)?;
+                // Takes the run's last page (a run of one: the whole run).
+                if len == 1 {
+                    self.take_from_run(pool, i, 1)?
+                } else {
+                    if self.desc(last).map(PageDesc::kind) != Some(PageKind::FreeRun) {
+                        bump(&self.c.corrupt_links, 1);
+                        return None;
+                    }
+                    *pool.runs.get_mut(i)? = (start, len.wrapping_sub(1));
+                    self.count_free(pool, 0, 1);
+                    last
+                }
+            }
+        };
+        self.desc(p)?.set_kind(PageKind::Unpopulated);
+        Some(p)
     }
 
     /// Pops the free-page stack. Its links are in the descriptors, out of the
@@ -320,6 +369,7 @@ impl Heap {
             Some(d) if d.kind() == PageKind::FreeStack => {
                 pool.free_top = d.link.load(Ordering::Relaxed);
                 d.set_kind(PageKind::Reserve);
+                self.count_free(pool, 0, 1);
                 Some(page)
             }
             _ => {
@@ -346,6 +396,7 @@ impl Heap {
         } else {
             *pool.runs.get_mut(i)? = (end, len.wrapping_sub(n));
         }
+        self.count_free(pool, 0, n);
         // Every page of a run says so; one that does not means the pool is
         // inconsistent: leak the run rather than hand out a page twice.
         if (start..end).any(|p| self.desc(p).map(PageDesc::kind) != Some(PageKind::FreeRun)) {
@@ -544,11 +595,21 @@ impl Heap {
                 *r = (page, n);
                 // `nruns < MAX_RUNS`: its slot exists.
                 pool.nruns = nruns.wrapping_add(1);
+                merged = true;
             } else {
                 for p in page..end {
                     self.push_free_page(&mut pool, p);
                 }
             }
+        }
+        if merged {
+            self.count_free(&mut pool, n, 0);
+        }
+        let give_back = self.give_back_wanted();
+        drop(pool);
+        if give_back {
+            // The worker gives pages back to the system.
+            self.kick();
         }
         Ok(())
     }

@@ -11,6 +11,14 @@
 //! [`irq_worker`]) -- queueing work directly from the allocator could
 //! deadlock a tracing program that runs inside the scheduler or the
 //! workqueue code.
+//!
+//! The worker also gives memory back: when the allocator's free pages (the
+//! free-page stack and the runs of large frees) exceed [`FREE_HIGH`], it
+//! takes pages from them down to [`FREE_LOW`], unmaps each from the kernel
+//! and every user mapping and frees it (which uncharges its memory cgroup),
+//! and keeps it on a stack of released pages, which it populates again
+//! (onto the free-page stack) before fresh ones when the allocator runs
+//! short.
 
 use core::{ptr, sync::atomic::Ordering};
 
@@ -30,6 +38,13 @@ use crate::{
 pub(super) const RESERVE_MIN: u64 = 64;
 /// The reserve doubles each time it runs dry, up to this many pages.
 pub(super) const RESERVE_MAX: u64 = 4096;
+/// Free pages of the allocator above which the worker gives pages back...
+pub(super) const FREE_HIGH: u64 = 2048;
+/// ... down to this many; below half of it, it populates pages it gave back
+/// again (onto the free-page stack), up to it.
+const FREE_LOW: u64 = 1024;
+/// Pages one worker run gives back at most (it queues itself for more).
+const GIVE_BACK_MAX: u64 = 8192;
 /// Largest `bpf_kflex_reserve()` request (`KFLEX_RESERVE_MAX`).
 const RESERVE_CALL_MAX: u64 = bindings::KFLEX_RESERVE_MAX as u64;
 
@@ -59,7 +74,7 @@ pub(super) unsafe extern "C" fn irq_worker(work: *mut bindings::irq_work) {
     let s = Section::enter();
     heap.drain_deferred(&s);
     drop(s);
-    if !heap.dying.load(Ordering::Acquire) && heap.reserve_low() {
+    if !heap.dying.load(Ordering::Acquire) && (heap.reserve_low() || heap.give_back_wanted()) {
         // Hard interrupt context that interrupted nothing of ours and no
         // scheduler or workqueue lock holder (they run with interrupts off).
         heap.work.queue();
@@ -75,16 +90,98 @@ impl Heap {
         }
     }
 
-    /// Whether the worker has something to do: the reserve is below half its
-    /// target (or a large allocation asked for more) and the heap is not
-    /// populated to its end yet.
+    /// Whether the worker has something to populate: the reserve is below
+    /// half its target (or a large allocation asked for more) and the heap
+    /// is not populated to its end yet, or pages given back wait to be
+    /// populated again and the free pages are below half of [`FREE_LOW`].
     pub(super) fn reserve_low(&self) -> bool {
-        if self.populated_end.load(Ordering::Acquire) >= self.npages {
-            return false;
-        }
+        let target = self.reserve_target.load(Ordering::Relaxed);
         let reserve = self.c.pages_reserve.load(Ordering::Relaxed).max(0) as u64;
-        self.want.load(Ordering::Relaxed) > 0
-            || reserve < self.reserve_target.load(Ordering::Relaxed) / 2
+        let fresh = self.populated_end.load(Ordering::Acquire) < self.npages
+            && (self.want.load(Ordering::Relaxed) > 0 || reserve < target / 2);
+        let released = self.released_top.load(Ordering::Relaxed) != 0
+            && self.c.pages_free.load(Ordering::Relaxed) < FREE_LOW / 2;
+        fresh || released
+    }
+
+    /// Whether the allocator's free pages exceed [`FREE_HIGH`].
+    pub(super) fn give_back_wanted(&self) -> bool {
+        self.c.pages_free.load(Ordering::Relaxed) > FREE_HIGH
+    }
+
+    /// Gives free pages back to the system down to [`FREE_LOW`], at most
+    /// [`GIVE_BACK_MAX`] per run. Under `pop_lock`, so that no user fault
+    /// populates a page while it goes.
+    fn give_back(&self) {
+        if !self.give_back_wanted() {
+            return;
+        }
+        for i in 0..GIVE_BACK_MAX {
+            let page = {
+                let s = Section::enter();
+                let Some(mut pool) = self.pool.lock(&s) else { return };
+                if pool.free_pages() <= FREE_LOW {
+                    return;
+                }
+                self.take_free_for_release(&mut pool)
+            };
+            let Some(page) = page else { return };
+            // SAFETY: `info` is this heap's; the page is populated and its
+            // descriptor says `Unpopulated`, so the allocator no longer hands
+            // it out, and `pop_lock` keeps faults from populating it.
+            let r = unsafe { bindings::kflex_vm_unpopulate(self.info, page.wrapping_mul(PAGE_SIZE)) };
+            if r != 0 {
+                // Still mapped: keep it.
+                let s = Section::enter();
+                if let Some(mut pool) = self.pool.lock(&s) {
+                    self.push_free_page(&mut pool, page);
+                }
+                return;
+            }
+            self.c.pages_populated.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.c.pages_returned, 1);
+            if let Some(d) = self.desc(page) {
+                d.link.store(self.released_top.load(Ordering::Relaxed), Ordering::Relaxed);
+                // Page indices fit 32 bits (static assertion in heap.rs).
+                self.released_top.store(page.wrapping_add(1) as u32, Ordering::Relaxed);
+            }
+            if i % 64 == 63 {
+                // SAFETY: process context, no spinlock held (`pop_lock` is a
+                // mutex).
+                unsafe { bindings::kflex_cond_resched() };
+            }
+        }
+        if self.give_back_wanted() {
+            self.work.queue();
+        }
+    }
+
+    /// Populates up to `want` pages given back earlier, onto the free-page
+    /// stack. Under `pop_lock`.
+    fn refill_released(&self, want: u64) -> Result {
+        let mut n = 0;
+        while n < want {
+            let top = self.released_top.load(Ordering::Relaxed);
+            let Some(page) = u64::from(top).checked_sub(1) else { break };
+            let Some(d) = self.desc(page) else {
+                self.released_top.store(0, Ordering::Relaxed);
+                break;
+            };
+            let next = d.link.load(Ordering::Relaxed);
+            if d.kind() != PageKind::Unpopulated {
+                // A user fault populated it since.
+                self.released_top.store(next, Ordering::Relaxed);
+                continue;
+            }
+            self.populate_page(page, PageKind::Reserve)?;
+            self.released_top.store(next, Ordering::Relaxed);
+            let s = Section::enter();
+            if let Some(mut pool) = self.pool.lock(&s) {
+                self.push_free_page(&mut pool, page);
+            }
+            n = n.wrapping_add(1);
+        }
+        Ok(())
     }
 
     /// Called by the allocator after taking fresh pages: grows the reserve
@@ -148,6 +245,13 @@ impl Heap {
         let extra = self.want.swap(0, Ordering::AcqRel);
         let target = self.reserve_target.load(Ordering::Relaxed).saturating_add(extra);
         let _guard = self.pop_lock.lock();
+        self.give_back();
+        // Pages given back come back (onto the free-page stack) when the
+        // free pages run low.
+        let free = self.c.pages_free.load(Ordering::Relaxed);
+        if free < FREE_LOW / 2 {
+            let _ = self.refill_released(FREE_LOW.saturating_sub(free));
+        }
         let next_fresh = self.next_fresh_hint.load(Ordering::Acquire);
         let goal = next_fresh.saturating_add(target).min(self.npages);
         // Errors end the round; the allocator kicks again when it needs to.

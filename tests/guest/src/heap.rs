@@ -480,6 +480,118 @@ pub fn close_releases_everything() -> Result<()> {
     Ok(())
 }
 
+/// Memory goes back: 512 MiB of large objects (96, 128 and 160 KiB, 4096
+/// of them), some read through the user mapping, all freed: the worker
+/// gives the free pages above its watermark back to the system. MemFree and
+/// the memory cgroup's usage come back to within 5% of the 512 MiB of what
+/// they were before the allocations (the heap existing, with a 16 MiB
+/// reserve; what stays is its free pages below the watermark and the page
+/// descriptors, 72 bytes a page), `/proc/kflex/heaps` counts the pages
+/// returned, a user read of a returned page finds a fresh zeroed page, and
+/// allocating everything again works.
+pub fn memory_goes_back() -> Result<()> {
+    ensure_kflex()?;
+    wait_no_heaps()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cg = "/sys/fs/cgroup/kflex-memback-test";
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    let _ = std::fs::create_dir(cg);
+    let current = || -> Result<u64> {
+        Ok(std::fs::read_to_string(format!("{cg}/memory.current"))?.trim().parse()?)
+    };
+    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
+        .context("moving the test into a memory cgroup")?;
+    let result = (|| -> Result<()> {
+        const TOTAL: u64 = 512 << 20;
+        const SLACK: u64 = TOTAL / 20;
+        // Before: the heap exists with a 16 MiB reserve, which stays after
+        // the allocations (they take the 512 MiB populated on top of it).
+        let h = Loaded::new(1 << 30)?;
+        h.reserve(16 << 20)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let (free0, cg0) = (mem_free_kib()? << 10, current()?);
+        h.reserve(TOTAL + (16 << 20))?;
+        let sizes =
+            [(0u64, 1365u64, 96u64 << 10), (1365, 1365, 128 << 10), (2730, 1366, 160 << 10)];
+        let alloc_all = || -> Result<()> {
+            for &(first, n, size) in &sizes {
+                let got = h.call(&h.skel.progs.alloc_at, size, n, first)?;
+                ensure!(got == n, "{got} of {n} allocations of {size} bytes");
+            }
+            Ok(())
+        };
+        alloc_all()?;
+        let ptrs: Vec<u64> = h.bss().ptrs.iter().map(|p| *p as u64).collect();
+        // Write a marker into every object through the user mapping: user
+        // PTEs the worker must zap.
+        const MARK: u64 = 0x6b66_6c65_785f_6d6b;
+        for &p in &ptrs {
+            // SAFETY: `p` is an object of this heap, mapped at its user
+            // address in this process (libbpf maps the heap at load).
+            unsafe { std::ptr::write_volatile(p as *mut u64, MARK) };
+        }
+        let sum = ptrs.len();
+        let (free1, cg1) = (mem_free_kib()? << 10, current()?);
+        println!(
+            "memback: MemFree {} -> {} MiB, memory.current {} -> {} MiB with 512 MiB allocated ({sum} objects marked)",
+            free0 >> 20, free1 >> 20, cg0 >> 20, cg1 >> 20
+        );
+        ensure!(free0 > free1 + TOTAL - SLACK, "allocating 512 MiB did not show in MemFree");
+        ensure!(cg1 > cg0 + TOTAL - SLACK, "allocating 512 MiB did not show in the memcg");
+        h.call(&h.skel.progs.free_n, 0, 4096, 0)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut free2, mut cg2);
+        loop {
+            (free2, cg2) = (mem_free_kib()? << 10, current()?);
+            if free2 + SLACK >= free0 && cg2 <= cg0 + SLACK {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "memory not given back: MemFree {} MiB (before {}), memory.current {} MiB (before {}); {:?}",
+                free2 >> 20, free0 >> 20, cg2 >> 20, cg0 >> 20, h.stats()?
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let st = h.stats()?;
+        println!(
+            "memback: after freeing: MemFree {} MiB, memory.current {} MiB; pages_populated {} pages_free {} pages_returned {}",
+            free2 >> 20, cg2 >> 20, st.get("pages_populated"), st.get("pages_free"),
+            st.get("pages_returned")
+        );
+        ensure!(st.get("pages_returned") >= (TOTAL - SLACK) >> 12, "{st:?}");
+        // A returned page reads as a fresh zeroed page from user space (one
+        // user fault each); one not returned still holds the marker.
+        let user0 = st.get("pages_user");
+        let mut zeroed = 0u64;
+        for &p in &ptrs {
+            // SAFETY: as above; the heap is still mapped here.
+            match unsafe { std::ptr::read_volatile(p as *const u64) } {
+                0 => zeroed += 1,
+                MARK => {}
+                v => bail!("object {p:#x} reads {v:#x} after it was freed"),
+            }
+        }
+        let user1 = h.stats()?.get("pages_user");
+        println!(
+            "memback: {zeroed} of {} objects read as fresh pages, pages_user {user0} -> {user1}",
+            ptrs.len()
+        );
+        ensure!(
+            zeroed >= 3968 && user1 == user0 + zeroed,
+            "{zeroed} fresh pages, pages_user {user0} -> {user1}"
+        );
+        // Everything can be allocated again.
+        h.reserve(TOTAL + (16 << 20))?;
+        alloc_all()?;
+        h.call(&h.skel.progs.free_n, 0, 4096, 0)?;
+        drop(h);
+        Ok(())
+    })();
+    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
+    result
+}
+
 /// Without kflex.ko, creating a KFlex heap fails and the log says why.
 pub fn heap_refused_without_module() -> Result<()> {
     unload_kflex()?;
