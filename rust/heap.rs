@@ -173,6 +173,12 @@ struct Counters {
     /// The page pool's free pages (published under its lock).
     pages_free: AtomicU64,
     pages_returned: AtomicU64,
+    /// Class pages moved to the free-page stack by reclaim passes.
+    pages_reclaimed: AtomicU64,
+    /// Objects on each class's global list (published under its lock).
+    list_objs: [AtomicU64; NR_CLASSES],
+    /// ... and how many the last reclaim pass of the class kept there.
+    list_kept: [AtomicU64; NR_CLASSES],
 }
 
 // SAFETY: `info` is the C-owned heap info, valid for the heap's life and
@@ -393,5 +399,6 @@ impl Heap {
         st.meta_bytes = self.c.meta_bytes.load(Ordering::Relaxed);
         st.pages_free = self.c.pages_free.load(Ordering::Relaxed);
         st.pages_returned = self.c.pages_returned.load(Ordering::Relaxed);
+        st.pages_reclaimed = self.c.pages_reclaimed.load(Ordering::Relaxed);
     }
 }

@@ -26,6 +26,8 @@
 
 use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
+use kernel::alloc::{flags, KVVec};
+
 use super::{bump, Heap, PageDesc};
 use crate::{
     logic::{
@@ -45,6 +47,14 @@ const SCAN_MAX: u64 = 2 * MAX_LARGE_PAGES;
 const RING: usize = 64;
 /// Deferred frees completed per section.
 const DRAIN_MAX: usize = 8;
+/// Objects one class reclaim pass may examine (its buffer takes 8 bytes
+/// each).
+const RECLAIM_MAX: usize = 1 << 23;
+/// A class's global list is worth a reclaim pass when it holds this many
+/// pages' worth of objects more than the last pass kept.
+const RECLAIM_PAGES: u64 = 64;
+/// A class page's descriptor `link` during a reclaim pass: the page goes.
+const RECLAIMED: u32 = u32::MAX;
 
 // A refill happens below LOW cached objects; a fresh page then fits whole.
 const _: () = assert!(LOW + MAX_OBJS_PER_PAGE <= CACHE_CAP);
@@ -259,21 +269,189 @@ impl Heap {
         let Some(at) = taken else {
             bump(&self.c.corrupt_links, 1);
             *list = GlobalList::default();
+            self.publish_list(list, class);
             return None;
         };
         list.head = self.read_link(at);
         list.count = list.count.saturating_sub(1);
+        self.publish_list(list, class);
         Some(off)
     }
 
+    /// Publishes a class list's length (`list_objs`: the worker's trigger).
+    fn publish_list(&self, list: &GlobalList, class: usize) {
+        if let Some(c) = self.c.list_objs.get(class) {
+            c.store(list.count, Ordering::Relaxed);
+        }
+    }
+
     fn push_global(&self, list: &mut GlobalList, class: usize, off: u64) {
-        let Some((at, obj, desc)) = self.object(off, class) else { return };
+        if self.push_list(list, class, off).is_some() {
+            self.publish_list(list, class);
+        }
+    }
+
+    /// Links `off` in front of `list` and marks it as on a global list;
+    /// returns where its link is.
+    fn push_list(&self, list: &mut GlobalList, class: usize, off: u64) -> Option<ObjOff> {
+        let (at, obj, desc) = self.object(off, class)?;
         let (w, b) = obj.bit();
-        if let Some(g) = desc.global.get(w) {
-            self.write_link(at, list.head);
-            g.fetch_or(b, Ordering::AcqRel);
-            list.head = off;
-            list.count = list.count.saturating_add(1);
+        let g = desc.global.get(w)?;
+        self.write_link(at, list.head);
+        g.fetch_or(b, Ordering::AcqRel);
+        list.head = off;
+        list.count = list.count.saturating_add(1);
+        Some(at)
+    }
+
+    // ---- giving class pages back (the worker, process context) ----
+
+    /// Whether class `class`'s global list has grown enough since the last
+    /// reclaim pass to be worth another ([`RECLAIM_PAGES`] pages' worth of
+    /// objects more than that pass kept).
+    pub(super) fn reclaim_wanted_class(&self, class: usize) -> bool {
+        let (Some(objs), Some(kept)) = (self.c.list_objs.get(class), self.c.list_kept.get(class))
+        else {
+            return false;
+        };
+        let threshold = (objs_per_page(class) as u64).saturating_mul(RECLAIM_PAGES);
+        objs.load(Ordering::Relaxed) > kept.load(Ordering::Relaxed).saturating_add(threshold)
+    }
+
+    /// Whether some class is worth a reclaim pass.
+    pub(super) fn reclaim_wanted(&self) -> bool {
+        (0..NR_CLASSES).any(|c| self.reclaim_wanted_class(c))
+    }
+
+    /// Moves class pages whose objects are all on their class's global list
+    /// to the free-page stack (the worker then gives free pages back to the
+    /// system). Process context: sleeps to allocate its buffers.
+    pub(super) fn reclaim_classes(&self) {
+        for class in 0..NR_CLASSES {
+            if self.reclaim_wanted_class(class) {
+                self.reclaim_class(class);
+            }
+        }
+    }
+
+    /// One reclaim pass over class `class`:
+    /// 1. detach the whole global list (under its lock: O(1));
+    /// 2. claim every object of it as `pop_global` does (clearing its
+    ///    on-global mark: a forged link elsewhere can no longer reach it)
+    ///    and record it in a kernel buffer -- the links in the heap are
+    ///    read once, validated, and never trusted again;
+    /// 3. count the recorded objects per page (in the page descriptor's
+    ///    `link`, which class pages do not use otherwise);
+    /// 4. a page all of whose objects were recorded (and all free) goes to
+    ///    the free-page stack; the other objects are linked into a private
+    ///    list, which is spliced back in front of the global list (O(1)).
+    fn reclaim_class(&self, class: usize) {
+        let per_page = objs_per_page(class) as u32;
+        let Some(now) = self.c.list_objs.get(class).map(|c| c.load(Ordering::Relaxed)) else {
+            return;
+        };
+        // Room for the list as it is plus what spills meanwhile; a longer
+        // list at detach time is left alone this round.
+        let cap = (now as usize).saturating_add(now as usize / 8).saturating_add(4096);
+        if cap > RECLAIM_MAX {
+            return;
+        }
+        let Ok(mut objs) = KVVec::<u64>::with_capacity(cap, flags::GFP_KERNEL) else { return };
+        let (mut cur, n) = {
+            let s = Section::enter();
+            let Some(mut list) = self.lists.get(class).and_then(|l| l.lock(&s)) else { return };
+            if list.count as usize > cap {
+                return;
+            }
+            let taken = (list.head, list.count);
+            *list = GlobalList::default();
+            self.publish_list(&list, class);
+            taken
+        };
+        // 2. Claim and record. A list longer than its count, or a link that
+        // does not validate, is corrupt: the rest stays leaked in the heap.
+        let mut steps = 0u64;
+        while cur != 0 {
+            let claimed = (steps < n)
+                .then(|| self.check_link(cur, class))
+                .flatten()
+                .and_then(|(at, obj, desc)| {
+                    let (w, b) = obj.bit();
+                    (desc.global.get(w)?.fetch_and(!b, Ordering::AcqRel) & b != 0).then_some(at)
+                });
+            let Some(at) = claimed else {
+                bump(&self.c.corrupt_links, 1);
+                break;
+            };
+            let next = self.read_link(at);
+            if objs.push(cur, flags::GFP_KERNEL).is_err() {
+                // Cannot happen (`n <= cap`): keep the object all the same.
+                let mut one = GlobalList::default();
+                let _ = self.push_list(&mut one, class, cur);
+                break;
+            }
+            steps = steps.wrapping_add(1);
+            cur = next;
+        }
+        // 3. Count per page.
+        for &off in objs.iter() {
+            if let Some(d) = self.desc(off >> PAGE_SHIFT) {
+                d.link.store(0, Ordering::Relaxed);
+            }
+        }
+        for &off in objs.iter() {
+            if let Some(d) = self.desc(off >> PAGE_SHIFT) {
+                d.link.store(d.link.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            }
+        }
+        // 4. Decide.
+        let full = full_bitmap(per_page as usize);
+        let mut pages = KVVec::<u64>::new();
+        let mut keep = GlobalList::default();
+        let mut tail: Option<ObjOff> = None;
+        for &off in objs.iter() {
+            let page = off >> PAGE_SHIFT;
+            let Some(d) = self.desc(page) else { continue };
+            let t = d.link.load(Ordering::Relaxed);
+            if t == RECLAIMED {
+                continue;
+            }
+            let all_free = d.free.iter().zip(full.iter()).all(|(f, w)| f.load(Ordering::Acquire) == *w);
+            if t == per_page && all_free && pages.push(page, flags::GFP_KERNEL).is_ok() {
+                d.link.store(RECLAIMED, Ordering::Relaxed);
+                continue;
+            }
+            // A page kept: later objects of it see a count that is not
+            // the page's full count.
+            d.link.store(0, Ordering::Relaxed);
+            if let Some(at) = self.push_list(&mut keep, class, off) {
+                tail.get_or_insert(at);
+            }
+        }
+        // 5. Splice the kept objects back in front of the global list.
+        if let Some(at) = tail {
+            let s = Section::enter();
+            let list = self.lists.get(class).and_then(|l| l.lock(&s));
+            if let Some(mut list) = list {
+                self.write_link(at, list.head);
+                list.head = keep.head;
+                list.count = list.count.saturating_add(keep.count);
+                self.publish_list(&list, class);
+            }
+        }
+        if let Some(k) = self.c.list_kept.get(class) {
+            k.store(keep.count, Ordering::Relaxed);
+        }
+        // 6. The pages go to the free-page stack.
+        for chunk in pages.chunks(64) {
+            let s = Section::enter();
+            let Some(mut pool) = self.pool.lock(&s) else { return };
+            for &page in chunk {
+                if self.desc(page).map(PageDesc::kind) == Some(PageKind::Class(class as u8)) {
+                    self.push_free_page(&mut pool, page);
+                    bump(&self.c.pages_reclaimed, 1);
+                }
+            }
         }
     }
 
@@ -507,6 +685,10 @@ impl Heap {
                     let Some(o) = cache.pop(class) else { break };
                     self.push_global(&mut list, class, o);
                 }
+            }
+            if self.reclaim_wanted_class(class) {
+                // The worker looks for class pages to give back.
+                self.kick();
             }
         }
         Ok(())

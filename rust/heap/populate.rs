@@ -74,7 +74,9 @@ pub(super) unsafe extern "C" fn irq_worker(work: *mut bindings::irq_work) {
     let s = Section::enter();
     heap.drain_deferred(&s);
     drop(s);
-    if !heap.dying.load(Ordering::Acquire) && (heap.reserve_low() || heap.give_back_wanted()) {
+    if !heap.dying.load(Ordering::Acquire)
+        && (heap.reserve_low() || heap.give_back_wanted() || heap.reclaim_wanted())
+    {
         // Hard interrupt context that interrupted nothing of ours and no
         // scheduler or workqueue lock holder (they run with interrupts off).
         heap.work.queue();
@@ -245,6 +247,7 @@ impl Heap {
         let extra = self.want.swap(0, Ordering::AcqRel);
         let target = self.reserve_target.load(Ordering::Relaxed).saturating_add(extra);
         let _guard = self.pop_lock.lock();
+        self.reclaim_classes();
         self.give_back();
         // Pages given back come back (onto the free-page stack) when the
         // free pages run low.

@@ -33,15 +33,18 @@ __u64 nptrs;
 __u64 xdp_count;
 struct node __arena *xdp_head;
 
-/* A list of n nodes with value i * 7 + arg, head in list_head. */
+/*
+ * A list of n nodes with value i * 7 + arg in front of list_head; a node is
+ * size bytes (0: a bare struct node).
+ */
 SEC("syscall")
 int build_list(struct args *a)
 {
+	__u64 i, built = 0, size = a->size > sizeof(struct node) ? a->size : sizeof(struct node);
 	struct node __arena *n;
-	__u64 i, built = 0;
 
 	bpf_for(i, 0, a->n) {
-		n = kflex_malloc(heap, sizeof(*n));
+		n = kflex_malloc(heap, size);
 		if (!n)
 			break;
 		n->value = i * 7 + a->arg;

@@ -47,6 +47,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::hostile_program_is_contained, "ym"),
     t!(heap::close_releases_everything, "ym"),
     t!(heap::memory_goes_back, "ym"),
+    t!(heap::small_objects_go_back, "ym"),
     t!(heap::heap_refused_without_module, "m"),
     t!(heap::charged_to_creator_memcg, "ym"),
     t!(heap::forged_links_to_every_page_state, "ym"),

@@ -64,7 +64,13 @@ pub fn ensure_kflex() -> Result<()> {
 pub fn unload_kflex() -> Result<()> {
     if variant() == "m" && kflex_status()?.starts_with("active ") {
         wait_no_heaps()?;
-        sh("rmmod", &["kflex"])?;
+        // A heap leaves /proc/kflex/heaps before its pages are freed and
+        // its reference to the module is dropped (a big heap takes a while).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !run("rmmod", &["kflex"])?.status.success() {
+            ensure!(std::time::Instant::now() < deadline, "rmmod kflex: still in use after 20 s");
+            thread::sleep(Duration::from_millis(100));
+        }
     }
     Ok(())
 }
