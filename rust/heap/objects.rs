@@ -50,9 +50,10 @@ const DRAIN_MAX: usize = 8;
 /// Objects one class reclaim pass may examine (its buffer takes 8 bytes
 /// each).
 const RECLAIM_MAX: usize = 1 << 23;
-/// A class's global list is worth a reclaim pass when it holds this many
-/// pages' worth of objects more than the last pass kept.
-const RECLAIM_PAGES: u64 = 64;
+/// A class's global list is worth a reclaim pass when it holds at least this
+/// many pages' worth of objects more than the last pass kept (see
+/// `reclaim_wanted_class`).
+const RECLAIM_PAGES: u64 = 16;
 /// A class page's descriptor `link` during a reclaim pass: the page goes.
 const RECLAIMED: u32 = u32::MAX;
 
@@ -307,15 +308,18 @@ impl Heap {
     // ---- giving class pages back (the worker, process context) ----
 
     /// Whether class `class`'s global list has grown enough since the last
-    /// reclaim pass to be worth another ([`RECLAIM_PAGES`] pages' worth of
-    /// objects more than that pass kept).
+    /// reclaim pass to be worth another: by [`RECLAIM_PAGES`] pages' worth
+    /// of objects and by a quarter of what that pass kept (a growing list is
+    /// walked at geometrically spaced sizes, a list that churns around its
+    /// size not at all).
     pub(super) fn reclaim_wanted_class(&self, class: usize) -> bool {
         let (Some(objs), Some(kept)) = (self.c.list_objs.get(class), self.c.list_kept.get(class))
         else {
             return false;
         };
         let threshold = (objs_per_page(class) as u64).saturating_mul(RECLAIM_PAGES);
-        objs.load(Ordering::Relaxed) > kept.load(Ordering::Relaxed).saturating_add(threshold)
+        let kept = kept.load(Ordering::Relaxed);
+        objs.load(Ordering::Relaxed) > kept.saturating_add(threshold.max(kept / 4))
     }
 
     /// Whether some class is worth a reclaim pass.

@@ -39,10 +39,10 @@ pub(super) const RESERVE_MIN: u64 = 64;
 /// The reserve doubles each time it runs dry, up to this many pages.
 pub(super) const RESERVE_MAX: u64 = 4096;
 /// Free pages of the allocator above which the worker gives pages back...
-pub(super) const FREE_HIGH: u64 = 2048;
+pub(super) const FREE_HIGH: u64 = 1024;
 /// ... down to this many; below half of it, it populates pages it gave back
 /// again (onto the free-page stack), up to it.
-const FREE_LOW: u64 = 1024;
+const FREE_LOW: u64 = 512;
 /// Pages one worker run gives back at most (it queues itself for more).
 const GIVE_BACK_MAX: u64 = 8192;
 /// Largest `bpf_kflex_reserve()` request (`KFLEX_RESERVE_MAX`).
