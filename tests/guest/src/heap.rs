@@ -493,15 +493,7 @@ pub fn memory_goes_back() -> Result<()> {
     ensure_kflex()?;
     wait_no_heaps()?;
     std::thread::sleep(Duration::from_millis(300));
-    let cg = "/sys/fs/cgroup/kflex-memback-test";
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
-    let _ = std::fs::create_dir(cg);
-    let current = || -> Result<u64> {
-        Ok(std::fs::read_to_string(format!("{cg}/memory.current"))?.trim().parse()?)
-    };
-    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
-        .context("moving the test into a memory cgroup")?;
-    let result = (|| -> Result<()> {
+    in_memcg("kflex-memback-test", |current| {
         const TOTAL: u64 = 512 << 20;
         const SLACK: u64 = TOTAL / 20;
         // Before: the heap exists with a 16 MiB reserve, which stays after
@@ -539,20 +531,7 @@ pub fn memory_goes_back() -> Result<()> {
         ensure!(free0 > free1 + TOTAL - SLACK, "allocating 512 MiB did not show in MemFree");
         ensure!(cg1 > cg0 + TOTAL - SLACK, "allocating 512 MiB did not show in the memcg");
         h.call(&h.skel.progs.free_n, 0, 4096, 0)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut free2, mut cg2);
-        loop {
-            (free2, cg2) = (mem_free_kib()? << 10, current()?);
-            if free2 + SLACK >= free0 && cg2 <= cg0 + SLACK {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "memory not given back: MemFree {} MiB (before {}), memory.current {} MiB (before {}); {:?}",
-                free2 >> 20, free0 >> 20, cg2 >> 20, cg0 >> 20, h.stats()?
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (free2, cg2) = wait_given_back(&h, current, (free0, cg0), SLACK, 30)?;
         let st = h.stats()?;
         println!(
             "memback: after freeing: MemFree {} MiB, memory.current {} MiB; pages_populated {} pages_free {} pages_returned {}",
@@ -587,9 +566,7 @@ pub fn memory_goes_back() -> Result<()> {
         h.call(&h.skel.progs.free_n, 0, 4096, 0)?;
         drop(h);
         Ok(())
-    })();
-    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
-    result
+    })
 }
 
 /// Small objects' pages go back too: 512 MiB of 64, 256 and 1024-byte
@@ -604,15 +581,7 @@ pub fn small_objects_go_back() -> Result<()> {
     wait_no_heaps()?;
     std::thread::sleep(Duration::from_millis(300));
     let _budget = kflex_load::cancel::SysctlGuard::budget_us(1_000_000)?;
-    let cg = "/sys/fs/cgroup/kflex-smallback-test";
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
-    let _ = std::fs::create_dir(cg);
-    let current = || -> Result<u64> {
-        Ok(std::fs::read_to_string(format!("{cg}/memory.current"))?.trim().parse()?)
-    };
-    std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
-        .context("moving the test into a memory cgroup")?;
-    let result = (|| -> Result<()> {
+    in_memcg("kflex-smallback-test", |current| {
         const TOTAL: u64 = 512 << 20;
         const SLACK: u64 = TOTAL / 20;
         const SIZES: [u64; 3] = [64, 256, 1024];
@@ -656,20 +625,7 @@ pub fn small_objects_go_back() -> Result<()> {
         );
         ensure!(free0 > free1 + TOTAL - SLACK, "allocating 512 MiB did not show in MemFree");
         ensure!(free_all()? == objs, "not every object freed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (mut free2, mut cg2);
-        loop {
-            (free2, cg2) = (mem_free_kib()? << 10, current()?);
-            if free2 + SLACK >= free0 && cg2 <= cg0 + SLACK {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "memory not given back: MemFree {} MiB (before {}), memory.current {} MiB (before {}); {:?}",
-                free2 >> 20, free0 >> 20, cg2 >> 20, cg0 >> 20, h.stats()?
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (free2, cg2) = wait_given_back(&h, current, (free0, cg0), SLACK, 60)?;
         let st = h.stats()?;
         println!(
             "smallback: after freeing: MemFree {} MiB, memory.current {} MiB; pages_populated {} pages_reclaimed {} pages_returned {} corrupt_links {}",
@@ -683,9 +639,7 @@ pub fn small_objects_go_back() -> Result<()> {
         ensure!(free_all()? == objs, "freeing again");
         drop(h);
         Ok(())
-    })();
-    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
-    result
+    })
 }
 
 /// Without kflex.ko, creating a KFlex heap fails and the log says why.
@@ -699,20 +653,56 @@ pub fn heap_refused_without_module() -> Result<()> {
     ensure_kflex()
 }
 
-/// Pages populated for a heap are charged to the memory cgroup of the
-/// process that created it.
-pub fn charged_to_creator_memcg() -> Result<()> {
-    ensure_kflex()?;
-    wait_no_heaps()?;
-    let cg = "/sys/fs/cgroup/kflex-memcg-test";
+/// Runs `f` with this process in memory cgroup `name` (made if needed);
+/// `f` gets a reader of the cgroup's `memory.current`.
+fn in_memcg(name: &str, f: impl FnOnce(&dyn Fn() -> Result<u64>) -> Result<()>) -> Result<()> {
+    let cg = format!("/sys/fs/cgroup/{name}");
     let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
-    let _ = std::fs::create_dir(cg);
+    let _ = std::fs::create_dir(&cg);
     let current = || -> Result<u64> {
         Ok(std::fs::read_to_string(format!("{cg}/memory.current"))?.trim().parse()?)
     };
     std::fs::write(format!("{cg}/cgroup.procs"), std::process::id().to_string())
         .context("moving the test into a memory cgroup")?;
-    let result = (|| -> Result<()> {
+    let result = f(&current);
+    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
+    result
+}
+
+/// Waits up to `secs` for MemFree and the cgroup's usage (`current`) to
+/// come back within `slack` bytes of `before`; returns them.
+fn wait_given_back(
+    h: &Loaded,
+    current: &dyn Fn() -> Result<u64>,
+    (free0, cg0): (u64, u64),
+    slack: u64,
+    secs: u64,
+) -> Result<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (free, cg) = (mem_free_kib()? << 10, current()?);
+        if free + slack >= free0 && cg <= cg0 + slack {
+            return Ok((free, cg));
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "memory not given back: MemFree {} MiB (before {}), memory.current {} MiB (before {}); {:?}",
+            free >> 20,
+            free0 >> 20,
+            cg >> 20,
+            cg0 >> 20,
+            h.stats()?
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Pages populated for a heap are charged to the memory cgroup of the
+/// process that created it.
+pub fn charged_to_creator_memcg() -> Result<()> {
+    ensure_kflex()?;
+    wait_no_heaps()?;
+    in_memcg("kflex-memcg-test", |current| {
         let before = current()?;
         let h = Loaded::new(64 << 20)?;
         // bpf_kflex_reserve() populates from this task; the worker uses the
@@ -724,9 +714,7 @@ pub fn charged_to_creator_memcg() -> Result<()> {
         ensure!(after >= before + (16 << 20), "heap pages not charged: {before} -> {after}");
         drop(h);
         Ok(())
-    })();
-    std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string())?;
-    result
+    })
 }
 
 /// The allocator's only in-heap metadata are the links of the classes'
