@@ -436,7 +436,7 @@ pub fn close_releases_everything() -> Result<()> {
     // Earlier tests' heaps are released in the background: let that finish
     // so MemFree only moves because of this heap.
     wait_no_heaps()?;
-    std::thread::sleep(Duration::from_millis(300));
+    settle_mem_free()?;
     let free0 = mem_free_kib()?;
     let h = Loaded::new(128 << 20)?;
     h.reserve(64 << 20)?;
