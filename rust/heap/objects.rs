@@ -8,6 +8,9 @@
 //! through the free objects, inside the heap, every link validated), above
 //! `HIGH` a free moves `SPILL` back. An empty global list gets a fresh page
 //! from the [`PagePool`] (free-page stack, free runs, then the reserve).
+//! Large frees become free runs, merged with their neighbours and listed by
+//! size ([`crate::logic::runs`]: boundary tags in the descriptors, no limit
+//! on their number).
 //! Allocations above 4 KiB take whole contiguous pages (at most
 //! `MAX_LARGE_PAGES`).
 //!
@@ -21,8 +24,9 @@
 //!   try them (an allocation fails, a free is deferred);
 //! - interrupts-off work is bounded: at most `REFILL` or `SPILL` links, one
 //!   page carved, `SCAN_MAX` descriptors scanned and `MAX_LARGE_PAGES`
-//!   descriptors written per large allocation or free, `MAX_RUNS` runs,
-//!   `DRAIN_MAX` deferred frees per section.
+//!   descriptors written per large allocation or free, `runs::SCAN` runs
+//!   and `runs::NBINS` lists looked at, `DRAIN_MAX` deferred frees per
+//!   section.
 
 use core::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
@@ -34,9 +38,10 @@ use crate::{
         alloc::{
             class_of, class_size, full_bitmap, large_pages, locate, objs_per_page, refill_amount,
             spill_amount, user_offset, ObjRef, PageKind, Refusal, CACHE_CAP, LOW, MAX_LARGE_PAGES,
-            MAX_OBJS_PER_PAGE, MAX_RUNS, NR_CLASSES, PAGE_SHIFT, SPILL,
+            MAX_OBJS_PER_PAGE, NR_CLASSES, PAGE_SHIFT, SPILL,
         },
         geometry::PAGE_SIZE,
+        runs::{RunStore, Runs, Tag},
     },
     sys::{CpuRef, Section, ZeroValid},
 };
@@ -164,9 +169,8 @@ pub(super) struct PagePool {
     /// Top of the free-page stack (page index + 1; 0: empty), linked through
     /// the descriptors.
     free_top: u32,
-    /// Free runs of pages `(start, len)` from large frees.
-    runs: [(u64, u64); MAX_RUNS],
-    nruns: usize,
+    /// Free runs of pages from large frees.
+    runs: Runs,
     /// Pages on the free-page stack and in the runs.
     free_pages: u64,
 }
@@ -176,8 +180,7 @@ impl PagePool {
         PagePool {
             next_fresh: 1,
             free_top: 0,
-            runs: [(0, 0); MAX_RUNS],
-            nruns: 0,
+            runs: Runs::new(),
             free_pages: 0,
         }
     }
@@ -185,6 +188,38 @@ impl PagePool {
     /// Pages on the free-page stack and in the runs.
     pub(super) fn free_pages(&self) -> u64 {
         self.free_pages
+    }
+}
+
+/// The page pool's runs keep their boundary tags in the descriptors' bitmap
+/// words, which only class pages use (a run's pages are never class pages).
+struct RunTags<'a>(&'a Heap);
+
+impl RunTags<'_> {
+    fn word(&self, page: u64, t: Tag) -> Option<&AtomicU64> {
+        let d = self.0.desc(page)?;
+        match t {
+            Tag::Len => d.free.first(),
+            Tag::Next => d.free.get(1),
+            Tag::Prev => d.free.get(2),
+            Tag::Start => d.global.first(),
+        }
+    }
+}
+
+impl RunStore for RunTags<'_> {
+    fn in_run(&self, page: u64) -> bool {
+        self.0.desc(page).map(PageDesc::kind) == Some(PageKind::FreeRun)
+    }
+
+    fn tag(&self, page: u64, t: Tag) -> u64 {
+        self.word(page, t).map_or(0, |w| w.load(Ordering::Relaxed))
+    }
+
+    fn set_tag(&self, page: u64, t: Tag, v: u64) {
+        if let Some(w) = self.word(page, t) {
+            w.store(v, Ordering::Relaxed);
+        }
     }
 }
 
@@ -522,21 +557,14 @@ impl Heap {
         let p = match self.pop_free_page(pool) {
             Some(p) => p,
             None => {
-                let i = pool.nruns.checked_sub(1)?;
-                let (start, len) = *pool.runs.get(i)?;
-                let last = start.checked_add(len)?.checked_sub(1)?;
-                // Takes the run's last page (a run of one: the whole run).
-                if len == 1 {
-                    self.take_from_run(pool, i, 1)?
-                } else {
-                    if self.desc(last).map(PageDesc::kind) != Some(PageKind::FreeRun) {
-                        bump(&self.c.corrupt_links, 1);
-                        return None;
-                    }
-                    *pool.runs.get_mut(i)? = (start, len.wrapping_sub(1));
-                    self.count_free(pool, 0, 1);
-                    last
+                let dropped = pool.runs.dropped();
+                let p = pool.runs.take_last(&RunTags(self));
+                if pool.runs.dropped() != dropped {
+                    bump(&self.c.corrupt_links, 1);
                 }
+                let p = p?;
+                self.count_free(pool, 0, 1);
+                p
             }
         };
         self.desc(p)?.set_kind(PageKind::Unpopulated);
@@ -562,25 +590,20 @@ impl Heap {
         }
     }
 
-    /// Takes `n` pages from the front of free run `i`.
-    fn take_from_run(&self, pool: &mut PagePool, i: usize, n: u64) -> Option<u64> {
-        let (start, len) = *pool.runs.get(i)?;
-        if len < n {
-            return None;
+    /// Takes `n` contiguous pages from the free runs.
+    fn take_run(&self, pool: &mut PagePool, n: u64) -> Option<u64> {
+        let dropped = pool.runs.dropped();
+        let start = pool.runs.take(&RunTags(self), n);
+        if pool.runs.dropped() != dropped {
+            bump(&self.c.corrupt_links, 1);
         }
-        // Runs lie inside the heap (page indices below 2^26), `n <= len`.
-        let end = start.wrapping_add(n);
-        if len == n {
-            let last = pool.nruns.checked_sub(1)?;
-            let moved = *pool.runs.get(last)?;
-            *pool.runs.get_mut(i)? = moved;
-            pool.nruns = last;
-        } else {
-            *pool.runs.get_mut(i)? = (end, len.wrapping_sub(n));
-        }
+        let start = start?;
         self.count_free(pool, 0, n);
-        // Every page of a run says so; one that does not means the pool is
-        // inconsistent: leak the run rather than hand out a page twice.
+        // Runs lie inside the heap (page indices below 2^26), so `start + n`
+        // does not wrap. Every page of a run says so; one that does not means
+        // the pool is inconsistent: leak the pages rather than hand one out
+        // twice.
+        let end = start.wrapping_add(n);
         if (start..end).any(|p| self.desc(p).map(PageDesc::kind) != Some(PageKind::FreeRun)) {
             bump(&self.c.corrupt_links, 1);
             return None;
@@ -600,10 +623,8 @@ impl Heap {
         if let Some(p) = self.pop_free_page(&mut pool) {
             return Some(p);
         }
-        if let Some(i) = pool.nruns.checked_sub(1) {
-            if let Some(p) = self.take_from_run(&mut pool, i, 1) {
-                return Some(p);
-            }
+        if let Some(p) = self.take_run(&mut pool, 1) {
+            return Some(p);
         }
         let p = self.take_fresh(&mut pool, 1);
         drop(pool);
@@ -705,13 +726,7 @@ impl Heap {
             return 0;
         };
         let Some(mut pool) = self.pool.lock(s) else { return 0 };
-        let mut start = None;
-        for i in 0..pool.nruns {
-            if pool.runs.get(i).is_some_and(|r| r.1 >= n) {
-                start = self.take_from_run(&mut pool, i, n);
-                break;
-            }
-        }
+        let mut start = self.take_run(&mut pool, n);
         let dry = start.is_none();
         if start.is_none() {
             start = self.take_fresh(&mut pool, n);
@@ -761,36 +776,9 @@ impl Heap {
             }
         }
         self.c.large_bytes.fetch_sub((n << PAGE_SHIFT) as i64, Ordering::Relaxed);
-        // Coalesce with a run that ends here or starts right after.
-        let nruns = pool.nruns;
-        let mut merged = false;
-        for r in pool.runs.iter_mut().take(nruns) {
-            if r.0.saturating_add(r.1) == page {
-                r.1 = r.1.saturating_add(n);
-                merged = true;
-                break;
-            }
-            if end == r.0 {
-                *r = (page, r.1.saturating_add(n));
-                merged = true;
-                break;
-            }
-        }
-        if !merged {
-            if let Some(r) = pool.runs.get_mut(nruns) {
-                *r = (page, n);
-                // `nruns < MAX_RUNS`: its slot exists.
-                pool.nruns = nruns.wrapping_add(1);
-                merged = true;
-            } else {
-                for p in page..end {
-                    self.push_free_page(&mut pool, p);
-                }
-            }
-        }
-        if merged {
-            self.count_free(&mut pool, n, 0);
-        }
+        // A run of its own, merged with the runs right before and after.
+        pool.runs.insert(&RunTags(self), page, n);
+        self.count_free(&mut pool, n, 0);
         let give_back = self.give_back_wanted();
         drop(pool);
         if give_back {

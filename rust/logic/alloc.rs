@@ -48,9 +48,6 @@ const _: () = assert!(CACHE_CAP - SPILL < HIGH);
 /// one large allocation or free.
 pub const MAX_LARGE_PAGES: u64 = 4096;
 
-/// Free page runs the page pool remembers for large allocations.
-pub const MAX_RUNS: usize = 32;
-
 /// Smallest class holding `size` bytes; `None` for 0 or above 4096 (whole
 /// pages).
 pub fn class_of(size: u64) -> Option<usize> {

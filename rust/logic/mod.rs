@@ -12,4 +12,5 @@ pub mod geometry;
 pub mod guard;
 pub mod held;
 pub mod locks;
+pub mod runs;
 pub mod verdict;

@@ -304,6 +304,54 @@ pub fn exhaustion_and_recovery() -> Result<()> {
     Ok(())
 }
 
+/// Large frees become free runs, as many as there are, merged with their
+/// neighbours: 400 two-page allocations, every other one freed (200
+/// separate runs; the pool used to remember 32 and push the rest page by
+/// page onto the free-page stack, where no two-page allocation can use
+/// them), then 200 two-page allocations take exactly those pages
+/// (`pages_free` back where it was). Then everything is freed: the runs
+/// merge into one, and one allocation of all its pages comes from it.
+pub fn freed_runs_are_reused() -> Result<()> {
+    ensure_kflex()?;
+    const N: u64 = 400;
+    const SIZE: u64 = 8192;
+    let h = Loaded::new(64 << 20)?;
+    h.reserve(16 << 20)?;
+    let got = h.call(&h.skel.progs.alloc_at, SIZE, N, 0)?;
+    ensure!(got == N, "{got} of {N} allocations of {SIZE} bytes");
+    let free0 = h.stats()?.get("pages_free");
+    for i in (0..N).step_by(2) {
+        h.call(&h.skel.progs.free_n, 0, 1, i)?;
+    }
+    let free1 = h.stats()?.get("pages_free");
+    ensure!(free1 == free0 + N, "pages_free {free0} -> {free1} after freeing {} pages", N);
+    let again = h.call(&h.skel.progs.alloc_at, SIZE, N / 2, N)?;
+    ensure!(again == N / 2, "{again} of {} allocations again", N / 2);
+    let free2 = h.stats()?.get("pages_free");
+    println!(
+        "runs: pages_free {free0} -> {free1} with {} two-page runs -> {free2} after {} two-page allocations",
+        N / 2,
+        N / 2
+    );
+    ensure!(free2 == free0, "the allocations left {} freed pages unused", free2 - free0);
+    // Everything back: one run of N * 2 pages (the allocations were carved
+    // from fresh pages in order), which one allocation takes whole.
+    h.call(&h.skel.progs.free_n, 0, N + N / 2, 0)?;
+    let free3 = h.stats()?.get("pages_free");
+    ensure!(free3 == free0 + 2 * N, "pages_free {free0} -> {free3} after freeing everything");
+    let big = h.call(&h.skel.progs.alloc_one, 2 * N * 4096, 0, 0)?;
+    let free4 = h.stats()?.get("pages_free");
+    println!(
+        "runs: all freed: pages_free {free3}; one {}-page allocation: pages_free {free4}",
+        2 * N
+    );
+    ensure!(big != 0 && free4 == free0, "the merged run did not serve {} pages", 2 * N);
+    h.call(&h.skel.progs.free_ptr, 0, 0, big)?;
+    let st = h.stats()?;
+    ensure!(st.get("large_bytes") == 0 && st.get("corrupt_links") == 0, "{st:?}");
+    Ok(())
+}
+
 /// Waits until at least `pages` pages are populated.
 fn wait_reserve(h: &Loaded, pages: u64) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
