@@ -478,4 +478,57 @@ int spin_syscall(__u64 *arg)
 	return 1;
 }
 
+/*
+ * Two sleepable runs on one CPU, each inside a helper call that calls back
+ * (bpf_loop() with flags the verifier cannot know, so the helper calls the
+ * callbacks and the JIT arms the call). The test parks each in
+ * bpf_copy_from_user() on a userfaultfd page (*arg is its address): first
+ * the sleeper, in its first callback, then the parker. Woken while the
+ * parker stays parked, the sleeper's later callbacks must see its own
+ * arming: stopped past the budget, the run cancelled, long before
+ * BPF_MAX_LOOPS calls.
+ */
+__u64 sleeper_calls;
+__u64 parker_runs;
+
+static int sleeper_cb(__u64 i, void *data)
+{
+	__u64 v;
+
+	if (i == 0)
+		bpf_copy_from_user(&v, sizeof(v), (void *)*(__u64 *)data);
+	sleeper_calls++;
+	return 0;
+}
+
+SEC("syscall")
+int sleeper(__u64 *arg)
+{
+	__u64 addr = *arg;
+
+	kflex_use_heap(heap);
+	bpf_loop(MAX_LOOPS, sleeper_cb, &addr, loop_flags);
+	finished++;
+	return 1;
+}
+
+static int parker_cb(__u64 i, void *data)
+{
+	__u64 v;
+
+	bpf_copy_from_user(&v, sizeof(v), (void *)*(__u64 *)data);
+	return 1;
+}
+
+SEC("syscall")
+int parker(__u64 *arg)
+{
+	__u64 addr = *arg;
+
+	kflex_use_heap(heap);
+	bpf_loop(1, parker_cb, &addr, loop_flags);
+	parker_runs++;
+	return 1;
+}
+
 char LICENSE[] SEC("license") = "GPL";

@@ -241,6 +241,158 @@ pub fn callback_loops_end() -> Result<()> {
     Ok(())
 }
 
+/// Anonymous pages registered with a userfaultfd: a read of one blocks the
+/// reader (in the kernel, too) until [`Uffd::fill`] maps it.
+struct Uffd {
+    fd: std::os::fd::OwnedFd,
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+// <linux/userfaultfd.h>: _IOWR(0xAA, nr, size).
+const UFFD_API: u64 = 0xAA;
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+impl Uffd {
+    fn new(pages: usize) -> Result<Self> {
+        use std::os::fd::FromRawFd;
+        let len = pages * 4096;
+        // SAFETY: plain system call; the descriptor is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        ensure!(fd >= 0, "userfaultfd: {} (CONFIG_USERFAULTFD?)", std::io::Error::last_os_error());
+        // SAFETY: a new descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let mut api = [UFFD_API, 0, 0];
+        // SAFETY: struct uffdio_api is three u64s.
+        ensure!(unsafe { libc::ioctl(raw, UFFDIO_API, api.as_mut_ptr()) } == 0, "UFFDIO_API");
+        // SAFETY: a fresh anonymous mapping, unmapped in drop().
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        ensure!(base != libc::MAP_FAILED, "mmap");
+        let uffd = Self { fd, base, len };
+        let mut reg = [base as u64, len as u64, UFFDIO_REGISTER_MODE_MISSING, 0];
+        // SAFETY: struct uffdio_register is {start, len, mode, ioctls}.
+        let r = unsafe { libc::ioctl(raw, UFFDIO_REGISTER, reg.as_mut_ptr()) };
+        ensure!(r == 0, "UFFDIO_REGISTER: {}", std::io::Error::last_os_error());
+        Ok(uffd)
+    }
+
+    fn page(&self, i: usize) -> u64 {
+        self.base as u64 + (i * 4096) as u64
+    }
+
+    /// Waits (at most `secs`) for the next missing-page fault: its page.
+    fn wait_fault(&self, secs: u64) -> Result<u64> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, (secs * 1000) as i32) };
+        ensure!(r == 1, "no userfaultfd fault within {secs} s");
+        let mut msg = [0u8; 32];
+        // SAFETY: struct uffd_msg is 32 bytes.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), msg.as_mut_ptr().cast(), 32) };
+        ensure!(n == 32 && msg[0] == UFFD_EVENT_PAGEFAULT, "userfaultfd read {n}: {msg:?}");
+        let addr = u64::from_ne_bytes(msg[16..24].try_into()?);
+        Ok(addr & !4095)
+    }
+
+    /// Maps a zero page at `page`, waking whoever waits on it.
+    fn fill(&self, page: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let mut zp = [page, 4096, 0, 0];
+        // SAFETY: struct uffdio_zeropage is {start, len, mode, zeropage}.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE, zp.as_mut_ptr()) };
+        ensure!(r == 0, "UFFDIO_ZEROPAGE: {}", std::io::Error::last_os_error());
+        Ok(())
+    }
+}
+
+impl Drop for Uffd {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new().
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Runs syscall program `prog` with argument `arg` on CPU `cpu`.
+fn run_on_cpu(prog: std::os::fd::BorrowedFd<'_>, cpu: usize, mut arg: u64) -> Result<(i32, u64)> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    let (r, t) = ds::test_run_ctx(prog, &mut arg)?;
+    Ok((r, t.as_micros() as u64))
+}
+
+/// Callback arming follows the task. A sleepable run parks inside an armed
+/// helper call (its callback sleeps in bpf_copy_from_user() on a
+/// userfaultfd page); a second run on the same CPU arms a helper call and
+/// parks too. Woken first, the sleeper's callbacks see their own arming: the
+/// loop stops past the budget and the run is cancelled (-ECANCELED, one
+/// budget cancellation, far fewer than BPF_MAX_LOOPS calls). With one
+/// arming per CPU they saw the parker's and ran all 2^23 calls. Then the
+/// parker finishes untouched (1).
+pub fn sleeping_callbacks_keep_their_arming() -> Result<()> {
+    ensure_kflex()?;
+    let skel = loaded()?;
+    let _b = SysctlGuard::budget_us(10_000)?;
+    let uffd = Uffd::new(2)?;
+    let (sleeper, parker) = (skel.progs.sleeper.as_fd(), skel.progs.parker.as_fd());
+    let cancels = counter("cancelled_budget")?;
+    let (page0, page1) = (uffd.page(0), uffd.page(1));
+    let (s, p, woke_us) = std::thread::scope(|scope| -> Result<_> {
+        let s = scope.spawn(move || run_on_cpu(sleeper, 1, page0));
+        let parked = |page, who| -> Result<()> {
+            let got = uffd.wait_fault(30);
+            if !matches!(got, Ok(p) if p == page) {
+                // let the threads finish before the scope joins them
+                let _ = (uffd.fill(page0), uffd.fill(page1));
+                bail!("{who} did not park on its page: {got:?}");
+            }
+            Ok(())
+        };
+        parked(page0, "the sleeper")?;
+        let p = scope.spawn(move || run_on_cpu(parker, 1, page1));
+        parked(page1, "the parker")?;
+        let woke = std::time::Instant::now();
+        let filled = uffd.fill(page0);
+        let s = s.join().map_err(|_| anyhow::anyhow!("sleeper panicked"))?;
+        let woke_us = woke.elapsed().as_micros() as u64;
+        let filled = filled.and(uffd.fill(page1));
+        let p = p.join().map_err(|_| anyhow::anyhow!("parker panicked"))?;
+        filled?;
+        Ok((s?, p?, woke_us))
+    })?;
+    let cancels = counter("cancelled_budget")? - cancels;
+    let bss = skel.maps.bss_data.as_deref().context("no .bss")?;
+    println!(
+        "sleeper: returned {} after {woke_us} µs awake, {} callbacks; parker: returned {}; \
+         budget cancellations {cancels}",
+        s.0, bss.sleeper_calls, p.0
+    );
+    ensure!(
+        s.0 == -ECANCELED && bss.sleeper_calls < 1 << 23 && bss.finished == 0,
+        "the sleeper's callbacks ran {} times, it returned {} (-ECANCELED expected)",
+        bss.sleeper_calls,
+        s.0
+    );
+    ensure!(p.0 == 1 && bss.parker_runs == 1, "the parker returned {}", p.0);
+    ensure!(cancels == 1, "{cancels} budget cancellations (1 expected)");
+    Ok(())
+}
+
 /// libbpf's messages while loading, for the verifier's log.
 fn libbpf_log() -> &'static Mutex<String> {
     static LOG: OnceLock<Mutex<String>> = OnceLock::new();

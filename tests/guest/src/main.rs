@@ -90,6 +90,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::syscall_run_returns_ecanceled, "ym"),
     t!(cancel::budget_follows_the_sysctl, "ym"),
     t!(cancel::callback_loops_end, "ym"),
+    t!(cancel::sleeping_callbacks_keep_their_arming, "ym"),
     t!(cancel::points_holding_resources_refused, "ym"),
     t!(cancel::heap_faults_cancel, "ym"),
     t!(sockmap::pipelined_replies_of_other_lengths, "ym"),
