@@ -276,6 +276,109 @@ static __noinline __u64 obj_batch(__u64 size)
 	}
 	return BATCH;
 }
+
+/*
+ * The fragmentation workload with bpf_obj_new(): sizes are rounded up to
+ * bpf_mem_alloc()'s caches (16 ... 2048 B, and 4088 B, the most its
+ * 4096-B cache holds after its 8-byte header; requests of 4089-4096 B
+ * get 4088). Each slot of frag_objs holds one kptr per type; frag_cls
+ * says which is in use. The memory held is the kernel's slab (measured by
+ * kflex-bench from /proc/meminfo).
+ */
+#define FRAG_TYPES(X)							\
+	X(16) X(32) X(64) X(96) X(128) X(192) X(256) X(512) X(1024)	\
+	X(2048) X(4088)
+#define FOBJ_TYPE(n) struct fobj##n { __u64 w[n / 8]; };
+FRAG_TYPES(FOBJ_TYPE)
+#define FOBJ_FIELD(n) struct fobj##n __kptr *p##n;
+struct frag_slot {
+	FRAG_TYPES(FOBJ_FIELD)
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FRAG_SLOTS);
+	__type(key, __u32);
+	__type(value, struct frag_slot);
+} frag_objs SEC(".maps");
+
+/* The type (its size) slot `slot` holds, 0: none. */
+__u16 frag_cls[FRAG_SLOTS];
+
+#define FOBJ_NEW(n)							\
+	if (size <= n) {						\
+		struct fobj##n *o = bpf_obj_new_impl(bpf_core_type_id_local(struct fobj##n), NULL); \
+		if (!o)							\
+			return 0;					\
+		o->w[0] = size;						\
+		o = bpf_kptr_xchg(&v->p##n, o);				\
+		if (o)							\
+			bpf_obj_drop_impl(o, NULL);			\
+		return n;						\
+	}
+
+/* A new object of at least `size` bytes (at most 4088) in slot v: its type. */
+static __noinline __u64 fobj_new(struct frag_slot *v, __u64 size)
+{
+	if (!v)
+		return 0;
+	FRAG_TYPES(FOBJ_NEW)
+	return 0;
+}
+
+#define FOBJ_DROP(n)							\
+	if (cls == n) {							\
+		struct fobj##n *o = bpf_kptr_xchg(&v->p##n, NULL);	\
+		if (o)							\
+			bpf_obj_drop_impl(o, NULL);			\
+		return 0;						\
+	}
+
+static __noinline __u64 fobj_drop(struct frag_slot *v, __u64 cls)
+{
+	if (!v)
+		return 0;
+	FRAG_TYPES(FOBJ_DROP)
+	return 0;
+}
+
+SEC("syscall")
+int frag_objnew(struct frag_args *a)
+{
+	__u64 i, r, size, cls, seed = a->seed;
+	struct frag_slot *v;
+	__u32 slot, key;
+
+	bpf_for(i, 0, a->n) {
+		r = frag_next(&seed);
+		slot = (r >> 16) & (FRAG_SLOTS - 1);
+		/* the lookup's key on the stack; slot stays a bounded register */
+		key = slot;
+		v = bpf_map_lookup_elem(&frag_objs, &key);
+		if (frag_cls[slot]) {
+			fobj_drop(v, frag_cls[slot]);
+			frag_live -= frag_size[slot];
+			frag_cls[slot] = 0;
+			continue;
+		}
+		size = frag_pick(frag_next(&seed));
+		cls = fobj_new(v, size > 4088 ? 4088 : size);
+		if (!cls) {
+			frag_fails++;
+			continue;
+		}
+		frag_cls[slot] = cls;
+		frag_size[slot] = size;
+		frag_live += size;
+		if (frag_live > frag_peak_live)
+			frag_peak_live = frag_live;
+	}
+	a->seed = seed;
+	a->live = frag_live;
+	a->peak_live = frag_peak_live;
+	a->fails = frag_fails;
+	return 0;
+}
 #endif
 
 /* n alloc+free pairs of `size` bytes with allocator `kind`; the failures. */

@@ -319,36 +319,56 @@ pub struct FragRow {
     pub fails: u64,
 }
 
+/// The kernel's slab memory now (`Slab:` of /proc/meminfo), in bytes.
+fn slab_bytes() -> Result<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let kib = m
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no Slab: line in /proc/meminfo")?;
+    Ok(kib * 1024)
+}
+
 /// The fragmentation workload (`frag` in alloc.bpf.c): `ops` random
 /// allocations and frees of memcached-like sizes over 65,536 slots, from
-/// the same seed, on the KFlex heap and with the BPF free list on the
-/// upstream arena, each on a fresh load.
+/// the same seed, on the KFlex heap, with the BPF free list on the
+/// upstream arena and with `bpf_obj_new` (`frag_objnew`), each on a fresh
+/// load. The memory held is sampled after every run of the program
+/// ([`FRAG_CHUNK`] operations): the KFlex heap's populated pages (less its
+/// reserve and user pages), the free list's pages, and for `bpf_obj_new`
+/// the growth of the kernel's slab memory (`bpf_mem_alloc` takes its
+/// objects from the kmalloc caches; other slab users add noise).
 pub fn fragmentation(ops: u64, seed: u64) -> Result<Vec<FragRow>> {
     let mut rows = Vec::new();
-    for v in [Variant::KFlex, Variant::ArenaFreeList] {
+    for v in [Variant::KFlex, Variant::ArenaFreeList, Variant::ObjNew] {
         let l = Loaded::load()?;
-        let before = match v {
-            Variant::KFlex => crate::heapstats_held(l.heap_id)?,
-            _ => 0,
+        let held = |a: &FragArgs| -> Result<u64> {
+            Ok(match v {
+                Variant::KFlex => crate::heapstats_held(l.heap_id)?,
+                Variant::ObjNew => slab_bytes()?,
+                _ => a.peak_pages * 4096,
+            })
         };
         let mut a = FragArgs { seed: seed | 1, ..Default::default() };
-        let mut done = 0;
+        let before = match v {
+            Variant::ArenaFreeList => 0,
+            _ => held(&a)?,
+        };
+        let prog = if v == Variant::ObjNew { "frag_objnew" } else { "frag" };
+        let (mut done, mut peak) = (0, 0);
         while done < ops {
             a.n = FRAG_CHUNK.min(ops - done);
-            ds::run_ctx(l.prog(v, "frag")?, &mut a)?;
+            ds::run_ctx(l.prog(v, prog)?, &mut a)?;
             done += a.n;
+            peak = peak.max(held(&a)?.saturating_sub(before));
         }
-        let peak_held = match v {
-            // The heap never gives pages back: what it holds at the end is
-            // its peak.
-            Variant::KFlex => crate::heapstats_held(l.heap_id)?.saturating_sub(before),
-            _ => a.peak_pages * 4096,
-        };
         rows.push(FragRow {
             variant: v.name(),
             ops,
             peak_live: a.peak_live,
-            peak_held,
+            peak_held: peak,
             fails: a.fails,
         });
     }
