@@ -43,6 +43,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::big_heap_used_sparsely, "ym"),
     t!(heap::exhaustion_and_recovery, "ym"),
     t!(heap::freed_runs_are_reused, "ym"),
+    t!(heap::producer_consumer_stays_bounded, "ym"),
     t!(heap::worker_populates_reserve, "ym"),
     t!(heap::two_cpus_churn, "ym"),
     t!(heap::hostile_program_is_contained, "ym"),
