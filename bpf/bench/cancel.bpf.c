@@ -182,6 +182,57 @@ int lk_unheld(struct cl_args *a)
 }
 #endif
 
+/*
+ * 6.12's own lock: a bpf_spin_lock in a map value (the verifier allows no
+ * call and no cancellation point while it is held).
+ */
+struct lk_val {
+	struct bpf_spin_lock lock;
+	__u64 n;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lk_val);
+} lk_map SEC(".maps");
+
+SEC("syscall")
+int lk_spin(struct cl_args *a)
+{
+	struct lk_val *v;
+	__u32 zero = 0;
+	__u64 o;
+
+	kflex_use_heap(heap);
+	v = bpf_map_lookup_elem(&lk_map, &zero);
+	if (!v)
+		return 1;
+	bpf_for(o, 0, a->outer) {
+		bpf_spin_lock(&v->lock);
+		v->n++;
+		bpf_spin_unlock(&v->lock);
+	}
+	return 0;
+}
+
+/*
+ * A loop that never ends (kflex-bench cancel/latency/<budget>): the run is
+ * cancelled when it has run past kernel.kflex_budget_us.
+ */
+SEC("syscall")
+int cl_forever(struct cl_args *a)
+{
+	__u64 i = 0;
+
+	kflex_use_heap(heap);
+	while (can_loop)
+		barrier_var(i);
+	a->ret = i;
+	return 0;
+}
+
 SEC("syscall")
 int lk_ttas(struct cl_args *a)
 {

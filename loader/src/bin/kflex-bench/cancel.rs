@@ -13,11 +13,16 @@
 //! slots) of an XDP program whose loop never runs, with and without points;
 //! ns per run. `locks/pair/<variant>`: an uncontended lock/unlock pair on
 //! one heap word, a KFlex heap lock (`kflex`) or a test-and-test-and-set
-//! spin lock in BPF (`ttas`); ns per pair. `locks/call/<variant>`: a KFlex
-//! kfunc call that returns at once, and an unlock of a word not held; ns per
-//! call.
+//! spin lock in BPF (`ttas`), or 6.12's `bpf_spin_lock` in a map value
+//! (`bpf_spin_lock`); ns per pair. `locks/2cpu/<variant>`: the same pairs
+//! run by two threads pinned to CPUs 0 and 1 at once, on the same lock;
+//! wall time per pair (both threads' pairs counted). `locks/call/<variant>`:
+//! a KFlex kfunc call that returns at once, and an unlock of a word not
+//! held; ns per call. `cancel/latency/<budget>/{median,max}`: how long a
+//! run of a loop that never ends takes until it is cancelled, under
+//! budgets of 1, 10 and 100 ms (wall time of the test run, ns).
 
-use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd};
+use std::{any::Any, mem::MaybeUninit, os::fd::BorrowedFd, time::Instant};
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
@@ -76,12 +81,21 @@ pub const ENTRY: [(&str, bool); 2] = [("plain", false), ("kflex", true)];
 const ENTRY_RUNS: u32 = 100_000;
 
 /// Lock-pair variants: name and program.
-pub const LOCKS: [(&str, &str); 4] = [
+pub const LOCKS: [(&str, &str); 5] = [
     ("pair/ttas", "lk_ttas"),
     ("pair/kflex", "lk_kflex"),
+    ("pair/bpf_spin_lock", "lk_spin"),
     ("call/kfunc-return", "lk_call"),
     ("call/unlock-not-held", "lk_unheld"),
 ];
+
+/// Lock pairs on two CPUs at once: name and program.
+pub const LOCKS_2CPU: [(&str, &str); 3] =
+    [("2cpu/ttas", "lk_ttas"), ("2cpu/kflex", "lk_kflex"), ("2cpu/bpf_spin_lock", "lk_spin")];
+
+/// Cancellation latency: name, budget (µs) and runs.
+pub const LATENCY: [(&str, u64, usize); 3] =
+    [("1ms", 1_000, 15), ("10ms", 10_000, 9), ("100ms", 100_000, 5)];
 
 /// Every benchmark name.
 pub fn names() -> Vec<String> {
@@ -90,6 +104,12 @@ pub fn names() -> Vec<String> {
         .flat_map(|b| VARIANTS.iter().map(move |(v, _, _)| format!("cancel/loop/{b}/{v}")))
         .chain(ENTRY.iter().map(|(v, _)| format!("cancel/entry/xdp-empty/{v}")))
         .chain(LOCKS.iter().map(|(v, _)| format!("locks/{v}")))
+        .chain(LOCKS_2CPU.iter().map(|(v, _)| format!("locks/{v}")))
+        .chain(
+            LATENCY
+                .iter()
+                .flat_map(|(b, _, _)| ["median", "max"].map(|s| format!("cancel/latency/{b}/{s}"))),
+        )
         .collect()
 }
 
@@ -162,6 +182,61 @@ pub fn run(
         };
         progress(&r);
         out.push(r);
+    }
+    let two: Vec<_> =
+        LOCKS_2CPU.iter().filter(|(v, _)| wanted.contains(&format!("locks/{v}"))).collect();
+    let medians = results::interleaved(two.len(), reps, |i| {
+        let prog = with_points.progs.get(two[i].1)?;
+        let t = Instant::now();
+        std::thread::scope(|scope| -> Result<()> {
+            let threads: Vec<_> = (0..2)
+                .map(|cpu| {
+                    scope.spawn(move || -> Result<()> {
+                        crate::pin_to(cpu)?;
+                        ds::run_ctx(prog, &mut Args { outer: pairs, ret: 0 })?;
+                        Ok(())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().map_err(|_| anyhow::anyhow!("a lock thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        Ok(t.elapsed().as_nanos() as f64 / (2 * pairs) as f64)
+    })?;
+    for ((variant, _), ns) in two.into_iter().zip(medians) {
+        let r = results::Result {
+            name: format!("locks/{variant}"),
+            ns_per_op: ns,
+            ops: 2 * pairs,
+            baseline: Some("locks/2cpu/ttas".to_string()).filter(|_| *variant != "2cpu/ttas"),
+        };
+        progress(&r);
+        out.push(r);
+    }
+    for (label, budget, runs) in LATENCY {
+        let names = ["median", "max"].map(|s| format!("cancel/latency/{label}/{s}"));
+        if !names.iter().any(|n| wanted.contains(n)) {
+            continue;
+        }
+        let _b = SysctlGuard::budget_us(budget)?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let (ret, t) =
+                ds::test_run_ctx(with_points.progs.get("cl_forever")?, &mut Args::default())?;
+            anyhow::ensure!(ret == -125, "cl_forever returned {ret} (-ECANCELED expected)");
+            times.push(t.as_nanos() as f64);
+        }
+        let max = times.iter().copied().fold(0.0, f64::max);
+        let median = results::median(&mut times);
+        for (name, ns) in names.into_iter().zip([median, max]) {
+            if wanted.contains(&name) {
+                let r = results::Result { name, ns_per_op: ns, ops: runs as u64, baseline: None };
+                progress(&r);
+                out.push(r);
+            }
+        }
     }
     let outer = (iters / INNER).max(1);
     let per = outer * INNER;
