@@ -329,9 +329,7 @@ impl Drop for Uffd {
 
 /// Runs syscall program `prog` with argument `arg` on CPU `cpu`.
 fn run_on_cpu(prog: std::os::fd::BorrowedFd<'_>, cpu: usize, mut arg: u64) -> Result<(i32, u64)> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    pin_to(cpu)?;
     let (r, t) = ds::test_run_ctx(prog, &mut arg)?;
     Ok((r, t.as_micros() as u64))
 }
@@ -626,9 +624,7 @@ fn forced_run(skel: &CancelTestSkel<'_>, how: &str) -> Result<(i32, u64)> {
     let before = spins()?;
     std::thread::scope(|scope| {
         let run = scope.spawn(move || -> Result<(i32, u64)> {
-            let mut set = nix::sched::CpuSet::new();
-            set.set(1)?;
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+            pin_to(1)?;
             let mut arg = u64::from(MARK);
             let (r, t) = ds::test_run_ctx(prog, &mut arg)?;
             Ok((r, t.as_micros() as u64))

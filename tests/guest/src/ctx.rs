@@ -87,9 +87,7 @@ fn load_on_both_cpus<'s>(
     (0..2)
         .map(|cpu| {
             s.spawn(move || -> Result<()> {
-                let mut set = nix::sched::CpuSet::new();
-                set.set(cpu)?;
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                pin_to(cpu)?;
                 while !stop.load(Ordering::Relaxed) {
                     work(cpu as u64)?;
                 }

@@ -653,9 +653,7 @@ pub fn hashmap_two_cpus() -> Result<()> {
                 let t: Vec<_> = (0..2)
                     .map(|cpu| {
                         sc.spawn(move || -> Result<u64> {
-                            let mut set = nix::sched::CpuSet::new();
-                            set.set(cpu)?;
-                            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                            pin_to(cpu)?;
                             let start = (2 * phase + cpu) * n;
                             let (r, _) = ds::run_batched(fd, start as u64, n as u64, 500, 0, 0)?;
                             Ok(r.hits)

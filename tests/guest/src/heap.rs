@@ -374,17 +374,12 @@ pub fn producer_consumer_stays_bounded() -> Result<()> {
     const N: u64 = 4096;
     let h = Loaded::new(64 << 20)?;
     h.reserve(8 << 20)?;
-    let pin = |cpu: usize| -> Result<()> {
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu)?;
-        Ok(nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?)
-    };
     let (mut warm, mut end) = (0, 0);
     for round in 0..ROUNDS {
-        pin(0)?;
+        pin_to(0)?;
         let got = h.call(&h.skel.progs.alloc_n, 64, N, 0)?;
         ensure!(got == N, "round {round}: {got} of {N} allocations");
-        pin(1)?;
+        pin_to(1)?;
         h.call(&h.skel.progs.free_n, 0, 0, 0)?;
         let held = pages_held(&h)?;
         if (10..20).contains(&round) {
@@ -394,7 +389,7 @@ pub fn producer_consumer_stays_bounded() -> Result<()> {
             end = end.max(held);
         }
     }
-    pin_all()?;
+    pin_to_all()?;
     let st = h.stats()?;
     println!(
         "producer/consumer: {ROUNDS} rounds of {N} x 64 B: pages held {warm} in rounds 10-19, \
@@ -405,15 +400,6 @@ pub fn producer_consumer_stays_bounded() -> Result<()> {
     ensure!(st.class_bytes() == 0 && st.get("corrupt_links") == 0, "{st:?}");
     ensure!(end <= warm + 16, "pages held grew from {warm} to {end}: a per-CPU cache grows");
     Ok(())
-}
-
-/// Lets the calling thread run on every CPU again.
-fn pin_all() -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    for c in 0..nix::sched::CpuSet::count() {
-        let _ = set.set(c);
-    }
-    Ok(nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?)
 }
 
 /// Waits until at least `pages` pages are populated.
@@ -450,9 +436,7 @@ pub fn two_cpus_churn() -> Result<()> {
             .map(|cpu| {
                 let h = &h;
                 s.spawn(move || -> Result<u64> {
-                    let mut set = nix::sched::CpuSet::new();
-                    set.set(cpu)?;
-                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                    pin_to(cpu)?;
                     let mut fails = 0;
                     for r in 0..rounds {
                         fails += h.call(&h.skel.progs.churn, 0, 5000, (cpu as u64) << 32 | r)?;
@@ -916,9 +900,7 @@ pub fn forged_links_to_every_page_state() -> Result<()> {
             .map(|cpu| {
                 let h = &h;
                 s.spawn(move || -> Result<u64> {
-                    let mut set = nix::sched::CpuSet::new();
-                    set.set(cpu as usize)?;
-                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                    pin_to(cpu as usize)?;
                     h.call(&h.skel.progs.alloc_at, 16, per_cpu, cpu * 2000)
                 })
             })

@@ -16,7 +16,6 @@ use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
     ProgramInput,
 };
-use nix::{sched::CpuSet, unistd::Pid};
 
 use kflex_load::{
     cancel::{counter, SysctlGuard},
@@ -153,9 +152,7 @@ pub fn abba_on_two_cpus() -> Result<()> {
                     .enumerate()
                     .map(|(cpu, (first, second))| {
                         scope.spawn(move || -> Result<(u32, u32)> {
-                            let mut set = CpuSet::new();
-                            set.set(cpu)?;
-                            nix::sched::sched_setaffinity(Pid::from_raw(0), &set)?;
+                            pin_to(cpu)?;
                             let (mut done, mut cancelled) = (0, 0);
                             for _ in 0..ROUNDS {
                                 let mut a = LockArgs { first, second, spin, ..Default::default() };

@@ -789,9 +789,7 @@ pub fn two_cpus_same_keys() -> Result<()> {
             std::thread::spawn(move || -> Result<(u64, u64, u64)> {
                 let fd = std::fs::File::open(&path)?;
                 nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let mut set = nix::sched::CpuSet::new();
-                set.set(w)?;
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                pin_to(w)?;
                 let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
                 s.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let (mut values, mut busy, mut id) = (0u64, 0u64, 0u16);

@@ -241,3 +241,19 @@ pub fn heap_base(map: &libbpf_rs::MapMut) -> Result<u64> {
     ensure!(base != 0, "heap not mapped");
     Ok(base)
 }
+
+/// Pins the calling thread to CPU `cpu`.
+pub fn pin_to(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    Ok(nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?)
+}
+
+/// Lets the calling thread run on every CPU again.
+pub fn pin_to_all() -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for c in 0..nix::sched::CpuSet::count() {
+        let _ = set.set(c);
+    }
+    Ok(nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?)
+}
