@@ -105,6 +105,9 @@ impl Structure {
 pub enum Variant {
     /// KFlex heap, programs loaded in this guard mode.
     KFlex(GuardMode),
+    /// KFlex heap, guard mode 0, loaded with `kernel.kflex_cancel_points=1`:
+    /// the upstream may_goto counter instead of cancellation points.
+    KFlexCounter,
     /// Upstream arena (`*_arena` skeletons).
     Arena,
     /// The kernel's own alternative.
@@ -126,6 +129,7 @@ impl Variant {
                 GuardMode::Unguarded => "kflex-noguard",
                 GuardMode::AllGuards => "kflex-noelide",
             },
+            Variant::KFlexCounter => "kflex-counter",
             Variant::Arena => "arena",
             Variant::Kernel => s.kernel_alternative().map_or("kernel", |k| k.0),
             Variant::Native => "native",
@@ -201,6 +205,9 @@ impl Unit {
         } else {
             modes.iter().map(|&m| Variant::KFlex(m)).collect()
         };
+        if self.cpus == 1 {
+            v.push(Variant::KFlexCounter);
+        }
         v.push(Variant::Arena);
         if self.s.kernel_alternative().is_some() {
             v.push(Variant::Kernel);
@@ -291,6 +298,7 @@ mod tests {
         let names = u.names(&[GuardMode::Full, GuardMode::Performance]);
         assert!(names.contains(&"ds/rbtree/update/zipf/kflex".to_string()));
         assert!(names.contains(&"ds/rbtree/lookup/zipf/kflex-perf".to_string()));
+        assert!(names.contains(&"ds/rbtree/lookup/zipf/kflex-counter".to_string()));
         assert!(names.contains(&"ds/rbtree/delete/zipf/bpf-graph".to_string()));
         assert!(!names.contains(&"ds/rbtree/lookup/zipf/bpf-graph".to_string()));
         let u2 = Unit { s: Structure::Hashmap, dist: Dist::Uniform, cpus: 2 };
@@ -310,5 +318,6 @@ mod tests {
         assert_eq!(names, ["kflex", "kflex-perf", "kflex-noguard", "kflex-noelide"]);
         assert_eq!(Variant::Kernel.name(Structure::Cms), "bpf-array");
         assert_eq!(Variant::Native.guard_mode(), GuardMode::Full);
+        assert_eq!(Variant::KFlexCounter.name(Structure::List), "kflex-counter");
     }
 }

@@ -137,7 +137,7 @@ pub fn load_impl(s: Structure, v: Variant, work: &WorkMaps, sz: Sizes) -> Result
     let objects = s.objects();
     let (ops, skel) = match v {
         Variant::Native | Variant::NativeHeap => return load_native_impl(s, v, work, sz),
-        Variant::KFlex(_) | Variant::Arena => {
+        Variant::KFlex(_) | Variant::KFlexCounter | Variant::Arena => {
             let load = if v == Variant::Arena { objects.arena } else { objects.kflex };
             let heap_pages = (sz.heap_bytes() >> 12) as u32;
             let (mut progs, skel) = load(work, &[("ds_heap", heap_pages, true)])?;

@@ -46,7 +46,11 @@ fn run_rep(
         Kind::Native(nds) => return run_native_rep(*nds, work, sz),
     };
     if let Some(init) = &ops.init {
-        let arg = if matches!(imp.variant, Variant::KFlex(_)) { sz.reserve() } else { 0 };
+        let arg = if matches!(imp.variant, Variant::KFlex(_) | Variant::KFlexCounter) {
+            sz.reserve()
+        } else {
+            0
+        };
         let flags = if s == Structure::Hashmap { sz.bucket_order() } else { 0 };
         let a = DsArgs { arg, flags, ..Default::default() };
         let (r, _) = ds::run(init.as_fd(), a).context("init")?;
@@ -217,6 +221,8 @@ impl DsRun {
             eprintln!("loading {} ({})", s.name(), v.name(s));
             let loaded = {
                 let _mode = v.guard_mode().set()?;
+                // kflex-counter: the upstream may_goto counter, no points
+                let _points = kflex_load::cancel::SysctlGuard::points(v != Variant::KFlexCounter)?;
                 load_impl(s, v, &self.work, self.sz)
             };
             let Some(imp) = loaded.with_context(|| format!("{} ({})", s.name(), v.name(s)))? else {
