@@ -205,7 +205,9 @@ impl Unit {
         } else {
             modes.iter().map(|&m| Variant::KFlex(m)).collect()
         };
-        if self.cpus == 1 {
+        // Not the hash map: its bucket locks are heap locks, which a run
+        // that cannot be cancelled may not take (-EOPNOTSUPP).
+        if self.cpus == 1 && self.s != Structure::Hashmap {
             v.push(Variant::KFlexCounter);
         }
         v.push(Variant::Arena);
