@@ -557,12 +557,7 @@ impl Heap {
         let p = match self.pop_free_page(pool) {
             Some(p) => p,
             None => {
-                let dropped = pool.runs.dropped();
-                let p = pool.runs.take_last(&RunTags(self));
-                if pool.runs.dropped() != dropped {
-                    bump(&self.c.corrupt_links, 1);
-                }
-                let p = p?;
+                let p = self.with_runs(pool, |runs, tags| runs.take_last(tags))?;
                 self.count_free(pool, 0, 1);
                 p
             }
@@ -590,14 +585,24 @@ impl Heap {
         }
     }
 
-    /// Takes `n` contiguous pages from the free runs.
-    fn take_run(&self, pool: &mut PagePool, n: u64) -> Option<u64> {
+    /// Runs `f` on the pool's free runs; a list they drop because a run
+    /// did not check out counts in `corrupt_links`.
+    fn with_runs<T>(
+        &self,
+        pool: &mut PagePool,
+        f: impl FnOnce(&mut Runs, &RunTags<'_>) -> T,
+    ) -> T {
         let dropped = pool.runs.dropped();
-        let start = pool.runs.take(&RunTags(self), n);
+        let r = f(&mut pool.runs, &RunTags(self));
         if pool.runs.dropped() != dropped {
             bump(&self.c.corrupt_links, 1);
         }
-        let start = start?;
+        r
+    }
+
+    /// Takes `n` contiguous pages from the free runs.
+    fn take_run(&self, pool: &mut PagePool, n: u64) -> Option<u64> {
+        let start = self.with_runs(pool, |runs, tags| runs.take(tags, n))?;
         self.count_free(pool, 0, n);
         // Runs lie inside the heap (page indices below 2^26), so `start + n`
         // does not wrap. Every page of a run says so; one that does not means
@@ -777,7 +782,7 @@ impl Heap {
         }
         self.c.large_bytes.fetch_sub((n << PAGE_SHIFT) as i64, Ordering::Relaxed);
         // A run of its own, merged with the runs right before and after.
-        pool.runs.insert(&RunTags(self), page, n);
+        self.with_runs(&mut pool, |runs, tags| runs.insert(tags, page, n));
         self.count_free(&mut pool, n, 0);
         let give_back = self.give_back_wanted();
         drop(pool);
