@@ -198,6 +198,15 @@ pub fn test_run_ctx<T: Copy>(prog: BorrowedFd<'_>, ctx: &mut T) -> Result<(i32, 
     Ok((opts.retval as i32, elapsed))
 }
 
+/// Pins the calling thread to CPU `cpu` (test runs execute on the caller's
+/// CPU).
+pub fn pin_to(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to CPU {cpu}"))
+}
+
 /// Keys per block of `nat_blocks` (`NAT_BLOCK` in `bpf/bench/native.bpf.c`).
 pub const NAT_BLOCK: usize = 4096;
 

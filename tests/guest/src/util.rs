@@ -242,12 +242,7 @@ pub fn heap_base(map: &libbpf_rs::MapMut) -> Result<u64> {
     Ok(base)
 }
 
-/// Pins the calling thread to CPU `cpu`.
-pub fn pin_to(cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    Ok(nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?)
-}
+pub use kflex_load::ds::pin_to;
 
 /// Lets the calling thread run on every CPU again.
 pub fn pin_to_all() -> Result<()> {

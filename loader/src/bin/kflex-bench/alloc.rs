@@ -352,10 +352,8 @@ pub fn fragmentation(ops: u64, seed: u64) -> Result<Vec<FragRow>> {
             })
         };
         let mut a = FragArgs { seed: seed | 1, ..Default::default() };
-        let before = match v {
-            Variant::ArenaFreeList => 0,
-            _ => held(&a)?,
-        };
+        // (the free list's count starts at 0)
+        let before = held(&a)?;
         let prog = if v == Variant::ObjNew { "frag_objnew" } else { "frag" };
         let (mut done, mut peak) = (0, 0);
         while done < ops {

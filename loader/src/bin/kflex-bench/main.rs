@@ -173,13 +173,7 @@ fn fragmentation(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// Pins the calling thread to `cpu`.
-pub(crate) fn pin_to(cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("pinning to CPU {cpu}"))
-}
+pub(crate) use kflex_load::ds::pin_to;
 
 fn main() {
     let cli = Cli::parse();
