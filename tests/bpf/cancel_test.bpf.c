@@ -442,8 +442,8 @@ int fault_callback(struct xdp_md *ctx)
 #define ETH_P_IP 0x0800
 __u64 udp_marked, udp_unmarked;
 
-SEC("xdp")
-int spin_udp(struct xdp_md *ctx)
+/* Whether ctx is a marked datagram to UDP_PORT; counts both kinds. */
+static __always_inline bool udp_marked_datagram(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -452,17 +452,41 @@ int spin_udp(struct xdp_md *ctx)
 	struct udphdr *udp = (void *)(ip + 1);
 	__u8 *payload = (void *)(udp + 1);
 
-	kflex_use_heap(heap);
 	if ((void *)(payload + 1) > end ||
 	    eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 ||
 	    ip->protocol != IPPROTO_UDP || udp->dest != bpf_htons(UDP_PORT))
-		return XDP_PASS;
+		return false;
 	if (*payload != MARK) {
 		__sync_fetch_and_add(&udp_unmarked, 1);
-		return XDP_PASS;
+		return false;
 	}
 	__sync_fetch_and_add(&udp_marked, 1);
+	return true;
+}
+
+SEC("xdp")
+int spin_udp(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!udp_marked_datagram(ctx))
+		return XDP_PASS;
 	walk_ring();
+	finished++;
+	return XDP_DROP;
+}
+
+/*
+ * The same in callbacks: nested bpf_loop(BPF_MAX_LOOPS) that the helper
+ * calls back (run in the receiving softirq, so the JIT arms this CPU's
+ * kflex_cb, not the task's).
+ */
+SEC("xdp")
+int spin_udp_cb(struct xdp_md *ctx)
+{
+	kflex_use_heap(heap);
+	if (!udp_marked_datagram(ctx))
+		return XDP_PASS;
+	bpf_loop(MAX_LOOPS, outer_cb_helper, NULL, loop_flags);
 	finished++;
 	return XDP_DROP;
 }

@@ -99,6 +99,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(cancel::forced_cancellation, "ym"),
     t!(cancel::own_verdict, "ym"),
     t!(cancel::udp_traffic_marked_packets_cancelled, "ym"),
+    t!(cancel::callbacks_cancelled_in_softirq, "ym"),
     t!(cancel::detach_cancels_running_runs, "ym"),
     t!(release::cancelled_runs_release_objects, "ym"),
     t!(release::cancelled_reservations_are_discarded, "ym"),
