@@ -475,7 +475,7 @@ __noinline int mc_store(struct mc_scratch *sc, int mode, __u32 data, struct mc_s
 			st->lock_timeouts++;
 		return REPLY(sc, "SERVER_ERROR out of memory storing object\r\n");
 	}
-	r = kv_store(&mc_table, e, mode, now, sc->req, tok_off(sc, 1), &ks);
+	r = kv_store(&mc_table, e, mode, now, &ks);
 	st->expired += ks.expired;
 	if (r < 0) {
 		st->lock_timeouts++;
@@ -929,7 +929,7 @@ __noinline int mc_fill(struct mc_scratch *sc, struct mc_stats *st)
 		st->store_failures++;
 		return 0;
 	}
-	if (kv_store(&mc_table, e, 0, now_ns(), sc->req, tok_off(sc, 1), &ks) == 1)
+	if (kv_store(&mc_table, e, 0, now_ns(), &ks) == 1)
 		st->fills++;
 	else
 		st->lock_timeouts++;

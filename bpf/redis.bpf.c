@@ -79,7 +79,7 @@ KFLEX_HEAP(rd_heap, 1 << 30);
 
 /* Set by the loader before loading. */
 const volatile __u16 rd_port = 6969;
-const volatile __u32 rd_max_value = KV_ITEM_MAX;
+const volatile __u32 rd_max_value = 65536;
 /* 0: the GET/SET family (--kmemcache); 1: the sorted sets (--kredis). */
 const volatile __u32 rd_zset;
 
@@ -138,13 +138,18 @@ struct rd_conn {
 	__u32 bulk_left;	/* bytes of the current argument (with its CRLF) */
 	__u32 consume;		/* the request is consumed, not passed, and
 				 * refused at its end (RD_CONSUME_*) */
-	__u32 pad;
+	__u32 filled;		/* bytes of the value written to `big` */
+	__u64 big;		/* the entry (kv_new_big) that a SET framed
+				 * in chunks fills; 0 none */
 };
 
 /* Why a request framed in chunks is consumed. */
 #define RD_CONSUME_TOO_LARGE 1	/* an owned one */
 #define RD_CONSUME_HELD 2	/* another command on a key the offload holds */
 #define RD_CONSUME_BUSY 3	/* the check of its keys could not be made */
+#define RD_CONSUME_STORE 4	/* a SET whose value fills c->big */
+#define RD_CONSUME_KEY 5	/* a SET whose key the offload cannot hold */
+#define RD_CONSUME_OOM 6	/* a SET whose value the heap cannot hold */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -188,8 +193,10 @@ struct rd_scratch {
 	__u8 rep[RD_BUF + 128];
 	__u32 arg_off[RD_OWN_ARGS];
 	__u32 arg_len[RD_OWN_ARGS];
-	__u32 nargs;
+	__u32 nargs;		/* arguments split() found (at most RD_OWN_ARGS) */
 	__u32 acount;		/* elements of an array reply staged at RD_VAL */
+	__u32 filled;		/* rd_set_begin()'s results */
+	__u64 big;
 	__u64 upd[SKL_MAX_LEVEL];	/* a skiplist walk's predecessors */
 	__u64 rank[SKL_MAX_LEVEL];	/* and their positions */
 	__u8 hdr[RD_HDR];
@@ -244,9 +251,10 @@ static __always_inline struct rd_stats *stats(void)
 SEC("sockops")
 int rd_sockops(struct bpf_sock_ops *ops)
 {
-	struct rd_conn fresh = {};
+	struct rd_conn fresh = {}, *c;
 	__u64 cookie;
 
+	kflex_use_heap(rd_heap);
 	switch (ops->op) {
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (ops->local_port != rd_port || rd_detaching)
@@ -266,6 +274,10 @@ int rd_sockops(struct bpf_sock_ops *ops)
 		if (ops->args[1] != TCP_CLOSE_STATE)
 			return 1;
 		cookie = bpf_get_socket_cookie(ops);
+		c = bpf_map_lookup_elem(&rd_conns, &cookie);
+		/* a SET cut off by the close: its value was never linked */
+		if (c && c->big)
+			kv_drop(&rd_table, (struct kv_entry __arena *)c->big);
 		bpf_map_delete_elem(&rd_conns, &cookie);
 		break;
 	}
@@ -551,6 +563,7 @@ static __always_inline int split(struct rd_scratch *sc, __u32 len)
 			pos = off + v + 2;
 			nargs++;
 		}
+		sc->nargs = nargs;
 		return total;
 	}
 	/* inline: words separated by spaces, up to CR or LF */
@@ -584,6 +597,7 @@ static __always_inline int split(struct rd_scratch *sc, __u32 len)
 		sc->arg_len[RD_MASK(nargs, RD_OWN_ARGS - 1)] = i - pos;
 		nargs++;
 	}
+	sc->nargs = nargs;
 	return nargs;
 }
 
@@ -596,15 +610,16 @@ static __always_inline int split(struct rd_scratch *sc, __u32 len)
 		*(rlen) += sizeof(s) - 1;					\
 	} while (0)
 
-/* Appends the decimal form of `v` (below 100000: lengths and sizes), without
+/* Appends the decimal form of `v` (below 10^7: lengths and sizes), without
  * a loop, so that the verifier's paths stay few. */
 static __always_inline void put_u64(struct rd_scratch *sc, __u32 *rlen, __u32 v)
 {
 	__u32 at = *rlen, d;
 
-	if (v > 99999)
-		v = 99999;
-	d = v >= 10000 ? 5 : v >= 1000 ? 4 : v >= 100 ? 3 : v >= 10 ? 2 : 1;
+	if (v > 9999999)
+		v = 9999999;
+	d = v >= 1000000 ? 7 : v >= 100000 ? 6 : v >= 10000 ? 5 : v >= 1000 ? 4 :
+	    v >= 100 ? 3 : v >= 10 ? 2 : 1;
 	RD_BYTE(sc->rep, at + d - 1) = '0' + v % 10;
 	if (d > 1)
 		RD_BYTE(sc->rep, at + d - 2) = '0' + v / 10 % 10;
@@ -613,7 +628,11 @@ static __always_inline void put_u64(struct rd_scratch *sc, __u32 *rlen, __u32 v)
 	if (d > 3)
 		RD_BYTE(sc->rep, at + d - 4) = '0' + v / 1000 % 10;
 	if (d > 4)
-		RD_BYTE(sc->rep, at) = '0' + v / 10000 % 10;
+		RD_BYTE(sc->rep, at + d - 5) = '0' + v / 10000 % 10;
+	if (d > 5)
+		RD_BYTE(sc->rep, at + d - 6) = '0' + v / 100000 % 10;
+	if (d > 6)
+		RD_BYTE(sc->rep, at) = '0' + v / 1000000 % 10;
 	*rlen = at + d;
 }
 
@@ -641,12 +660,14 @@ enum rd_reply {
 #define RD_STAGE_MAX 3968
 
 /*
- * Writes the final reply (or its EVAL) to sc->rep from 0, from what is
- * staged at RD_VAL (`n` bytes). Returns its length.
+ * Writes the head of the final reply (or of its EVAL) of `kind` for `n`
+ * bytes to sc->rep from 0: all of it for RD_NIL and RD_OK, else what
+ * precedes the `n` bytes (the header is < 96 bytes). Returns its length.
  */
-static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __u32 n, bool eval)
+static __always_inline __u32 build_head(struct rd_scratch *sc, enum rd_reply kind, __u32 n,
+					bool eval)
 {
-	__u32 rlen = 0, i, hdr;
+	__u32 rlen = 0;
 	bool bulk = true;	/* the staged bytes are one argument or value */
 
 	if (!eval) {
@@ -706,8 +727,21 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 			PUT(sc, &rlen, "\r\n");
 		}
 	}
-	/* the staged bytes follow the header (the header is < 96 bytes) */
-	hdr = rlen;
+	return rlen;
+}
+
+/*
+ * Writes the final reply (or its EVAL) to sc->rep from 0, from what is
+ * staged at RD_VAL (`n` bytes). Returns its length.
+ */
+static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __u32 n, bool eval)
+{
+	__u32 rlen, i, hdr;
+
+	if (kind == RD_NIL || kind == RD_OK)
+		return build_head(sc, kind, n, eval);
+	/* the staged bytes follow the header */
+	hdr = rlen = build_head(sc, kind, n, eval);
 	bpf_for(i, 0, KV_WORDS(n)) {
 		if (i >= RD_STAGE_MAX / 8)
 			break;
@@ -715,7 +749,7 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 			*(__u64 *)&sc->rep[RD_MASK(RD_VAL + i * 8, RD_BUF - 1)];
 	}
 	rlen += n;
-	if (bulk)
+	if (kind != RD_ARRAY)
 		PUT(sc, &rlen, "\r\n");
 	return rlen;
 }
@@ -809,6 +843,92 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 		return -1;
 	rlen = build(sc, kind, n, eval);
 	return rewrite(skb, sc, skb->len, rlen);
+}
+
+/* Bytes of a value copied through the scratch buffer at a time. */
+#define RD_PIECE 8192
+
+/*
+ * GET of a value longer than KV_ITEM_MAX (kv_get() found it too big to
+ * stage): the skb becomes the reply (or its EVAL) at its full length, and
+ * the value is copied into it from the heap a piece at a time, all under the
+ * bucket lock, so that a SET on another CPU can neither free nor replace it
+ * half-way. Returns 0 answered, 1 the key is absent (replaced by then), -1
+ * busy (the lock or the loop budget, or no memory for the reply: the skb is
+ * then back to the request's length).
+ */
+__noinline int rd_get_big(struct __sk_buff *skb, __u32 eval)
+{
+	__u32 zero = 0, klen, koff, hdr, ilen, off, n, i, p;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct kv_entry __arena *e;
+	struct hm_bucket __arena *b;
+	__u8 __arena *item;
+	__u32 old;
+	__u64 h;
+	int ret = -1;
+
+	if (!skb || !sc)
+		return -1;
+	old = skb->len;
+	klen = sc->arg_len[1];
+	koff = sc->arg_off[1];
+	if (!klen || klen > KV_KEY_MAX || koff > KV_OFF_MASK)
+		return 1;
+	h = kv_hash(sc->req, koff, klen);
+	b = hm_bucket_of(&rd_table.m, h);
+	if (hm_lock(&b->lock))
+		return -1;
+	e = (struct kv_entry __arena *)b->head;
+	while (e) {
+		if (!can_loop)
+			goto out;
+		if (e->hash == h && kv_key_eq(e, sc->req, koff, klen))
+			break;
+		e = e->next;
+	}
+	if (!e || !kv_live(&rd_table, e, 0)) {
+		ret = 1;
+		goto out;
+	}
+	ilen = e->ilen;
+	if (ilen > KV_BIG_MAX)
+		goto out;
+	hdr = build_head(sc, RD_BULK, ilen, eval);
+	if (hdr > 96 || bpf_skb_change_tail(skb, hdr + ilen + 2, 0))
+		goto out;
+	if (bpf_skb_store_bytes(skb, 0, sc->rep, RD_MASK(hdr - 1, 127) + 1, 0))
+		goto undo;
+	item = kv_item(e);
+	bpf_for(p, 0, KV_BIG_MAX / RD_PIECE) {
+		off = p * RD_PIECE;
+		if (off >= ilen)
+			break;
+		n = ilen - off;
+		if (n > RD_PIECE)
+			n = RD_PIECE;
+		bpf_for(i, 0, KV_WORDS(n)) {
+			if (i >= RD_PIECE / 8)
+				break;
+			*(__u64 *)&sc->rep[RD_MASK(i * 8, RD_BUF - 1)] =
+				*(__u64 __arena *)(item + off + i * 8);
+		}
+		if (bpf_skb_store_bytes(skb, hdr + off, sc->rep, RD_MASK(n - 1, RD_PIECE - 1) + 1,
+					0))
+			goto undo;
+	}
+	sc->rep[0] = '\r';
+	sc->rep[1] = '\n';
+	if (bpf_skb_store_bytes(skb, hdr + ilen, sc->rep, 2, 0))
+		goto undo;
+	ret = 0;
+	goto out;
+undo:
+	/* the caller answers "busy" by rewriting the skb from this length */
+	bpf_skb_change_tail(skb, old, 0);
+out:
+	hm_unlock(&b->lock);
+	return ret;
 }
 
 /*
@@ -941,6 +1061,7 @@ __noinline int rd_held(int nargs, __u32 len)
 #define RD_ZSCORE 776
 #define RD_ZENTRY 784
 #define REPLY(kind, n) (((kind) << 16) | (n))
+#define RD_GET_BIG -2
 #define ERR_REPLY(sc, s) REPLY(RD_ERR, STAGE(sc, s))
 
 /* ZADD's options. */
@@ -1228,7 +1349,7 @@ __noinline int rd_zins(struct rd_scratch *sc, __u64 set, __s64 score, __u32 mlen
 		kv_drop(&rd_members, e);
 		return r;
 	}
-	return kv_store(&rd_members, e, 0, 0, sc->rep, 0, &sc->kst) < 0 ? -1 : 1;
+	return kv_store(&rd_members, e, 0, 0, &sc->kst) < 0 ? -1 : 1;
 }
 
 /*
@@ -1283,7 +1404,7 @@ __noinline __s64 rd_zcreate(struct rd_scratch *sc, __u32 klen)
 		return 0;
 	}
 	/* mode 1: only if the key is still absent */
-	r = kv_store(&rd_table, e, 1, 0, sc->rep, RD_ZKEY, &sc->kst);
+	r = kv_store(&rd_table, e, 1, 0, &sc->kst);
 	if (r > 0)
 		return (__s64)s;
 	zs_drop(s);
@@ -1708,8 +1829,25 @@ static __always_inline bool zowned(struct rd_scratch *sc)
 	       ARG_IS(sc, 0, "ZSCORE") || ARG_IS(sc, 0, "ZRANGE");
 }
 
+/*
+ * Copies the `n` bytes (at most RD_BUF) at `off` of the request in sc->req to
+ * `dst` in the heap, in whole words: up to 7 bytes after them are written
+ * too (an entry from kv_new_big() has a spare word for them).
+ */
+static __always_inline void fill(struct rd_scratch *sc, __u8 __arena *dst, __u32 off, __u32 n)
+{
+	__u32 i;
+
+	bpf_for(i, 0, KV_WORDS(n)) {
+		if (i >= RD_BUF / 8)
+			break;
+		*(__u64 __arena *)(dst + i * 8) = *(__u64 *)&sc->req[RD_MASK(off + i * 8, RD_BUF - 1)];
+	}
+}
+
 /* GET k, SET k v (--kmemcache): as the sorted-set commands, a global
- * function returning REPLY(kind, staged bytes) or -1 when busy. */
+ * function returning REPLY(kind, staged bytes), -1 when busy, or RD_GET_BIG
+ * for a GET whose value is too long to stage (rd_get_big() answers it). */
 __noinline int rd_getset(int nargs)
 {
 	__u32 zero = 0, klen, vlen;
@@ -1730,6 +1868,8 @@ __noinline int rd_getset(int nargs)
 			return REPLY(RD_NIL, 0);
 		r = kv_get(&rd_table, sc->req, sc->arg_off[1], klen, 0, sc->rep, RD_VAL,
 			   KV_ITEM_MAX, &f, &too_big, &sc->kst);
+		if (!r && too_big)
+			return RD_GET_BIG;
 		if (r <= 0)
 			return r < 0 ? -1 : REPLY(RD_NIL, 0);
 		COUNT(hits);
@@ -1744,24 +1884,86 @@ __noinline int rd_getset(int nargs)
 	}
 	klen = sc->arg_len[1];
 	vlen = sc->arg_len[2];
-	if (vlen > rd_max_value || vlen > KV_ITEM_MAX) {
+	if (vlen > rd_max_value || vlen > KV_BIG_MAX) {
 		COUNT(refused);
 		return ERR_REPLY(sc, "ERR value too large for the KFlex offload");
 	}
-	if (klen > KV_KEY_MAX || !klen || sc->arg_off[2] > KV_OFF_MASK) {
+	if (klen > KV_KEY_MAX || !klen || sc->arg_off[1] > KV_OFF_MASK) {
 		COUNT(refused);
 		return ERR_REPLY(sc, "ERR key too long for the KFlex offload");
 	}
-	e = kv_new(&rd_table, sc->req, sc->arg_off[1], klen, sc->arg_off[2], vlen, 0, 0);
+	if (vlen > KV_ITEM_MAX || sc->arg_off[2] > KV_OFF_MASK) {
+		/* all of it in this message, longer than kv_new() takes */
+		e = kv_new_big(&rd_table, sc->req, sc->arg_off[1], klen, vlen);
+		if (e)
+			fill(sc, kv_item(e), sc->arg_off[2], vlen);
+	} else {
+		e = kv_new(&rd_table, sc->req, sc->arg_off[1], klen, sc->arg_off[2], vlen, 0, 0);
+	}
 	if (!e) {
 		COUNT(store_failures);
 		return ERR_REPLY(sc, "OOM command not allowed when used memory > 'maxmemory'.");
 	}
-	r = kv_store(&rd_table, e, 0, 0, sc->req, sc->arg_off[1], &sc->kst);
+	r = kv_store(&rd_table, e, 0, 0, &sc->kst);
 	if (r < 0)
 		return -1;
 	COUNT(sets);
 	return REPLY(RD_OK, 0);
+}
+
+/*
+ * The first chunk (`len` bytes, in sc->req) of a SET framed in chunks: its
+ * value is longer than one message. When the offload can hold it, allocates
+ * its entry (sc->big) and writes the value's first bytes (sc->filled);
+ * returns the connection's RD_CONSUME_* for the rest of the request.
+ */
+__noinline int rd_set_begin(__u32 len)
+{
+	__u32 zero = 0, klen, vlen, off, n;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct kv_entry __arena *e;
+
+	if (!sc)
+		return RD_CONSUME_BUSY;
+	klen = sc->arg_len[1];
+	vlen = sc->arg_len[2];
+	off = sc->arg_off[2];
+	if (sc->nargs < 3 || !klen || klen > KV_KEY_MAX || sc->arg_off[1] > KV_OFF_MASK)
+		return RD_CONSUME_KEY;
+	if (vlen > rd_max_value || vlen > KV_BIG_MAX)
+		return RD_CONSUME_TOO_LARGE;
+	e = kv_new_big(&rd_table, sc->req, sc->arg_off[1], klen, vlen);
+	if (!e)
+		return RD_CONSUME_OOM;
+	n = off < len ? len - off : 0;
+	if (n > vlen)
+		n = vlen;
+	fill(sc, kv_item(e), off, n);
+	sc->big = (__u64)e;
+	sc->filled = n;
+	return RD_CONSUME_STORE;
+}
+
+/*
+ * A later chunk (`len` bytes) of a SET whose value fills `big`: writes the
+ * value's bytes in it at `filled` (`left` of the value still to come).
+ * Returns the bytes written, or -1 if the chunk could not be read.
+ */
+__noinline int rd_set_more(struct __sk_buff *skb, __u64 big, __u32 filled, __u32 left, __u32 len)
+{
+	__u32 zero = 0, n = len < left ? len : left;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	struct kv_entry __arena *e = (struct kv_entry __arena *)big;
+
+	if (!skb || !sc || !e || filled > KV_BIG_MAX || filled + n > e->ilen)
+		return -1;
+	if (!n)
+		return 0;
+	if (n > RD_MSG_MAX ||
+	    bpf_skb_load_bytes(skb, 0, sc->req, RD_MASK(n - 1, RD_MSG_MAX - 1) + 1))
+		return -1;
+	fill(sc, kv_item(e) + filled, 0, n);
+	return n;
 }
 
 SEC("sk_skb/stream_verdict")
@@ -1772,6 +1974,7 @@ int rd_verdict(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct rd_conn *c = conn_of(cookie);
 	enum rd_reply kind = RD_NIL;
+	struct kv_entry __arena *e;
 	struct rd_walk w = {};
 	bool chunked = false;
 	int nargs, r, h;
@@ -1784,6 +1987,18 @@ int rd_verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	if (c->args_left || c->bulk_left) {
 		/* a later chunk of a long request: where it leaves off */
+		if (c->consume == RD_CONSUME_STORE && c->big) {
+			/* the value's bytes (its CRLF not) */
+			r = rd_set_more(skb, c->big, c->filled,
+					c->bulk_left > 2 ? c->bulk_left - 2 : 0, len);
+			if (r < 0) {
+				kv_drop(&rd_table, (struct kv_entry __arena *)c->big);
+				c->big = 0;
+				c->consume = RD_CONSUME_BUSY;
+			} else {
+				c->filled += r;
+			}
+		}
 		walk(skb, sc, 0, len, c->args_left, c->bulk_left, len, &w);
 		if (w.status == 1) {
 			c->args_left = 0;
@@ -1797,12 +2012,31 @@ int rd_verdict(struct __sk_buff *skb)
 		if (w.status != 1)
 			return SK_DROP;
 		kind = RD_ERR;
+		if (c->consume == RD_CONSUME_STORE) {
+			/* the whole value is in its entry: link it */
+			e = (struct kv_entry __arena *)c->big;
+			c->big = 0;
+			c->consume = 0;
+			if (!e)
+				goto busy;
+			if (kv_store(&rd_table, e, 0, 0, &sc->kst) < 0)
+				goto busy;
+			COUNT(sets);
+			kind = RD_OK;
+			goto answer;
+		}
 		if (c->consume == RD_CONSUME_HELD) {
 			n = STAGE(sc, "ERR key is held by the KFlex offload");
 			COUNT(held_refused);
 		} else if (c->consume == RD_CONSUME_BUSY) {
 			n = STAGE(sc, "ERR busy, retry");
 			COUNT(lock_timeouts);
+		} else if (c->consume == RD_CONSUME_KEY) {
+			n = STAGE(sc, "ERR key too long for the KFlex offload");
+			COUNT(refused);
+		} else if (c->consume == RD_CONSUME_OOM) {
+			n = STAGE(sc, "OOM command not allowed when used memory > 'maxmemory'.");
+			COUNT(store_failures);
 		} else if (rd_zset) {
 			n = STAGE(sc, "ERR request too large for the KFlex offload");
 			COUNT(refused);
@@ -1854,11 +2088,19 @@ int rd_verdict(struct __sk_buff *skb)
 		goto answer;
 	}
 	if (chunked) {
-		/* an owned request too long to hold: consume it, answer at
-		 * its end */
+		/* an owned request longer than a message: a SET whose value
+		 * fills its entry chunk by chunk, or one too long to hold;
+		 * consumed, answered at its end */
 		c->args_left = w.args_left;
 		c->bulk_left = w.bulk_left;
 		c->consume = RD_CONSUME_TOO_LARGE;
+		if (!rd_zset && nargs == 3 && ARG_IS(sc, 0, "SET")) {
+			c->consume = rd_set_begin(len);
+			if (c->consume == RD_CONSUME_STORE) {
+				c->big = sc->big;
+				c->filled = sc->filled;
+			}
+		}
 		return SK_DROP;
 	}
 	if (nargs < 0 || (rd_zset && sc->req[0] != '*' && nargs > RD_OWN_ARGS)) {
@@ -1883,6 +2125,16 @@ int rd_verdict(struct __sk_buff *skb)
 		goto answer;
 	}
 	r = rd_getset(nargs);
+	if (r == RD_GET_BIG) {
+		r = rd_get_big(skb, c->passed);
+		if (r == 0) {
+			COUNT(hits);
+			goto sent;
+		}
+		if (r < 0)
+			goto busy;
+		r = REPLY(RD_NIL, 0);
+	}
 	if (r < 0)
 		goto busy;
 	kind = (r >> 16) & 7;
@@ -1902,6 +2154,7 @@ answer:
 		go_raw(c);
 		return SK_PASS;
 	}
+sent:
 	if (c->passed) {
 		COUNT(eval_routed);
 		return SK_PASS;

@@ -7,7 +7,10 @@
  * word and a chain head), the same bucket locks (heap locks on a KFlex heap) and
  * the same allocation path; what changes is the entry, which holds a key of
  * up to KV_KEY_MAX bytes and an opaque item of up to KV_ITEM_MAX bytes in
- * one heap object, word-padded, after a small header.
+ * one heap object, word-padded, after a small header. An item that arrives
+ * in pieces (a Redis value of up to KV_BIG_MAX bytes, framed in chunks) is
+ * allocated empty by kv_new_big() and written by its caller before it is
+ * linked.
  *
  * Entries are immutable once linked. An overwrite allocates and fills the
  * new entry first, then under the bucket lock links it in place of the old
@@ -30,6 +33,7 @@
 
 #define KV_KEY_MAX 256		/* bytes, a multiple of 8 */
 #define KV_ITEM_MAX 2048	/* bytes, a multiple of 8 */
+#define KV_BIG_MAX (1 << 20)	/* bytes of an item made by kv_new_big() */
 /*
  * Scratch buffers: an offset (masked to KV_OFF_MASK) plus a key or an item
  * stays below KV_BUF; a buffer has KV_BUF + 8 bytes, for the word that
@@ -45,8 +49,9 @@ struct kv_entry {
 	__u64 expires;		/* CLOCK_TAI ns; 0: never */
 	__u64 cas;		/* unique per store */
 	__u32 meta;		/* the caller's (memcached: client flags) */
+	__u32 ilen;
 	__u16 klen;
-	__u16 ilen;
+	__u16 pad[3];
 	__u64 data[];		/* key, padded to 8 bytes, then the item */
 };
 
@@ -124,18 +129,12 @@ static __always_inline bool kv_live(struct kv_table *t, struct kv_entry __arena 
  * item at `ioff` of `buf`; NULL if the heap is exhausted or the sizes are
  * out of range. The entry is not linked yet.
  */
-static __always_inline struct kv_entry __arena *
-kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, __u32 ilen,
-       __u32 meta, __u64 expires)
+static __always_inline void kv_fill(struct kv_table *t, struct kv_entry __arena *e,
+				   const void *buf, __u32 koff, __u32 klen, __u32 ilen, __u32 meta,
+				   __u64 expires)
 {
-	struct kv_entry __arena *e;
-	__u64 kw = KV_WORDS(klen), iw = KV_WORDS(ilen), i, w;
+	__u64 kw = KV_WORDS(klen), i, w;
 
-	if (!klen || klen > KV_KEY_MAX || ilen > KV_ITEM_MAX)
-		return NULL;
-	e = hm_alloc(&t->m, sizeof(*e) + (kw + iw) * 8);
-	if (!e)
-		return NULL;
 	bpf_for(i, 0, kw) {
 		if (i >= KV_KEY_MAX / 8)
 			break;
@@ -143,11 +142,6 @@ kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, 
 		if (i == kw - 1)
 			w = kv_tail(w, klen & 7);
 		e->data[i] = w;
-	}
-	bpf_for(i, 0, iw) {
-		if (i >= KV_ITEM_MAX / 8)
-			break;
-		e->data[kw + i] = KV_WORD(buf, (ioff & KV_OFF_MASK) + i * 8);
 	}
 	e->next = NULL;
 	e->hash = kv_hash(buf, koff, klen);
@@ -157,7 +151,70 @@ kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, 
 	e->meta = meta;
 	e->klen = klen;
 	e->ilen = ilen;
+}
+
+static __always_inline struct kv_entry __arena *
+kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, __u32 ilen,
+       __u32 meta, __u64 expires)
+{
+	struct kv_entry __arena *e;
+	__u64 kw = KV_WORDS(klen), iw = KV_WORDS(ilen), i;
+
+	if (!klen || klen > KV_KEY_MAX || ilen > KV_ITEM_MAX)
+		return NULL;
+	e = hm_alloc(&t->m, sizeof(*e) + (kw + iw) * 8);
+	if (!e)
+		return NULL;
+	kv_fill(t, e, buf, koff, klen, ilen, meta, expires);
+	bpf_for(i, 0, iw) {
+		if (i >= KV_ITEM_MAX / 8)
+			break;
+		e->data[kw + i] = KV_WORD(buf, (ioff & KV_OFF_MASK) + i * 8);
+	}
 	return e;
+}
+
+/*
+ * Allocates an entry for the key at `koff` of `buf` and an `ilen`-byte item
+ * (up to KV_BIG_MAX bytes) that the caller writes through kv_item() before
+ * kv_store() links it: an item that arrives in pieces. A spare word follows
+ * the item, so that the caller may write whole words at any byte offset of
+ * it. NULL if the heap is exhausted or the sizes are out of range.
+ */
+static __always_inline struct kv_entry __arena *
+kv_new_big(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ilen)
+{
+	struct kv_entry __arena *e;
+
+	if (!klen || klen > KV_KEY_MAX || ilen > KV_BIG_MAX)
+		return NULL;
+	e = hm_alloc(&t->m, sizeof(*e) + (KV_WORDS(klen) + KV_WORDS(ilen) + 1) * 8);
+	if (e)
+		kv_fill(t, e, buf, koff, klen, ilen, 0, 0);
+	return e;
+}
+
+/* The first byte of entry `e`'s item. */
+static __always_inline __u8 __arena *kv_item(struct kv_entry __arena *e)
+{
+	return (__u8 __arena *)&e->data[KV_WORDS(e->klen) & (KV_KEY_MAX / 8 * 2 - 1)];
+}
+
+/* Whether entries `n` and `e` hold the same key (keys are stored with their
+ * last word's spare bytes zeroed). */
+static __always_inline bool kv_same_key(struct kv_entry __arena *n, struct kv_entry __arena *e)
+{
+	__u64 i, nw = KV_WORDS(e->klen);
+
+	if (n->klen != e->klen)
+		return false;
+	bpf_for(i, 0, nw) {
+		if (i >= KV_KEY_MAX / 8)
+			break;
+		if (n->data[i] != e->data[i])
+			return false;
+	}
+	return true;
 }
 
 /*
@@ -194,17 +251,16 @@ static __always_inline void kv_drop(struct kv_table *t, struct kv_entry __arena 
 }
 
 /*
- * Links `e` (from kv_new) under its key. mode 0 stores unconditionally
+ * Links `e` (from kv_new or kv_new_big) under its key. mode 0 stores unconditionally
  * (set), 1 only if the key is absent (add), 2 only if present (replace).
  * Returns 1 stored (the old entry, if any, freed), 0 not stored (`e` freed),
  * -1 lock not taken or loop budget spent (`e` freed).
  */
 static __always_inline int kv_store(struct kv_table *t, struct kv_entry __arena *e, int mode,
-				    __u64 now, const void *buf, __u32 koff, struct kv_stats *st)
+				    __u64 now, struct kv_stats *st)
 {
 	struct hm_bucket __arena *b = hm_bucket_of(&t->m, e->hash);
 	struct kv_entry __arena *n, *prev = NULL, *next;
-	__u32 klen = e->klen;
 	int ret = 0, found = 0;
 
 	if (hm_lock(&b->lock)) {
@@ -219,7 +275,7 @@ static __always_inline int kv_store(struct kv_table *t, struct kv_entry __arena 
 			goto out_drop;
 		}
 		next = n->next;
-		if (n->hash == e->hash && kv_key_eq(n, buf, koff, klen)) {
+		if (n->hash == e->hash && kv_same_key(n, e)) {
 			if (kv_live(t, n, now)) {
 				found = 1;
 				break;

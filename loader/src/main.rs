@@ -82,7 +82,7 @@ struct Cli {
     /// the connections redis-server accepts after attach (a sockops program on the
     /// cgroup v2 root finds them; --ifindex is not needed). The kernel owns GET and SET:
     /// their keys live on a KFlex heap, never in redis-server; values up to --max-value
-    /// bytes, a larger SET gets "-ERR value too large for the KFlex offload", SET
+    /// bytes (default 64 KiB, at most 1 MiB), a larger SET gets "-ERR value too large for the KFlex offload", SET
     /// options get "-ERR SET option not supported by the offload". Every other command
     /// goes to redis-server, which must listen on TCP --port. Once a connection has
     /// passed a request, its owned requests are answered through EVAL (so replies stay
@@ -125,10 +125,10 @@ struct Cli {
     /// Values are cached without their expiry time, as in BMC.
     #[arg(long, value_enum, default_value_t = memcached::Policy::Kflex)]
     policy: memcached::Policy,
-    /// The largest SET value the Redis offload stores, in bytes (at most 2048 in this
-    /// build). --kmemcache only.
-    #[arg(long, value_name = "BYTES", default_value_t = redis::VALUE_LIMIT)]
-    max_value: u32,
+    /// The largest SET value the Redis offload stores, in bytes [default: 65536, at
+    /// most 1048576]. --kmemcache only.
+    #[arg(long, value_name = "BYTES")]
+    max_value: Option<u32>,
 }
 
 /// A heap size: a power of two between 64 KiB and 256 GiB, with an optional
@@ -320,7 +320,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.policy != memcached::Policy::Kflex && mode != Mode::Memcached {
         bail!("--policy applies to the memcached offload only: add --kmemcached");
     }
-    if cli.max_value != redis::VALUE_LIMIT && mode != Mode::RedisGetSet {
+    if cli.max_value.is_some() && mode != Mode::RedisGetSet {
         bail!("--max-value applies to the Redis GET/SET offload only: add --kmemcache");
     }
     check_root()?;
@@ -335,7 +335,7 @@ fn run(cli: Cli) -> Result<()> {
             family,
             port: cli.port,
             heap_size: cli.heap_size,
-            max_value: cli.max_value,
+            max_value: cli.max_value.unwrap_or(redis::DEFAULT_MAX_VALUE),
         };
         return redis::run(&o, &signals);
     }
@@ -462,6 +462,6 @@ mod tests {
     #[test]
     fn max_value_belongs_to_kmemcache() {
         let cli = Cli::try_parse_from(["kflex-load", "--kmemcache", "--max-value", "100"]).unwrap();
-        assert_eq!((cli.mode(), cli.max_value), (Mode::RedisGetSet, 100));
+        assert_eq!((cli.mode(), cli.max_value), (Mode::RedisGetSet, Some(100)));
     }
 }

@@ -91,8 +91,11 @@ const _: () = assert!(size_of::<types::rd_stats>() == COUNTERS.len() * 8);
 /// log2 of the table's buckets.
 const BUCKET_ORDER: u32 = 16;
 
-/// The largest value the table holds (`KV_ITEM_MAX` in `bpf/ds/kv.h`).
-pub const VALUE_LIMIT: u32 = 2048;
+/// The largest value the table holds (`KV_BIG_MAX` in `bpf/ds/kv.h`).
+pub const VALUE_LIMIT: u32 = 1 << 20;
+
+/// `--max-value` unless given.
+pub const DEFAULT_MAX_VALUE: u32 = 64 << 10;
 
 /// What `--kmemcache` and `--kredis` run with.
 pub struct Options {

@@ -109,8 +109,8 @@ pub fn bad_invocations_fail_clearly() -> Result<()> {
         e.contains("nothing listens on TCP port 6998") && e.contains("redis-server --port 6998"),
         "{e}"
     );
-    let e = load_fails(&["--kmemcache", "--max-value", "4096"])?;
-    ensure!(e.contains("--max-value 4096 is more than this offload holds"), "{e}");
+    let e = load_fails(&["--kmemcache", "--max-value", "1048577"])?;
+    ensure!(e.contains("--max-value 1048577 is more than this offload holds"), "{e}");
     let e = load_fails(&["--max-value", "100", "--ifindex", "1"])?;
     ensure!(e.contains("--max-value applies to the Redis GET/SET offload only"), "{e}");
     let e = load_fails(&["--kmemcached", "--ifindex", "1", "--port", "6999"])?;

@@ -618,18 +618,20 @@ fn table_entries() -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         unsafe { std::slice::from_raw_parts(addr as *const u8, len).to_vec() }
     };
     let in_heap = |a: u64, len: u64| a >= start && a + len <= start + size;
+    const HDR: u64 = 56;
     let mut out = Vec::new();
     for b in 0..=mask {
         let mut e = word(&read(buckets + b * 16 + 8, 8), 0);
         let mut steps = 0;
-        while e != 0 && in_heap(e, 48) && steps < 100_000 {
-            let h = read(e, 48);
-            let klen = u16::from_ne_bytes([h[44], h[45]]) as u64;
-            let ilen = u16::from_ne_bytes([h[46], h[47]]) as u64;
+        // struct kv_entry (bpf/ds/kv.h): a 56-byte header, then the key
+        while e != 0 && in_heap(e, HDR) && steps < 100_000 {
+            let h = read(e, HDR as usize);
+            let ilen = u32::from_ne_bytes([h[44], h[45], h[46], h[47]]) as u64;
+            let klen = u16::from_ne_bytes([h[48], h[49]]) as u64;
             let (egen, expires) = (word(&h, 16), word(&h, 24));
-            if in_heap(e + 48, klen.div_ceil(8) * 8 + ilen) && egen == gen && expires == 0 {
-                let key = read(e + 48, klen as usize);
-                let item = read(e + 48 + klen.div_ceil(8) * 8, ilen as usize);
+            if in_heap(e + HDR, klen.div_ceil(8) * 8 + ilen) && egen == gen && expires == 0 {
+                let key = read(e + HDR, klen as usize);
+                let item = read(e + HDR + klen.div_ceil(8) * 8, ilen as usize);
                 out.push((key, item));
             }
             e = word(&h, 0);

@@ -63,13 +63,18 @@ impl Live {
 
     /// With the offload `flag` (--kmemcache or --kredis).
     pub(crate) fn with(flag: &str) -> Result<Live> {
+        Live::with_args(&[flag])
+    }
+
+    /// With the offload and its options `args` (the first --kmemcache or --kredis).
+    pub(crate) fn with_args(args: &[&str]) -> Result<Live> {
         ensure_kflex()?;
         let server = Server::start(PORT)?;
         let oracle = Server::start(ORACLE)?;
-        let mut off = Background::spawn(
-            "kflex-load",
-            &[flag, "--port", &PORT.to_string(), "--heap-size", "64M"],
-        )?;
+        let port = PORT.to_string();
+        let mut all = args.to_vec();
+        all.extend(["--port", &port, "--heap-size", "64M"]);
+        let mut off = Background::spawn("kflex-load", &all)?;
         off.wait_for("ready:", Duration::from_secs(180))?;
         Ok(Live { server, _oracle: oracle, offload: Some(off) })
     }
@@ -180,12 +185,26 @@ pub(crate) fn show(b: &[u8]) -> String {
 fn owned_cases() -> Vec<(Vec<u8>, Vec<u8>)> {
     let binary: Vec<u8> = (0..=255u8).cycle().take(300).collect();
     let v2048 = vec![b'x'; 2048];
-    let v2049 = vec![b'y'; 2049];
-    let v20000 = vec![b'z'; 20000];
-    let v60k: Vec<u8> = (0..60 * 1024).map(|i| b"\r\n\0ab$*"[i % 7]).collect();
     let v3m = vec![b'w'; 3 << 20];
     let too_big = b"-ERR value too large for the KFlex offload\r\n".to_vec();
-    vec![
+    let bulk = |v: &[u8]| {
+        [format!("${}\r\n", v.len()).into_bytes(), v.to_vec(), b"\r\n".to_vec()].concat()
+    };
+    // values of every length class: in the entry (up to 2048 bytes), in
+    // one message but a separate fill (up to ~8 KiB), framed in chunks (the
+    // rest), up to the default --max-value of 64 KiB; binary, with CRLF
+    let mut sized = Vec::new();
+    for (i, len) in
+        [1usize, 2049, 4095, 4096, 8100, 8192, 20000, 60 * 1024, 65536].into_iter().enumerate()
+    {
+        let v: Vec<u8> =
+            (0..len).map(|j| b"\r\n\0ab$*"[(i + j) % 7].wrapping_add((j / 7) as u8)).collect();
+        let k = format!("sized{len}").into_bytes();
+        sized.push((resp(&[b"SET", &k, &v]), b"+OK\r\n".to_vec()));
+        sized.push((resp(&[b"GET", &k]), bulk(&v)));
+    }
+    let v65537 = vec![b'y'; 65537];
+    let mut cases = vec![
         (resp(&[b"SET", b"k1", b"v1"]), b"+OK\r\n".to_vec()),
         (resp(&[b"GET", b"k1"]), b"$2\r\nv1\r\n".to_vec()),
         (resp(&[b"GET", b"missing"]), b"$-1\r\n".to_vec()),
@@ -201,16 +220,13 @@ fn owned_cases() -> Vec<(Vec<u8>, Vec<u8>)> {
             resp(&[b"GET", b"big"]),
             [b"$2048\r\n".to_vec(), v2048.clone(), b"\r\n".to_vec()].concat(),
         ),
-        (resp(&[b"SET", b"big", &v2049]), too_big.clone()),
-        (resp(&[b"SET", b"huge", &v20000]), too_big.clone()),
-        (resp(&[b"SET", b"k60", &v60k]), too_big.clone()),
+        (resp(&[b"SET", b"big", &v65537]), too_big.clone()),
         (resp(&[b"SET", b"k3m", &v3m]), too_big.clone()),
-        (resp(&[b"GET", b"k60"]), b"$-1\r\n".to_vec()),
+        (resp(&[b"GET", b"k3m"]), b"$-1\r\n".to_vec()),
         (
             resp(&[b"GET", b"big"]),
             [b"$2048\r\n".to_vec(), v2048.clone(), b"\r\n".to_vec()].concat(),
         ),
-        (resp(&[b"GET", b"huge"]), b"$-1\r\n".to_vec()),
         (b"SET inl ine\r\n".to_vec(), b"+OK\r\n".to_vec()),
         (b"GET inl\r\n".to_vec(), b"$3\r\nine\r\n".to_vec()),
         (
@@ -218,7 +234,14 @@ fn owned_cases() -> Vec<(Vec<u8>, Vec<u8>)> {
             b"-ERR SET option not supported by the offload\r\n".to_vec(),
         ),
         (resp(&[b"GET"]), b"-ERR wrong number of arguments for 'get' command\r\n".to_vec()),
-    ]
+    ];
+    cases.extend(sized);
+    // a long value replaced by a short one and back
+    cases.push((resp(&[b"SET", b"sized65536", b"short"]), b"+OK\r\n".to_vec()));
+    cases.push((resp(&[b"GET", b"sized65536"]), b"$5\r\nshort\r\n".to_vec()));
+    cases.push((resp(&[b"SET", b"big", &v65537[1..]]), b"+OK\r\n".to_vec()));
+    cases.push((resp(&[b"GET", b"big"]), bulk(&v65537[1..])));
+    cases
 }
 
 /// Sends the cases' requests on one connection (pipelined in one write, or
@@ -251,12 +274,22 @@ pub fn fragmented_requests() -> Result<()> {
 /// Round trips through the offload: owned requests are answered in the
 /// kernel (the server behind never gets their keys), the rest by
 /// redis-server, in order, inline and RESP forms, values with CR, LF and
-/// NUL, the size limit (2048 stored; 2049, 20000, 60 KiB and 3 MiB refused,
-/// the last three framed in chunks), and the connection goes on after each, all
-/// pipelined in one write (written in fragments: [`fragmented_requests`]).
+/// NUL, values of 0 to 65536 bytes stored (up to 2048 in the entry, longer
+/// ones filled from one message or chunk by chunk, and answered at full
+/// length), 65537 and 3 MiB refused, and the connection goes on after each,
+/// all pipelined in one write (written in fragments: [`fragmented_requests`]).
+/// Then long values through EVAL, on a connection that passed a request.
 pub fn round_trips() -> Result<()> {
     let mut live = Live::new()?;
-    check_cases(&owned_cases(), false)?;
+    let cases = owned_cases();
+    check_cases(&cases, false)?;
+    let sized20000 = cases
+        .iter()
+        .find(|c| c.0 == resp(&[b"GET", b"sized20000"]))
+        .map(|c| c.1.clone())
+        .context("the 20000-byte case")?;
+    let long: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    let long_reply = [b"$65536\r\n".to_vec(), long.clone(), b"\r\n".to_vec()].concat();
     // Passed requests, then owned ones on the same connection: in order,
     // the owned replies now made by redis-server through EVAL.
     let mixed = vec![
@@ -267,6 +300,9 @@ pub fn round_trips() -> Result<()> {
         resp(&[b"GET", b"k2"]),
         resp(&[b"GET", b"nothing"]),
         resp(&[b"SET", b"k3"]),
+        resp(&[b"GET", b"sized20000"]),
+        resp(&[b"SET", b"k4", &long]),
+        resp(&[b"GET", b"k4"]),
         resp(&[b"ECHO", b"end"]),
     ];
     let got = exchange(PORT, &mixed, false)?;
@@ -278,6 +314,9 @@ pub fn round_trips() -> Result<()> {
         b"$12\r\nafter a pass\r\n",
         b"$-1\r\n",
         b"-ERR wrong number of arguments for 'set' command\r\n",
+        &sized20000,
+        b"+OK\r\n",
+        &long_reply,
         b"$3\r\nend\r\n",
     ];
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -292,9 +331,52 @@ pub fn round_trips() -> Result<()> {
             .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(u64::MAX)
     };
-    ensure!(count("eval_routed") >= 5 && count("reply_failures") == 0, "{out:?}");
+    ensure!(count("eval_routed") >= 8 && count("reply_failures") == 0, "{out:?}");
     ensure!(count("lock_timeouts") == 0 && count("raw_conns") == 0, "{out:?}");
     println!("{}", out.join("\n"));
+    Ok(())
+}
+
+/// With `--max-value 1048576`: 1 MiB values stored and answered at full
+/// length (from the kernel, and through EVAL once the connection passed a
+/// request), pipelined; one byte more refused; the connection goes on.
+pub fn values_up_to_one_mib() -> Result<()> {
+    let mut live = Live::with_args(&["--kmemcache", "--max-value", "1048576"])?;
+    let mib: Vec<u8> =
+        (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let other: Vec<u8> = mib.iter().rev().copied().collect();
+    let bulk = |v: &[u8]| {
+        [format!("${}\r\n", v.len()).into_bytes(), v.to_vec(), b"\r\n".to_vec()].concat()
+    };
+    let mut over = mib.clone();
+    over.push(b'!');
+    check_cases(
+        &[
+            (resp(&[b"SET", b"m1", &mib]), b"+OK\r\n".to_vec()),
+            (resp(&[b"SET", b"m2", &other]), b"+OK\r\n".to_vec()),
+            (resp(&[b"GET", b"m1"]), bulk(&mib)),
+            (resp(&[b"GET", b"m2"]), bulk(&other)),
+            (
+                resp(&[b"SET", b"m3", &over]),
+                b"-ERR value too large for the KFlex offload\r\n".to_vec(),
+            ),
+            (resp(&[b"GET", b"m3"]), b"$-1\r\n".to_vec()),
+            (resp(&[b"GET", b"m1"]), bulk(&mib)),
+        ],
+        false,
+    )?;
+    let got =
+        exchange(PORT, &[resp(&[b"PING"]), resp(&[b"GET", b"m2"]), resp(&[b"GET", b"m1"])], false)?;
+    ensure!(got[0] == b"+PONG\r\n", "PING: {}", show(&got[0]));
+    ensure!(got[1] == bulk(&other) && got[2] == bulk(&mib), "1 MiB values through EVAL differ");
+    let out = live.detach()?;
+    let count = |name: &str| -> u64 {
+        out.iter()
+            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(u64::MAX)
+    };
+    ensure!(count("eval_routed") == 2 && count("lock_timeouts") == 0, "{out:?}");
+    ensure!(count("reply_failures") == 0 && count("raw_conns") == 0, "{out:?}");
     Ok(())
 }
 
@@ -319,7 +401,9 @@ pub fn differential() -> Result<()> {
             let req = match pick {
                 0 => resp(&[b"GET", k.as_bytes()]),
                 1 => {
-                    let len = rng.below(2049) as usize;
+                    // mostly short, some framed in chunks
+                    let len = if rng.below(10) == 0 { rng.below(30000) } else { rng.below(2049) };
+                    let len = len as usize;
                     let v: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
                     resp(&[b"SET", k.as_bytes(), &v])
                 }
@@ -435,6 +519,25 @@ pub fn real_clients() -> Result<()> {
     ensure!(text.contains("errors: 0, replies: 10000"), "redis-cli --pipe: {text}");
     let got = sh("redis-cli", &["-p", &PORT.to_string(), "GET", "key:000000004242"])?;
     ensure!(got.trim() == "v4242", "redis-cli GET: {got:?}");
+    // a 64 KiB binary value from a file (CR, LF, NUL in it), and back
+    let value: Vec<u8> =
+        (0..65536u32).map(|i| b"\r\n\0xyz"[(i % 6) as usize] ^ (i / 6) as u8).collect();
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-p", &PORT.to_string(), "-x", "SET", "file"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(&value)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.stdout == b"OK\n", "redis-cli -x SET: {}", show(&out.stdout));
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &PORT.to_string(), "--raw", "GET", "file"])
+        .output()?;
+    ensure!(
+        out.stdout.len() == value.len() + 1 && out.stdout[..value.len()] == value[..],
+        "redis-cli --raw GET of the 64 KiB value: {} bytes back",
+        out.stdout.len()
+    );
     let bench = sh(
         "redis-benchmark",
         &[
@@ -461,8 +564,33 @@ pub fn real_clients() -> Result<()> {
             && !bench.to_lowercase().contains("error"),
         "redis-benchmark: {bench}"
     );
+    // values framed in chunks and answered at full length
+    let long = sh(
+        "redis-benchmark",
+        &[
+            "-p",
+            &PORT.to_string(),
+            "-t",
+            "get,set",
+            "-n",
+            "400",
+            "-r",
+            "50",
+            "-d",
+            "20000",
+            "-c",
+            "4",
+            "--csv",
+        ],
+    )?;
+    ensure!(
+        long.contains("\"SET\"")
+            && long.contains("\"GET\"")
+            && !long.to_lowercase().contains("error"),
+        "redis-benchmark -d 20000: {long}"
+    );
     let out = live.detach()?;
-    println!("{}\n{}", bench.trim(), out.join("\n"));
+    println!("{}\n{}\n{}", bench.trim(), long.trim(), out.join("\n"));
     Ok(())
 }
 
