@@ -62,8 +62,10 @@
  * here but rewritten into an EVAL whose reply redis-server sends, byte for
  * byte the kernel's (return ARGV[1] for a value, return false for a miss,
  * redis.status_reply('OK'), redis.error_reply(...), tonumber(ARGV[1]) for
- * an integer, return ARGV for an array), and passed behind the earlier
- * requests.
+ * an integer, {double=...} for a score, return ARGV for an array, and a
+ * script that pairs members and scores for ZRANGE WITHSCORES on a
+ * connection that sent HELLO 3), and passed behind the earlier requests.
+ * Such replies follow the connection's protocol, RESP2 or RESP3.
  *
  * A request the parser cannot frame (a bad '*' or '$' line) switches its
  * connection to raw passthrough for the rest of its life: every byte goes
@@ -141,6 +143,8 @@ struct rd_conn {
 	__u32 filled;		/* bytes of the value written to `big` */
 	__u64 big;		/* the entry (kv_new_big) that a SET framed
 				 * in chunks fills; 0 none */
+	__u32 resp3;		/* it switched to RESP3 (HELLO 3) */
+	__u32 pad;
 };
 
 /* Why a request framed in chunks is consumed. */
@@ -653,7 +657,16 @@ enum rd_reply {
 	RD_ERR,		/* the message (without "-" and CRLF) at sc->rep + RD_VAL */
 	RD_INT,		/* the digits at sc->rep + RD_VAL */
 	RD_ARRAY,	/* sc->acount bulk strings, encoded, at sc->rep + RD_VAL */
+	RD_DOUBLE,	/* a score's digits at sc->rep + RD_VAL: a bulk string in
+			 * RESP2, a double in RESP3 */
+	RD_PAIRS,	/* RD_ARRAY of members and scores: flat in RESP2, pairs of
+			 * a bulk string and a double in RESP3 */
 };
+/* How a reply goes back: from the kernel (RESP2), or through an EVAL on a
+ * connection in RESP2 or RESP3 (rd_conn.resp3). */
+#define RD_DIRECT 0
+#define RD_EVAL2 1
+#define RD_EVAL3 2
 /* Where a value or an error message is staged in sc->rep. */
 #define RD_VAL 1024	/* kv.h masks offsets to KV_OFF_MASK */
 /* The most bytes staged there: a reply stays within rewrite()'s 4096. */
@@ -662,10 +675,11 @@ enum rd_reply {
 /*
  * Writes the head of the final reply (or of its EVAL) of `kind` for `n`
  * bytes to sc->rep from 0: all of it for RD_NIL and RD_OK, else what
- * precedes the `n` bytes (the header is < 96 bytes). Returns its length.
+ * precedes the `n` bytes (at most 128 bytes: staged bytes up to RD_STAGE_MAX
+ * after it keep a reply within rewrite()'s 4096). Returns its length.
  */
 static __always_inline __u32 build_head(struct rd_scratch *sc, enum rd_reply kind, __u32 n,
-					bool eval)
+					__u32 eval)
 {
 	__u32 rlen = 0;
 	bool bulk = true;	/* the staged bytes are one argument or value */
@@ -685,17 +699,27 @@ static __always_inline __u32 build_head(struct rd_scratch *sc, enum rd_reply kin
 			PUT(sc, &rlen, ":");
 			break;
 		case RD_BULK:
+		case RD_DOUBLE:
 			PUT(sc, &rlen, "$");
 			put_u64(sc, &rlen, n);
 			PUT(sc, &rlen, "\r\n");
 			break;
 		case RD_ARRAY:
+		case RD_PAIRS:
 			PUT(sc, &rlen, "*");
 			put_u64(sc, &rlen, sc->acount);
 			PUT(sc, &rlen, "\r\n");
 			bulk = false;
 			break;
 		}
+	} else if (kind == RD_PAIRS && eval == RD_EVAL3) {
+		/* the elements are the script's arguments, paired by it */
+		PUT(sc, &rlen, "*");
+		put_u64(sc, &rlen, 3 + sc->acount);
+		PUT(sc, &rlen, "\r\n$4\r\nEVAL\r\n$89\r\n");
+		PUT(sc, &rlen, "local r={} for i=1,#ARGV,2 do r[#r+1]={ARGV[i],{double=tonumber(ARGV[i+1])}} end return r");
+		PUT(sc, &rlen, "\r\n$1\r\n0\r\n");
+		return rlen;
 	} else {
 		switch (kind) {
 		case RD_NIL:
@@ -713,7 +737,13 @@ static __always_inline __u32 build_head(struct rd_scratch *sc, enum rd_reply kin
 		case RD_BULK:
 			EVAL_HEAD(sc, &rlen, "*4", "return ARGV[1]");
 			break;
+		case RD_DOUBLE:
+			/* Redis prints a double to a RESP2 client as the bulk
+			 * string of its %.17g, as its own ZSCORE does */
+			EVAL_HEAD(sc, &rlen, "*4", "return {double=tonumber(ARGV[1])}");
+			break;
 		case RD_ARRAY:
+		case RD_PAIRS:
 			/* the elements are the script's arguments */
 			PUT(sc, &rlen, "*");
 			put_u64(sc, &rlen, 3 + sc->acount);
@@ -734,7 +764,7 @@ static __always_inline __u32 build_head(struct rd_scratch *sc, enum rd_reply kin
  * Writes the final reply (or its EVAL) to sc->rep from 0, from what is
  * staged at RD_VAL (`n` bytes). Returns its length.
  */
-static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __u32 n, bool eval)
+static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __u32 n, __u32 eval)
 {
 	__u32 rlen, i, hdr;
 
@@ -749,7 +779,7 @@ static __always_inline __u32 build(struct rd_scratch *sc, enum rd_reply kind, __
 			*(__u64 *)&sc->rep[RD_MASK(RD_VAL + i * 8, RD_BUF - 1)];
 	}
 	rlen += n;
-	if (kind != RD_ARRAY)
+	if (kind != RD_ARRAY && kind != RD_PAIRS)
 		PUT(sc, &rlen, "\r\n");
 	return rlen;
 }
@@ -1269,7 +1299,7 @@ static __always_inline int zscore_reply(struct rd_scratch *sc, __s64 v)
 	__u32 at = RD_VAL;
 
 	put_s64(sc, &at, v);
-	return REPLY(RD_BULK, at - RD_VAL);
+	return REPLY(RD_DOUBLE, at - RD_VAL);
 }
 
 /*
@@ -1816,7 +1846,7 @@ __noinline int rd_zrange(int nargs)
 	}
 	hm_unlock(&s->lock);
 	sc->acount = count;
-	return REPLY(RD_ARRAY, at - RD_VAL);
+	return REPLY(scores ? RD_PAIRS : RD_ARRAY, at - RD_VAL);
 busy:
 	hm_unlock(&s->lock);
 	return -1;
@@ -1977,6 +2007,7 @@ int rd_verdict(struct __sk_buff *skb)
 	struct kv_entry __arena *e;
 	struct rd_walk w = {};
 	bool chunked = false;
+	__u32 eval;
 	int nargs, r, h;
 	__s64 v;
 
@@ -2065,6 +2096,15 @@ int rd_verdict(struct __sk_buff *skb)
 	if (nargs == 0)
 		goto pass;
 	if (rd_zset ? !zowned(sc) : !ARG_IS(sc, 0, "GET") && !ARG_IS(sc, 0, "SET")) {
+		/* the protocol the connection's later EVAL replies come in */
+		if (ARG_IS(sc, 0, "HELLO") && nargs >= 2 && nargs <= RD_OWN_ARGS) {
+			if (ARG_IS(sc, 1, "3"))
+				c->resp3 = 1;
+			else if (ARG_IS(sc, 1, "2"))
+				c->resp3 = 0;
+		} else if (ARG_IS(sc, 0, "RESET")) {
+			c->resp3 = 0;
+		}
 		/* another command on a key the offload holds: refused (of a
 		 * request framed in chunks, the keys in its first chunk: the
 		 * later ones are passed before they are seen) */
@@ -2126,7 +2166,7 @@ int rd_verdict(struct __sk_buff *skb)
 	}
 	r = rd_getset(nargs);
 	if (r == RD_GET_BIG) {
-		r = rd_get_big(skb, c->passed);
+		r = rd_get_big(skb, c->passed ? RD_EVAL2 : RD_DIRECT);
 		if (r == 0) {
 			COUNT(hits);
 			goto sent;
@@ -2146,7 +2186,8 @@ busy:
 	n = STAGE(sc, "ERR busy, retry");
 	kind = RD_ERR;
 answer:
-	if (rd_answer(skb, kind, n, c->passed)) {
+	eval = c->passed ? (c->resp3 ? RD_EVAL3 : RD_EVAL2) : RD_DIRECT;
+	if (rd_answer(skb, kind, n, eval)) {
 		/* cannot happen by construction (replies are bounded); should
 		 * it, redis-server gets the bytes and the connection, rather
 		 * than the client waiting for a reply that never comes */

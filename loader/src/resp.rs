@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Just enough RESP2 for `kflex-load` to read redis-server's `COMMAND`
-//! table: a reply parser and the key positions (first key, last key, step)
-//! of every command that has keys.
+//! Just enough RESP for `kflex-load` to read redis-server's `COMMAND`
+//! table: a reply parser (RESP2, and RESP3's types for clients that switch
+//! with `HELLO 3`) and the key positions (first key, last key, step) of
+//! every command that has keys.
 
 use std::{
     io::{Read as _, Write as _},
@@ -12,7 +13,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// A RESP2 reply.
+/// A RESP2 or RESP3 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     Simple(String),
@@ -22,6 +23,18 @@ pub enum Value {
     Bulk(Option<Vec<u8>>),
     /// `None`: the null array.
     Array(Option<Vec<Value>>),
+    /// RESP3: `_`.
+    Null,
+    /// RESP3: `,` (its text, as sent).
+    Double(String),
+    /// RESP3: `#t` or `#f`.
+    Bool(bool),
+    /// RESP3: `(` (its digits).
+    BigNumber(String),
+    /// RESP3: `=` and `!` (verbatim string, blob error): the bytes.
+    Blob(Vec<u8>),
+    /// RESP3: `%` (keys and values, alternating), `~` and `>`.
+    Aggregate(u8, Vec<Value>),
 }
 
 /// Parses one reply from the front of `buf`: `Ok(None)` while it is
@@ -42,13 +55,21 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>> {
         b'+' => Value::Simple(line.to_string()),
         b'-' => Value::Error(line.to_string()),
         b':' => Value::Int(number()?),
-        b'$' => {
+        b'_' if line.is_empty() => Value::Null,
+        b',' => Value::Double(line.to_string()),
+        b'#' => match line {
+            "t" => Value::Bool(true),
+            "f" => Value::Bool(false),
+            _ => bail!("a RESP3 boolean {line:?}"),
+        },
+        b'(' => Value::BigNumber(line.to_string()),
+        b'$' | b'=' | b'!' => {
             let n = number()?;
-            if n < 0 {
+            if n < 0 && kind == b'$' {
                 Value::Bulk(None)
             } else {
-                let n = n as usize;
-                if buf.len() < at + n + 2 {
+                let n = usize::try_from(n).context("a negative RESP3 blob length")?;
+                if buf.len().saturating_sub(at) < n.saturating_add(2) {
                     return Ok(None);
                 }
                 if &buf[at + n..at + n + 2] != b"\r\n" {
@@ -56,14 +77,22 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>> {
                 }
                 let b = buf[at..at + n].to_vec();
                 at += n + 2;
-                Value::Bulk(Some(b))
+                if kind == b'$' {
+                    Value::Bulk(Some(b))
+                } else {
+                    Value::Blob(b)
+                }
             }
         }
-        b'*' => {
+        b'*' | b'%' | b'~' | b'>' => {
             let n = number()?;
-            if n < 0 {
+            if n < 0 && kind == b'*' {
                 Value::Array(None)
             } else {
+                let n = if kind == b'%' { 2 * n } else { n };
+                if n < 0 {
+                    bail!("a RESP3 aggregate of {n} elements");
+                }
                 let mut items = Vec::new();
                 for _ in 0..n {
                     match parse(&buf[at..])? {
@@ -74,7 +103,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Value, usize)>> {
                         None => return Ok(None),
                     }
                 }
-                Value::Array(Some(items))
+                if kind == b'*' {
+                    Value::Array(Some(items))
+                } else {
+                    Value::Aggregate(kind, items)
+                }
             }
         }
         k => bail!("a RESP reply starting with {:?}", k as char),
@@ -233,6 +266,29 @@ mod tests {
             ]))
         );
         assert_eq!(parse(b"*-1\r\n").unwrap().unwrap().0, Value::Array(None));
+    }
+
+    #[test]
+    fn parses_resp3() {
+        let text = b"*7\r\n_\r\n,1.5\r\n#t\r\n(12345678901234567890\r\n=7\r\ntxt:abc\r\n\
+                     %1\r\n+id\r\n:4\r\n~1\r\n!3\r\nERR\r\n";
+        let (v, n) = parse(text).unwrap().unwrap();
+        assert_eq!(n, text.len());
+        assert_eq!(
+            v,
+            Value::Array(Some(vec![
+                Value::Null,
+                Value::Double("1.5".into()),
+                Value::Bool(true),
+                Value::BigNumber("12345678901234567890".into()),
+                Value::Blob(b"txt:abc".to_vec()),
+                Value::Aggregate(b'%', vec![Value::Simple("id".into()), Value::Int(4)]),
+                Value::Aggregate(b'~', vec![Value::Blob(b"ERR".to_vec())]),
+            ]))
+        );
+        assert_eq!(parse(b"%2\r\n+a\r\n:1\r\n+b\r\n").unwrap(), None);
+        assert!(parse(b"#x\r\n").is_err());
+        assert!(parse(b"=-1\r\n").is_err());
     }
 
     #[test]

@@ -86,22 +86,52 @@ fn request(rng: &mut Rng, key: &[u8], pure: bool) -> Vec<u8> {
 /// ordered by member bytes, prefixes and NUL bytes) and other commands,
 /// pipelined in random batches on several connections, against the offload
 /// and against redis-server alone: identical reply bytes, from the kernel
-/// on pure connections and through EVAL on mixed ones. Then redis-server
-/// behind the offload holds none of the sets.
+/// on pure connections and through EVAL on mixed ones, also in RESP3 (after
+/// `HELLO 3`; and back to RESP2 with `HELLO 2`). Then redis-server behind
+/// the offload holds none of the sets.
 pub fn differential() -> Result<()> {
     let mut live = Live::with("--kredis")?;
     let mut rng = Rng::new(0x2a5e_7001);
     let mut total = 0usize;
     for conn in 0..12 {
         let pure = conn % 3 == 0;
-        let reqs: Vec<Vec<u8>> = (0..60 + rng.below(140))
+        let mut reqs: Vec<Vec<u8>> = (0..60 + rng.below(140))
             .map(|_| {
                 let key = format!("z:{}", rng.below(6));
                 request(&mut rng, key.as_bytes(), pure)
             })
             .collect();
+        // RESP3 on three connections (one of them otherwise pure): scores
+        // come back as doubles, WITHSCORES as pairs
+        if conn % 4 == 1 {
+            reqs.insert(0, resp(&[b"HELLO", b"3"]));
+            if conn == 5 {
+                reqs.insert(reqs.len() / 2, resp(&[b"HELLO", b"2"]));
+            }
+        }
         same_replies(conn, &reqs, &mut rng)?;
         total += reqs.len();
+    }
+    // RESP3 through EVAL, spelled out: a double, pairs, a null
+    let r3 = [
+        resp(&[b"HELLO", b"3"]),
+        resp(&[b"ZADD", b"r3", b"5", b"a"]),
+        resp(&[b"ZSCORE", b"r3", b"a"]),
+        resp(&[b"ZRANGE", b"r3", b"0", b"-1", b"WITHSCORES"]),
+        resp(&[b"ZADD", b"r3", b"INCR", b"-7", b"a"]),
+        resp(&[b"ZSCORE", b"r3", b"b"]),
+    ];
+    let got = exchange(PORT, &r3, false)?;
+    let want: [&[u8]; 5] =
+        [b":1\r\n", b",5\r\n", b"*1\r\n*2\r\n$1\r\na\r\n,5\r\n", b",-2\r\n", b"_\r\n"];
+    for (i, w) in want.iter().enumerate() {
+        ensure!(
+            got[i + 1] == *w,
+            "RESP3 {}: got {} want {}",
+            show(&r3[i + 1]),
+            show(&got[i + 1]),
+            show(w)
+        );
     }
     // the whole sets agree too
     for k in 0..6 {
