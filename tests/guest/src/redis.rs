@@ -268,7 +268,18 @@ pub(crate) fn check_cases(cases: &[(Vec<u8>, Vec<u8>)], bytewise: bool) -> Resul
 /// go missing).
 pub fn fragmented_requests() -> Result<()> {
     let _live = Live::new()?;
-    check_cases(&owned_cases(), true)
+    check_cases(&owned_cases(), true)?;
+    // and a pipeline of 1,000 requests in one write, values of every size
+    // class among them
+    let mut cases = Vec::new();
+    for i in 0..500usize {
+        let v = vec![b'a' + (i % 26) as u8; [3, 700, 2500, 9000][i % 4]];
+        let k = format!("pipe:{}", i % 97).into_bytes();
+        cases.push((resp(&[b"SET", &k, &v]), b"+OK\r\n".to_vec()));
+        let want = [format!("${}\r\n", v.len()).into_bytes(), v, b"\r\n".to_vec()].concat();
+        cases.push((resp(&[b"GET", &k]), want));
+    }
+    check_cases(&cases, false)
 }
 
 /// Round trips through the offload: owned requests are answered in the
@@ -500,13 +511,14 @@ pub fn malformed_requests_pass_through() -> Result<()> {
     Ok(())
 }
 
-/// redis-cli and redis-benchmark through the offload: `--pipe` of 10,000
-/// SETs reports no error, redis-benchmark's GET and SET run without errors,
-/// and redis-cli reads back what the pipe stored.
+/// redis-cli and redis-benchmark through the offload: `--pipe` of 100,000
+/// SETs reports no error, redis-cli reads back what the pipe stored and a
+/// 64 KiB binary value it stored from a file (`-x`), redis-benchmark's GET
+/// and SET run without errors, with 64-byte and 20000-byte values.
 pub fn real_clients() -> Result<()> {
     let mut live = Live::new()?;
     let mut input = Vec::new();
-    for i in 0..10_000 {
+    for i in 0..100_000 {
         input.extend(resp(&[
             b"SET",
             format!("key:{i:012}").as_bytes(),
@@ -521,7 +533,7 @@ pub fn real_clients() -> Result<()> {
     child.stdin.take().context("stdin")?.write_all(&input)?;
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    ensure!(text.contains("errors: 0, replies: 10000"), "redis-cli --pipe: {text}");
+    ensure!(text.contains("errors: 0, replies: 100000"), "redis-cli --pipe: {text}");
     let got = sh("redis-cli", &["-p", &PORT.to_string(), "GET", "key:000000004242"])?;
     ensure!(got.trim() == "v4242", "redis-cli GET: {got:?}");
     // a 64 KiB binary value from a file (CR, LF, NUL in it), and back
