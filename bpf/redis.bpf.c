@@ -2050,6 +2050,12 @@ int rd_verdict(struct __sk_buff *skb)
 			c->consume = 0;
 			if (!e)
 				goto busy;
+			if (c->filled != e->ilen) {
+				/* cannot happen: the chunks carried the value */
+				kv_drop(&rd_table, e);
+				COUNT(store_failures);
+				goto busy;
+			}
 			if (kv_store(&rd_table, e, 0, 0, &sc->kst) < 0)
 				goto busy;
 			COUNT(sets);

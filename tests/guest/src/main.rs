@@ -77,6 +77,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(redis::round_trips, "ym"),
     t!(redis::fragmented_requests, "ym"),
     t!(redis::values_up_to_one_mib, "ym"),
+    t!(redis::cut_off_sets_free_their_value, "ym"),
     t!(redis::differential, "ym"),
     t!(redis::malformed_requests_pass_through, "ym"),
     t!(redis::real_clients, "ym"),

@@ -391,6 +391,63 @@ pub fn values_up_to_one_mib() -> Result<()> {
     Ok(())
 }
 
+/// SETs cut off by their client half-way through a 60 KiB value: the
+/// offload has allocated the value's entry (the heap's large bytes grow)
+/// and frees it when the connection closes (they come back); a whole SET
+/// keeps its entry.
+pub fn cut_off_sets_free_their_value() -> Result<()> {
+    let mut live = Live::new()?;
+    let large = || -> Result<u64> {
+        let heap = kflex_load::heapstats::read()?
+            .into_iter()
+            .filter(|h| h.get("size") == 64 << 20)
+            .max_by_key(|h| h.get("id"))
+            .context("the offload's 64 MiB heap")?;
+        Ok(heap.get("large_bytes"))
+    };
+    let value = vec![b'c'; 60 << 10];
+    let req = resp(&[b"SET", b"cut", &value]);
+    let before = large()?;
+    let mut peak = 0;
+    for _ in 0..20 {
+        let mut s = connect(PORT)?;
+        s.write_all(&req[..req.len() / 2])?;
+        // the verdict has seen the first chunks once the heap shows them
+        let t = Instant::now();
+        let mut now = large()?;
+        while now < before + (60 << 10) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+            now = large()?;
+        }
+        peak = peak.max(now);
+        ensure!(
+            now >= before + (60 << 10),
+            "no entry for the cut-off SET: {before} -> {now} large bytes"
+        );
+        drop(s);
+    }
+    let t = Instant::now();
+    while large()? != before && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = large()?;
+    ensure!(after == before, "20 cut-off SETs left {} large bytes", after.saturating_sub(before));
+    check_cases(
+        &[
+            (req.clone(), b"+OK\r\n".to_vec()),
+            (
+                resp(&[b"GET", b"cut"]),
+                [b"$61440\r\n".to_vec(), value.clone(), b"\r\n".to_vec()].concat(),
+            ),
+        ],
+        false,
+    )?;
+    ensure!(large()? >= before + (60 << 10), "the stored value's entry is gone");
+    live.detach()?;
+    println!("cut-off SETs: large bytes {before} -> {peak} (one at a time) -> {after}");
+    Ok(())
+}
+
 /// A seeded random mix of owned and other commands, pipelined in random
 /// batches on several connections, against the offload and against
 /// redis-server alone: identical reply bytes. The keys of other commands
