@@ -84,6 +84,9 @@ const volatile __u16 rd_port = 6969;
 const volatile __u32 rd_max_value = 65536;
 /* 0: the GET/SET family (--kmemcache); 1: the sorted sets (--kredis). */
 const volatile __u32 rd_zset;
+/* rd_big's values hold rd_big_mask + 1 bytes (a power of two, at least
+ * rd_max_value) and a spare word. */
+const volatile __u32 rd_big_mask = 65535;
 
 #define RD_MSG_MAX 8192		/* bytes of one framed message (a chunk) */
 #define RD_ARGS_MAX 1024	/* arguments of a framed request */
@@ -115,6 +118,8 @@ struct rd_stats {
 				 * holds */
 	__u64 zwrites;		/* ZADD and ZREM executed */
 	__u64 zreads;		/* ZCARD, ZSCORE and ZRANGE executed */
+	__u64 cancelled;	/* runs cancelled (their request went on to
+				 * redis-server, an owned one renamed) */
 };
 
 struct {
@@ -131,6 +136,18 @@ struct {
 	__type(value, __u64);
 } rd_socks SEC(".maps");
 
+/*
+ * Per CPU (indexed by CPU number: the loader gives it an entry per possible
+ * CPU and sizes its values, rd_big_mask + 9 bytes): a long value on its way
+ * from the heap to a reply (rd_get_big()).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 65536 + 8);
+} rd_big SEC(".maps");
+
 /* Per-connection state, by socket cookie. */
 struct rd_conn {
 	__u32 raw;		/* raw passthrough for the rest of its life */
@@ -144,7 +161,8 @@ struct rd_conn {
 	__u64 big;		/* the entry (kv_new_big) that a SET framed
 				 * in chunks fills; 0 none */
 	__u32 resp3;		/* it switched to RESP3 (HELLO 3) */
-	__u32 pad;
+	__u32 running;		/* a verdict runs on it: still set at the next
+				 * one if that run was cancelled */
 };
 
 /* Why a request framed in chunks is consumed. */
@@ -875,30 +893,29 @@ __noinline int rd_answer(struct __sk_buff *skb, __u32 kind, __u32 n, __u32 eval)
 	return rewrite(skb, sc, skb->len, rlen);
 }
 
-/* Bytes of a value copied through the scratch buffer at a time. */
-#define RD_PIECE 8192
-
 /*
  * GET of a value longer than KV_ITEM_MAX (kv_get() found it too big to
- * stage): the skb becomes the reply (or its EVAL) at its full length, and
- * the value is copied into it from the heap a piece at a time, all under the
- * bucket lock, so that a SET on another CPU can neither free nor replace it
- * half-way. Returns 0 answered, 1 the key is absent (replaced by then), -1
- * busy (the lock or the loop budget, or no memory for the reply: the skb is
- * then back to the request's length).
+ * stage): the value is copied from the heap to this CPU's rd_big under the
+ * bucket lock (a SET on another CPU can neither free nor replace it
+ * half-way); then the skb becomes the reply (or its EVAL) at its full
+ * length in three stores, with no loop after the skb has changed: a run
+ * cancelled before that leaves the request as it was. Returns 0 answered,
+ * 1 the key is absent (replaced by then), -1 busy (the lock or the loop
+ * budget, or no memory for the reply: the skb is then back to the
+ * request's length).
  */
 __noinline int rd_get_big(struct __sk_buff *skb, __u32 eval)
 {
-	__u32 zero = 0, klen, koff, hdr, ilen, off, n, i, p;
+	__u32 zero = 0, klen, koff, hdr, ilen = 0, i, old, cpu = bpf_get_smp_processor_id();
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	__u8 *buf = bpf_map_lookup_elem(&rd_big, &cpu);
 	struct kv_entry __arena *e;
 	struct hm_bucket __arena *b;
 	__u8 __arena *item;
-	__u32 old;
 	__u64 h;
 	int ret = -1;
 
-	if (!skb || !sc)
+	if (!skb || !sc || !buf)
 		return -1;
 	old = skb->len;
 	klen = sc->arg_len[1];
@@ -922,43 +939,33 @@ __noinline int rd_get_big(struct __sk_buff *skb, __u32 eval)
 		goto out;
 	}
 	ilen = e->ilen;
-	if (ilen > KV_BIG_MAX)
+	if (!ilen || ilen > rd_big_mask + 1 || ilen > KV_BIG_MAX)
 		goto out;
-	hdr = build_head(sc, RD_BULK, ilen, eval);
-	if (hdr > 96 || bpf_skb_change_tail(skb, hdr + ilen + 2, 0))
-		goto out;
-	if (bpf_skb_store_bytes(skb, 0, sc->rep, RD_MASK(hdr - 1, 127) + 1, 0))
-		goto undo;
 	item = kv_item(e);
-	bpf_for(p, 0, KV_BIG_MAX / RD_PIECE) {
-		off = p * RD_PIECE;
-		if (off >= ilen)
+	bpf_for(i, 0, KV_WORDS(ilen)) {
+		if (i >= KV_BIG_MAX / 8)
 			break;
-		n = ilen - off;
-		if (n > RD_PIECE)
-			n = RD_PIECE;
-		bpf_for(i, 0, KV_WORDS(n)) {
-			if (i >= RD_PIECE / 8)
-				break;
-			*(__u64 *)&sc->rep[RD_MASK(i * 8, RD_BUF - 1)] =
-				*(__u64 __arena *)(item + off + i * 8);
-		}
-		if (bpf_skb_store_bytes(skb, hdr + off, sc->rep, RD_MASK(n - 1, RD_PIECE - 1) + 1,
-					0))
-			goto undo;
+		*(__u64 *)&buf[RD_MASK(i * 8, rd_big_mask)] = *(__u64 __arena *)(item + i * 8);
 	}
-	sc->rep[0] = '\r';
-	sc->rep[1] = '\n';
-	if (bpf_skb_store_bytes(skb, hdr + ilen, sc->rep, 2, 0))
-		goto undo;
 	ret = 0;
-	goto out;
-undo:
-	/* the caller answers "busy" by rewriting the skb from this length */
-	bpf_skb_change_tail(skb, old, 0);
 out:
 	hm_unlock(&b->lock);
-	return ret;
+	if (ret || !ilen)
+		return ret;
+	hdr = build_head(sc, RD_BULK, ilen, eval);
+	if (hdr > 96 || bpf_skb_change_tail(skb, hdr + ilen + 2, 0))
+		return -1;
+	sc->rep[hdr] = '\r';
+	sc->rep[RD_MASK(hdr + 1, 127)] = '\n';
+	if (bpf_skb_store_bytes(skb, hdr + ilen, &sc->rep[RD_MASK(hdr, 127)], 2, 0) ||
+	    bpf_skb_store_bytes(skb, hdr, buf, RD_MASK(ilen - 1, rd_big_mask) + 1, 0) ||
+	    bpf_skb_store_bytes(skb, 0, sc->rep, RD_MASK(hdr - 1, 127) + 1, 0)) {
+		/* the caller answers "busy" by rewriting the skb from this
+		 * length */
+		bpf_skb_change_tail(skb, old, 0);
+		return -1;
+	}
+	return 0;
 }
 
 /*
@@ -1996,26 +2003,22 @@ __noinline int rd_set_more(struct __sk_buff *skb, __u64 big, __u32 filled, __u32
 	return n;
 }
 
-SEC("sk_skb/stream_verdict")
-int rd_verdict(struct __sk_buff *skb)
+/* An owned command's name as a cancelled run leaves it (redis-server has no
+ * such command): its first letters of KFLEX? (3 to 6 bytes), ending in '?'. */
+static const char rd_renamed[8] = "KFLEX?";
+
+static __always_inline int verdict(struct __sk_buff *skb, struct rd_scratch *sc,
+				   struct rd_conn *c, __u64 cookie)
 {
-	__u32 zero = 0, len = skb->len, n = 0;
-	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	struct rd_conn *c = conn_of(cookie);
+	__u32 len = skb->len, n = 0;
 	enum rd_reply kind = RD_NIL;
 	struct kv_entry __arena *e;
 	struct rd_walk w = {};
 	bool chunked = false;
-	__u32 eval;
+	__u32 eval, at;
 	int nargs, r, h;
 	__s64 v;
 
-	kflex_use_heap(rd_heap);
-	if (!c || !sc)
-		return SK_PASS;
-	if (c->raw)
-		return SK_PASS;
 	if (c->args_left || c->bulk_left) {
 		/* a later chunk of a long request: where it leaves off */
 		if (c->consume == RD_CONSUME_STORE && c->big) {
@@ -2149,6 +2152,21 @@ int rd_verdict(struct __sk_buff *skb)
 		}
 		return SK_DROP;
 	}
+	/*
+	 * Should this run be cancelled, the request goes on to redis-server
+	 * (SK_PASS): renamed, so that redis-server answers an unknown-command
+	 * error in its place and stores nothing. A completed run rewrites the
+	 * whole skb into the reply.
+	 */
+	n = sc->arg_len[0];
+	at = sc->arg_off[0];
+	if (n >= 3 && n <= 6 && at < RD_MSG_MAX) {
+		__builtin_memcpy(sc->name, rd_renamed, 8);
+		sc->name[RD_MASK(n - 1, 7)] = '?';
+		if (bpf_skb_store_bytes(skb, at, sc->name, RD_MASK(n - 1, 7) + 1, 0))
+			goto pass;
+	}
+	n = 0;
 	if (nargs < 0 || (rd_zset && sc->req[0] != '*' && nargs > RD_OWN_ARGS)) {
 		n = STAGE(sc, "ERR inline command form not supported by the KFlex offload");
 		kind = RD_ERR;
@@ -2211,6 +2229,31 @@ pass:
 	c->passed = 1;
 	COUNT(passed);
 	return SK_PASS;
+}
+
+SEC("sk_skb/stream_verdict")
+int rd_verdict(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	struct rd_conn *c = conn_of(cookie);
+	int ret;
+
+	kflex_use_heap(rd_heap);
+	if (!c || !sc || c->raw)
+		return SK_PASS;
+	if (c->running) {
+		/* The last run on this connection was cancelled: its request
+		 * went on to redis-server, whose reply later ones must not
+		 * overtake. */
+		c->passed = 1;
+		COUNT(cancelled);
+	}
+	c->running = 1;
+	ret = verdict(skb, sc, c, cookie);
+	c->running = 0;
+	return ret;
 }
 
 /* Create the tables (run by the loader, a part at a time). */

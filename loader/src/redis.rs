@@ -80,10 +80,11 @@ pub const COUNTERS: [&str; N] = [
     "held_refused",
     "zwrites",
     "zreads",
+    "cancelled",
 ];
 
 /// Number of counters.
-pub const N: usize = 15;
+pub const N: usize = 16;
 
 // The BPF program's counters are exactly these.
 const _: () = assert!(size_of::<types::rd_stats>() == COUNTERS.len() * 8);
@@ -185,6 +186,15 @@ pub fn format_counters(c: &[u64; N]) -> String {
     memcached::counter_lines(&COUNTERS, c)
 }
 
+/// Bytes of each CPU's long-value buffer (`rd_big`): a power of two that
+/// holds `--max-value` (the sorted sets have no long values: 4 KiB).
+pub fn big_buffer(o: &Options) -> u32 {
+    match o.family {
+        Family::GetSet => o.max_value.max(4096).next_power_of_two(),
+        Family::SortedSets => 4096,
+    }
+}
+
 /// Checks the options against what the offload can hold.
 pub fn check_options(o: &Options) -> Result<()> {
     if o.max_value > VALUE_LIMIT {
@@ -223,6 +233,13 @@ pub fn run(o: &Options, signals: &SigSet) -> Result<()> {
     rodata.rd_port = o.port;
     rodata.rd_max_value = o.max_value;
     rodata.rd_zset = u32::from(o.family == Family::SortedSets);
+    // rd_big: a buffer per possible CPU for long values on their way to a
+    // GET reply, a power of two of at least --max-value bytes and a spare word
+    let big = big_buffer(o);
+    rodata.rd_big_mask = big - 1;
+    open.maps.rd_big.set_value_size(big + 8).context("sizing the long-value buffers")?;
+    let cpus = libbpf_rs::num_possible_cpus().context("counting the possible CPUs")?;
+    open.maps.rd_big.set_max_entries(cpus as u32).context("sizing the long-value buffers")?;
     open.maps
         .rd_heap
         .set_max_entries((o.heap_size / 4096) as u32)
@@ -371,6 +388,16 @@ mod tests {
         let c = sum_counters(&[a, b]);
         assert_eq!(c[1], 5);
         assert!(format_counters(&c).contains("  requests        5\n"));
+    }
+
+    #[test]
+    fn long_value_buffer_holds_max_value() {
+        let o = |family, max_value| Options { family, port: 1, heap_size: 1 << 20, max_value };
+        assert_eq!(big_buffer(&o(Family::GetSet, 65536)), 65536);
+        assert_eq!(big_buffer(&o(Family::GetSet, 65537)), 131072);
+        assert_eq!(big_buffer(&o(Family::GetSet, 10)), 4096);
+        assert_eq!(big_buffer(&o(Family::GetSet, VALUE_LIMIT)), VALUE_LIMIT);
+        assert_eq!(big_buffer(&o(Family::SortedSets, 65536)), 4096);
     }
 
     #[test]

@@ -78,6 +78,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(redis::fragmented_requests, "ym"),
     t!(redis::values_up_to_one_mib, "ym"),
     t!(redis::cut_off_sets_free_their_value, "ym"),
+    t!(redis::cancelled_runs_keep_order, "ym"),
     t!(redis::differential, "ym"),
     t!(redis::malformed_requests_pass_through, "ym"),
     t!(redis::real_clients, "ym"),

@@ -391,6 +391,66 @@ pub fn values_up_to_one_mib() -> Result<()> {
     Ok(())
 }
 
+/// Runs cancelled by KFlex's budget (`kernel.kflex_budget_us` at its
+/// lowest, 100 µs, against GETs that copy 1 MiB out of the heap): the
+/// request goes on to redis-server renamed, which answers an unknown-command
+/// error in its place and stores nothing, and the replies after it on the
+/// connection keep their order (through EVAL from then on); with the budget
+/// back, the value reads back whole.
+pub fn cancelled_runs_keep_order() -> Result<()> {
+    let mut live = Live::with_args(&["--kmemcache", "--max-value", "1048576"])?;
+    let mib: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let bulk = [b"$1048576\r\n".to_vec(), mib.clone(), b"\r\n".to_vec()].concat();
+    let mut s = connect(PORT)?;
+    let mut buf = Vec::new();
+    let mut ask = |s: &mut TcpStream, reqs: &[Vec<u8>]| -> Result<Vec<Vec<u8>>> {
+        s.write_all(&reqs.concat())?;
+        reqs.iter().map(|_| read_reply(s, &mut buf)).collect()
+    };
+    let got = ask(&mut s, &[resp(&[b"SET", b"m", &mib]), resp(&[b"SET", b"k", b"before"])])?;
+    ensure!(got.iter().all(|g| g == b"+OK\r\n"), "SETs: {got:?}");
+    let got = {
+        let _budget = kflex_load::cancel::SysctlGuard::budget_us(100)?;
+        ask(&mut s, &[resp(&[b"GET", b"m"]), resp(&[b"PING"])])?
+    };
+    ensure!(
+        got[0].starts_with(b"-ERR unknown command 'KF?'"),
+        "the cancelled GET: {}",
+        show(&got[0])
+    );
+    ensure!(got[1] == b"+PONG\r\n", "after it: {}", show(&got[1]));
+    let cancelled = show(&got[0]);
+    let got = ask(
+        &mut s,
+        &[
+            resp(&[b"GET", b"k"]),
+            resp(&[b"SET", b"k", b"after"]),
+            resp(&[b"GET", b"k"]),
+            resp(&[b"GET", b"m"]),
+            resp(&[b"DBSIZE"]),
+        ],
+    )?;
+    let want: [&[u8]; 5] = [b"$6\r\nbefore\r\n", b"+OK\r\n", b"$5\r\nafter\r\n", &bulk, b":0\r\n"];
+    for (i, w) in want.iter().enumerate() {
+        ensure!(
+            got[i] == *w,
+            "request {i} after the cancelled one: got {} want {}",
+            show(&got[i]),
+            show(w)
+        );
+    }
+    drop(s);
+    let out = live.detach()?;
+    let count = |name: &str| -> u64 {
+        out.iter()
+            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(u64::MAX)
+    };
+    ensure!(count("cancelled") == 1 && count("eval_routed") == 4, "{out:?}");
+    println!("the cancelled GET's reply: {cancelled}");
+    Ok(())
+}
+
 /// SETs cut off by their client half-way through a 60 KiB value: the
 /// offload has allocated the value's entry (the heap's large bytes grow)
 /// and frees it when the connection closes (they come back); a whole SET
