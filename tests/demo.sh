@@ -105,6 +105,16 @@ redis-cli -p 6979 INCR visits
 say "redis-cli: another command on a key the offload holds is refused"
 redis-cli -p 6979 APPEND greeting "!"
 echo "keys redis-server itself holds: $(redis-cli -p 6979 DBSIZE) (the counter only)"
+say "redis-cli: a 64 KiB binary value from a file (-x), and back"
+blob=$(mktemp)
+head -c 65536 /dev/urandom >"$blob"
+redis-cli -p 6979 -x SET blob <"$blob"
+redis-cli -p 6979 --raw GET blob >"$blob.back"
+# --raw adds a newline
+truncate -s 65536 "$blob.back"
+cmp "$blob" "$blob.back"
+echo "64 KiB read back whole"
+rm -f "$blob" "$blob.back"
 
 say "redis-benchmark GET/SET through the offload: 10000 requests, 64-byte values"
 redis-benchmark -p 6979 -t get,set -n 10000 -r 1000 -d 64 -c 8 --csv
