@@ -181,6 +181,29 @@ pub(crate) fn show(b: &[u8]) -> String {
     }
 }
 
+/// Counter `name` from kflex-load's last lines (`name value`); `u64::MAX`
+/// when it is not there.
+fn counter(out: &[String], name: &str) -> u64 {
+    out.iter()
+        .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(u64::MAX)
+}
+
+/// `redis-benchmark -t get,set` with `args` through the offload: its CSV,
+/// which must hold both tests and no error.
+fn get_set_benchmark(args: &[&str]) -> Result<String> {
+    let port = PORT.to_string();
+    let mut all = vec!["-p", &port, "-t", "get,set"];
+    all.extend(args);
+    all.push("--csv");
+    let csv = sh("redis-benchmark", &all)?;
+    ensure!(
+        csv.contains("\"SET\"") && csv.contains("\"GET\"") && !csv.to_lowercase().contains("error"),
+        "redis-benchmark {args:?}: {csv}"
+    );
+    Ok(csv)
+}
+
 /// Owned requests and the replies the offload must give, in order.
 fn owned_cases() -> Vec<(Vec<u8>, Vec<u8>)> {
     let binary: Vec<u8> = (0..=255u8).cycle().take(300).collect();
@@ -337,11 +360,7 @@ pub fn round_trips() -> Result<()> {
     let dbsize = exchange(PORT, &[resp(&[b"DBSIZE"])], false)?;
     ensure!(dbsize[0] == b":1\r\n", "DBSIZE behind the offload: {}", show(&dbsize[0]));
     let out = live.detach()?;
-    let count = |name: &str| -> u64 {
-        out.iter()
-            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(u64::MAX)
-    };
+    let count = |name: &str| counter(&out, name);
     ensure!(count("eval_routed") >= 8 && count("reply_failures") == 0, "{out:?}");
     ensure!(count("lock_timeouts") == 0 && count("raw_conns") == 0, "{out:?}");
     println!("{}", out.join("\n"));
@@ -381,11 +400,7 @@ pub fn values_up_to_one_mib() -> Result<()> {
     ensure!(got[0] == b"+PONG\r\n", "PING: {}", show(&got[0]));
     ensure!(got[1] == bulk(&other) && got[2] == bulk(&mib), "1 MiB values through EVAL differ");
     let out = live.detach()?;
-    let count = |name: &str| -> u64 {
-        out.iter()
-            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(u64::MAX)
-    };
+    let count = |name: &str| counter(&out, name);
     ensure!(count("eval_routed") == 2 && count("lock_timeouts") == 0, "{out:?}");
     ensure!(count("reply_failures") == 0 && count("raw_conns") == 0, "{out:?}");
     Ok(())
@@ -441,11 +456,7 @@ pub fn cancelled_runs_keep_order() -> Result<()> {
     }
     drop(s);
     let out = live.detach()?;
-    let count = |name: &str| -> u64 {
-        out.iter()
-            .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(u64::MAX)
-    };
+    let count = |name: &str| counter(&out, name);
     ensure!(count("cancelled") == 1 && count("eval_routed") == 4, "{out:?}");
     println!("the cancelled GET's reply: {cancelled}");
     Ok(())
@@ -672,57 +683,9 @@ pub fn real_clients() -> Result<()> {
         "redis-cli --raw GET of the 64 KiB value: {} bytes back",
         out.stdout.len()
     );
-    let bench = sh(
-        "redis-benchmark",
-        &[
-            "-p",
-            &PORT.to_string(),
-            "-t",
-            "get,set",
-            "-n",
-            "4000",
-            "-r",
-            "1000",
-            "-d",
-            "64",
-            "-c",
-            "4",
-            "-P",
-            "8",
-            "--csv",
-        ],
-    )?;
-    ensure!(
-        bench.contains("\"SET\"")
-            && bench.contains("\"GET\"")
-            && !bench.to_lowercase().contains("error"),
-        "redis-benchmark: {bench}"
-    );
+    let bench = get_set_benchmark(&["-n", "4000", "-r", "1000", "-d", "64", "-c", "4", "-P", "8"])?;
     // values framed in chunks and answered at full length
-    let long = sh(
-        "redis-benchmark",
-        &[
-            "-p",
-            &PORT.to_string(),
-            "-t",
-            "get,set",
-            "-n",
-            "400",
-            "-r",
-            "50",
-            "-d",
-            "20000",
-            "-c",
-            "4",
-            "--csv",
-        ],
-    )?;
-    ensure!(
-        long.contains("\"SET\"")
-            && long.contains("\"GET\"")
-            && !long.to_lowercase().contains("error"),
-        "redis-benchmark -d 20000: {long}"
-    );
+    let long = get_set_benchmark(&["-n", "400", "-r", "50", "-d", "20000", "-c", "4"])?;
     let out = live.detach()?;
     println!("{}\n{}\n{}", bench.trim(), long.trim(), out.join("\n"));
     Ok(())
