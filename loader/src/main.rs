@@ -88,7 +88,9 @@ struct Cli {
     /// passed a request, its owned requests are answered through EVAL (so replies stay
     /// in order): scripting must be allowed for its user, and four fixed scripts enter
     /// redis-server's script cache. A request the offload cannot frame switches its
-    /// connection to passthrough. On SIGINT/SIGTERM new connections are no longer
+    /// connection to passthrough. A run that KFlex cancels (kernel.kflex_budget_us)
+    /// sends its request on to redis-server with the command renamed (KF?, KFL?, ...):
+    /// redis-server answers an unknown-command error in its place. On SIGINT/SIGTERM new connections are no longer
     /// offloaded, offloaded ones pass everything, and kflex-load waits until they close
     /// (a second signal stops waiting).
     #[arg(long, group = "mode")]
