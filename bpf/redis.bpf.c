@@ -217,8 +217,6 @@ struct rd_scratch {
 	__u32 arg_len[RD_OWN_ARGS];
 	__u32 nargs;		/* arguments split() found (at most RD_OWN_ARGS) */
 	__u32 acount;		/* elements of an array reply staged at RD_VAL */
-	__u32 filled;		/* rd_set_begin()'s results */
-	__u64 big;
 	__u64 upd[SKL_MAX_LEVEL];	/* a skiplist walk's predecessors */
 	__u64 rank[SKL_MAX_LEVEL];	/* and their positions */
 	__u8 hdr[RD_HDR];
@@ -912,6 +910,7 @@ __noinline int rd_get_big(struct __sk_buff *skb, __u32 eval)
 	struct kv_entry __arena *e;
 	struct hm_bucket __arena *b;
 	__u8 __arena *item;
+	bool busy = false;
 	__u64 h;
 	int ret = -1;
 
@@ -926,15 +925,10 @@ __noinline int rd_get_big(struct __sk_buff *skb, __u32 eval)
 	b = hm_bucket_of(&rd_table.m, h);
 	if (hm_lock(&b->lock))
 		return -1;
-	e = (struct kv_entry __arena *)b->head;
-	while (e) {
-		if (!can_loop)
-			goto out;
-		if (e->hash == h && kv_key_eq(e, sc->req, koff, klen))
-			break;
-		e = e->next;
-	}
-	if (!e || !kv_live(&rd_table, e, 0)) {
+	e = kv_find_locked(&rd_table, b, h, sc->req, koff, klen, 0, &busy, &sc->kst);
+	if (busy)
+		goto out;
+	if (!e) {
 		ret = 1;
 		goto out;
 	}
@@ -1949,18 +1943,19 @@ __noinline int rd_getset(int nargs)
 }
 
 /*
- * The first chunk (`len` bytes, in sc->req) of a SET framed in chunks: its
- * value is longer than one message. When the offload can hold it, allocates
- * its entry (sc->big) and writes the value's first bytes (sc->filled);
- * returns the connection's RD_CONSUME_* for the rest of the request.
+ * The first chunk (`len` bytes, in sc->req) of a SET framed in chunks on
+ * connection `c`: its value is longer than one message. When the offload can
+ * hold it, allocates its entry (c->big) and writes the value's first bytes
+ * (c->filled); returns the connection's RD_CONSUME_* for the rest of the
+ * request.
  */
-__noinline int rd_set_begin(__u32 len)
+__noinline int rd_set_begin(struct rd_conn *c, __u32 len)
 {
 	__u32 zero = 0, klen, vlen, off, n;
 	struct rd_scratch *sc = bpf_map_lookup_elem(&rd_scratch, &zero);
 	struct kv_entry __arena *e;
 
-	if (!sc)
+	if (!sc || !c)
 		return RD_CONSUME_BUSY;
 	klen = sc->arg_len[1];
 	vlen = sc->arg_len[2];
@@ -1975,9 +1970,9 @@ __noinline int rd_set_begin(__u32 len)
 	n = off < len ? len - off : 0;
 	if (n > vlen)
 		n = vlen;
+	c->big = (__u64)e;
 	fill(sc, kv_item(e), off, n);
-	sc->big = (__u64)e;
-	sc->filled = n;
+	c->filled = n;
 	return RD_CONSUME_STORE;
 }
 
@@ -2143,13 +2138,8 @@ static __always_inline int verdict(struct __sk_buff *skb, struct rd_scratch *sc,
 		c->args_left = w.args_left;
 		c->bulk_left = w.bulk_left;
 		c->consume = RD_CONSUME_TOO_LARGE;
-		if (!rd_zset && nargs == 3 && ARG_IS(sc, 0, "SET")) {
-			c->consume = rd_set_begin(len);
-			if (c->consume == RD_CONSUME_STORE) {
-				c->big = sc->big;
-				c->filled = sc->filled;
-			}
-		}
+		if (!rd_zset && nargs == 3 && ARG_IS(sc, 0, "SET"))
+			c->consume = rd_set_begin(c, len);
 		return SK_DROP;
 	}
 	/*

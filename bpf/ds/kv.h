@@ -124,11 +124,8 @@ static __always_inline bool kv_live(struct kv_table *t, struct kv_entry __arena 
 	return e->gen == t->gen && (!e->expires || e->expires > now);
 }
 
-/*
- * Allocates and fills an entry for the key at `koff` and the `ilen`-byte
- * item at `ioff` of `buf`; NULL if the heap is exhausted or the sizes are
- * out of range. The entry is not linked yet.
- */
+/* Fills entry `e`'s header and key (the key at `koff` of `buf`) for an
+ * `ilen`-byte item; the caller writes the item. */
 static __always_inline void kv_fill(struct kv_table *t, struct kv_entry __arena *e,
 				   const void *buf, __u32 koff, __u32 klen, __u32 ilen, __u32 meta,
 				   __u64 expires)
@@ -153,6 +150,11 @@ static __always_inline void kv_fill(struct kv_table *t, struct kv_entry __arena 
 	e->ilen = ilen;
 }
 
+/*
+ * Allocates and fills an entry for the key at `koff` and the `ilen`-byte
+ * item at `ioff` of `buf`; NULL if the heap is exhausted or the sizes are
+ * out of range. The entry is not linked yet.
+ */
 static __always_inline struct kv_entry __arena *
 kv_new(struct kv_table *t, const void *buf, __u32 koff, __u32 klen, __u32 ioff, __u32 ilen,
        __u32 meta, __u64 expires)
@@ -349,6 +351,37 @@ static __always_inline int kv_erase(struct kv_table *t, const void *buf, __u32 k
 	return ret;
 }
 
+/*
+ * With bucket `b`'s lock held (`h` the key's hash): the live entry of the
+ * key at `koff` of `kbuf`, or NULL. A dead entry of the key (expired at
+ * `now`, or flushed) is unlinked and freed; *busy is set when the loop
+ * budget ran out.
+ */
+static __always_inline struct kv_entry __arena *
+kv_find_locked(struct kv_table *t, struct hm_bucket __arena *b, __u64 h, const void *kbuf,
+	       __u32 koff, __u32 klen, __u64 now, bool *busy, struct kv_stats *st)
+{
+	struct kv_entry __arena *n = (struct kv_entry __arena *)b->head, *prev = NULL, *next;
+
+	while (n) {
+		if (!can_loop) {
+			*busy = true;
+			return NULL;
+		}
+		next = n->next;
+		if (n->hash == h && kv_key_eq(n, kbuf, koff, klen)) {
+			if (kv_live(t, n, now))
+				return n;
+			kv_count_dead(t, n, st);
+			kv_unlink(t, b, prev, n);
+			return NULL;
+		}
+		prev = n;
+		n = next;
+	}
+	return NULL;
+}
+
 /* What kv_get() found. */
 struct kv_found {
 	__u64 cas;
@@ -368,34 +401,20 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 {
 	__u64 h = kv_hash(kbuf, koff, klen), i, iw, kw;
 	struct hm_bucket __arena *b = hm_bucket_of(&t->m, h);
-	struct kv_entry __arena *n, *prev = NULL, *next;
+	struct kv_entry __arena *n;
+	bool busy = false;
 	int ret = 0;
 
 	if (hm_lock(&b->lock)) {
 		st->lock_timeouts++;
 		return -1;
 	}
-	n = (struct kv_entry __arena *)b->head;
-	while (n) {
-		if (!can_loop) {
-			ret = -1;
-			break;
-		}
-		next = n->next;
-		if (n->hash != h || !kv_key_eq(n, kbuf, koff, klen)) {
-			prev = n;
-			n = next;
-			continue;
-		}
-		if (!kv_live(t, n, now)) {
-			kv_count_dead(t, n, st);
-			kv_unlink(t, b, prev, n);
-			break;
-		}
-		if (n->ilen > cap || n->ilen > KV_ITEM_MAX) {
-			*too_big = true;
-			break;
-		}
+	n = kv_find_locked(t, b, h, kbuf, koff, klen, now, &busy, st);
+	if (busy) {
+		ret = -1;
+	} else if (n && (n->ilen > cap || n->ilen > KV_ITEM_MAX)) {
+		*too_big = true;
+	} else if (n) {
 		kw = KV_WORDS(n->klen);
 		iw = KV_WORDS(n->ilen);
 		bpf_for(i, 0, iw) {
@@ -407,7 +426,6 @@ static __always_inline int kv_get(struct kv_table *t, const void *kbuf, __u32 ko
 		f->meta = n->meta;
 		f->ilen = n->ilen;
 		ret = 1;
-		break;
 	}
 	hm_unlock(&b->lock);
 	return ret;
@@ -467,7 +485,7 @@ static __always_inline __u64 kv_peek_word(struct kv_table *t, const void *kbuf, 
 		if (!can_loop)
 			return 0;
 		if (n->hash == h && kv_key_eq(n, kbuf, koff, klen))
-			return n->data[KV_WORDS(n->klen) & (KV_KEY_MAX / 8 * 2 - 1)];
+			return *(__u64 __arena *)kv_item(n);
 		n = n->next;
 	}
 	return 0;
