@@ -13,7 +13,9 @@
 //!   faults and `bpf_kflex_reserve()` (process context, may sleep, under
 //!   `pop_lock`);
 //! - [`objects`]: the allocator -- per-CPU caches, global free lists, the
-//!   page pool (any context, inside a [`Section`](crate::sys::Section)).
+//!   page pool (any context, inside a [`Section`](crate::sys::Section));
+//! - [`fast`]: the per-CPU magazines of the fast path (any context, no
+//!   section: a busy word taken with an exchange).
 //!
 //! Metadata lives outside the heap: one [`PageDesc`] per page (kind, object
 //! bitmaps, the free-page stack's links), per-CPU caches of free objects,
@@ -42,6 +44,7 @@ use crate::{
     sys::{CpuLocal, IrqWork, LockKey, PerCpu, RawLock, Work},
 };
 
+mod fast;
 mod locks;
 mod objects;
 mod populate;
@@ -241,6 +244,7 @@ impl Heap {
             (*info).kern_base = base;
             (*info).user_start = map_extra;
         }
+        Heap::publish_classes(info);
         let heap = KBox::pin_init(
             try_pin_init!(Heap {
                 info,
@@ -388,6 +392,7 @@ impl Heap {
                 *b = b.wrapping_add(c.load(Ordering::Relaxed));
             }
         }
+        self.magazine_stats(st, &mut class_bytes);
         for (out, b) in st.class_bytes.iter_mut().zip(class_bytes.iter()) {
             *out = (*b).max(0) as u64;
         }

@@ -56,10 +56,9 @@ static __always_inline void bench_free(__u64 kind, void __arena *p)
 #define REMOTE 4096
 void __arena *remote_objs[REMOTE];
 
-SEC("syscall")
-int remote_alloc(struct bench_args *a)
+static __always_inline __u64 run_remote_alloc(__u64 kind, __u64 size)
 {
-	__u64 i, kind = a->kind, size = a->size, fails = 0;
+	__u64 i, fails = 0;
 	void __arena *p;
 
 	bpf_for(i, 0, REMOTE) {
@@ -70,9 +69,10 @@ int remote_alloc(struct bench_args *a)
 			fails++;
 		remote_objs[i & (REMOTE - 1)] = p;
 	}
-	a->ret = fails;
-	return 0;
+	return fails;
 }
+
+#define REMOTE_ALLOC(size, kind) run_remote_alloc(kind, size)
 
 SEC("syscall")
 int remote_free(struct bench_args *a)
@@ -405,10 +405,46 @@ static __always_inline __u64 run_pairs(__u64 kind, __u64 size, __u64 n)
 	return fails;
 }
 
+/*
+ * Programs pass the size of what they allocate as a constant (sizeof): the
+ * verifier then puts KFlex's inline fast path in place of the call. Each
+ * benchmark size gets its own copy of the loop, with a literal size, for
+ * every allocator alike.
+ */
+#define BY_SIZE(f, size, ...) ({					\
+	__u64 __r;							\
+	switch (size) {							\
+	case 16:							\
+		__r = f(16, __VA_ARGS__);				\
+		break;							\
+	case 64:							\
+		__r = f(64, __VA_ARGS__);				\
+		break;							\
+	case 256:							\
+		__r = f(256, __VA_ARGS__);				\
+		break;							\
+	case 4096:							\
+		__r = f(4096, __VA_ARGS__);				\
+		break;							\
+	default:							\
+		__r = f(size, __VA_ARGS__);				\
+	}								\
+	__r;								\
+})
+
+#define PAIRS(size, kind, n) run_pairs(kind, size, n)
+
 SEC("syscall")
 int pairs(struct bench_args *a)
 {
-	a->ret = run_pairs(a->kind, a->size, a->n);
+	a->ret = BY_SIZE(PAIRS, a->size, a->kind, a->n);
+	return 0;
+}
+
+SEC("syscall")
+int remote_alloc(struct bench_args *a)
+{
+	a->ret = BY_SIZE(REMOTE_ALLOC, a->size, a->kind);
 	return 0;
 }
 
@@ -426,18 +462,17 @@ int xdp_pairs(struct xdp_md *ctx)
 
 	a = bpf_map_lookup_elem(&xdp_args, &zero);
 	if (a)
-		a->ret = run_pairs(a->kind, a->size, a->n);
+		a->ret = BY_SIZE(PAIRS, a->size, a->kind, a->n);
 	return XDP_PASS;
 }
 #endif
 
-SEC("syscall")
-int batches(struct bench_args *a)
+static __always_inline __u64 run_batches(__u64 kind, __u64 size, __u64 n)
 {
-	__u64 r, i, kind = a->kind, size = a->size, fails = 0;
+	__u64 r, i, fails = 0;
 	void __arena *p;
 
-	bpf_for(r, 0, a->n / BATCH) {
+	bpf_for(r, 0, n / BATCH) {
 #ifndef KFLEX_UPSTREAM_ARENA
 		if (kind == 2) {
 			fails += obj_batch(size);
@@ -458,7 +493,15 @@ int batches(struct bench_args *a)
 				bench_free(kind, p);
 		}
 	}
-	a->ret = fails;
+	return fails;
+}
+
+#define BATCHES(size, kind, n) run_batches(kind, size, n)
+
+SEC("syscall")
+int batches(struct bench_args *a)
+{
+	a->ret = BY_SIZE(BATCHES, a->size, a->kind, a->n);
 	return 0;
 }
 

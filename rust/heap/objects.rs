@@ -75,7 +75,7 @@ pub(super) struct Cache {
 unsafe impl ZeroValid for Cache {}
 
 impl Cache {
-    fn push(&mut self, class: usize, off: u64) -> bool {
+    pub(super) fn push(&mut self, class: usize, off: u64) -> bool {
         let Some(n) = self.count.get_mut(class) else { return false };
         let Some(slot) = self.objs.get_mut(class).and_then(|o| o.get_mut(*n)) else {
             return false;
@@ -86,7 +86,7 @@ impl Cache {
         true
     }
 
-    fn pop(&mut self, class: usize) -> Option<u64> {
+    pub(super) fn pop(&mut self, class: usize) -> Option<u64> {
         let n = self.count.get_mut(class)?;
         let i = n.checked_sub(1)?;
         let off = *self.objs.get(class)?.get(i)?;
@@ -96,6 +96,10 @@ impl Cache {
 
     fn len(&self, class: usize) -> usize {
         self.count.get(class).copied().unwrap_or(CACHE_CAP)
+    }
+
+    pub(super) fn full(&self, class: usize) -> bool {
+        self.len(class) >= CACHE_CAP
     }
 }
 
@@ -232,11 +236,11 @@ impl RunStore for RunTags<'_> {
 /// `Class(_)` when the value was made, so the page is populated, and it stays
 /// mapped until [`Heap::fini`] (type invariant of `Heap`).
 #[derive(Clone, Copy)]
-struct ObjOff(u64);
+pub(super) struct ObjOff(u64);
 
 impl Heap {
     /// Validates `off` as the start of an object of `class`.
-    fn object(&self, off: u64, class: usize) -> Option<(ObjOff, ObjRef, &PageDesc)> {
+    pub(super) fn object(&self, off: u64, class: usize) -> Option<(ObjOff, ObjRef, &PageDesc)> {
         if off == 0 || off >= self.size {
             return None;
         }
@@ -640,7 +644,7 @@ impl Heap {
     // ---- small objects ----
 
     /// Refills a per-CPU cache from the global list, or carves a new page.
-    fn refill(&self, s: &Section, cache: &mut Cache, class: usize) {
+    pub(super) fn refill(&self, s: &Section, cache: &mut Cache, class: usize) {
         let want = refill_amount(cache.len(class));
         if want == 0 {
             return;
@@ -709,19 +713,25 @@ impl Heap {
             return Err(Refusal::Double.into());
         }
         cache.push(class, off);
-        if spill_amount(cache.len(class)) > 0 {
-            if let Some(mut list) = self.lists.get(class).and_then(|l| l.lock(s)) {
-                for _ in 0..SPILL {
-                    let Some(o) = cache.pop(class) else { break };
-                    self.push_global(&mut list, class, o);
-                }
-            }
-            if self.reclaim_wanted_class(class) {
-                // The worker looks for class pages to give back.
-                self.kick();
+        self.spill(s, cache, class);
+        Ok(())
+    }
+
+    /// Moves objects of a cache above its high watermark to the global list.
+    pub(super) fn spill(&self, s: &Section, cache: &mut Cache, class: usize) {
+        if spill_amount(cache.len(class)) == 0 {
+            return;
+        }
+        if let Some(mut list) = self.lists.get(class).and_then(|l| l.lock(s)) {
+            for _ in 0..SPILL {
+                let Some(o) = cache.pop(class) else { break };
+                self.push_global(&mut list, class, o);
             }
         }
-        Ok(())
+        if self.reclaim_wanted_class(class) {
+            // The worker looks for class pages to give back.
+            self.kick();
+        }
     }
 
     // ---- large allocations ----
@@ -832,7 +842,14 @@ impl Heap {
         };
         let class = class_of(size);
         let off = match class {
-            Some(c) => self.alloc_small(&s, &mut cache, c),
+            Some(c) => match self.take_from_magazine(c) {
+                Some(off) => off,
+                None => {
+                    let off = self.alloc_small(&s, &mut cache, c);
+                    self.fill_magazine(&s, &mut cache, c);
+                    off
+                }
+            },
             None => {
                 let u = self.alloc_large(&s, size);
                 return self.finish(&s, cache, u, None);
@@ -864,12 +881,16 @@ impl Heap {
 
     /// `bpf_kflex_free()`.
     pub(crate) fn free(&self, uaddr: u64) {
+        if self.free_fast(uaddr) {
+            return;
+        }
         let s = Section::enter();
         let Some(mut cache) = self.caches.get(&s) else {
             self.defer(&s, uaddr);
             return;
         };
         self.free_one(&s, &mut cache, uaddr);
+        self.drain_magazine(&s, &mut cache);
         self.drain(&s, &mut cache);
     }
 

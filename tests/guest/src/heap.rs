@@ -474,6 +474,104 @@ pub fn two_cpus_churn() -> Result<()> {
     Ok(())
 }
 
+/// The inline fast path (a constant size) hands out each object once, on
+/// two CPUs, with remote frees in between; frees of magazine objects
+/// twice, misaligned or foreign are refused and counted; the statistics
+/// add up; a program loaded with `kernel.kflex_fast_path=0` keeps the call.
+pub fn fast_path_keeps_the_invariants() -> Result<()> {
+    ensure_kflex()?;
+    let h = Loaded::new(16 << 20)?;
+    h.reserve(4 << 20)?;
+    let fast = |first: u64, n: u64| -> Result<u64> {
+        let a = h.run(&h.skel.progs.fast_n, Args { size: 0, n, arg: first, ret: 0 })?;
+        ensure!(a.ret == n, "{} of {n} allocations from slot {first}", a.ret);
+        ensure!(a.size == 0, "{} of {n} objects from slot {first} handed out twice", a.size);
+        Ok(a.ret)
+    };
+    // CPU 0 allocates 2048, CPU 1 frees them (remote frees into its
+    // magazine), then both allocate again while the other frees.
+    pin_to(0)?;
+    fast(0, 2048)?;
+    pin_to(1)?;
+    h.call(&h.skel.progs.free_n, 0, 2048, 0)?;
+    std::thread::scope(|s| -> Result<()> {
+        let a = s.spawn(|| -> Result<()> {
+            pin_to(0)?;
+            for _ in 0..20 {
+                fast(0, 2048)?;
+                h.call(&h.skel.progs.free_n, 0, 2048, 0)?;
+            }
+            Ok(())
+        });
+        let b = s.spawn(|| -> Result<()> {
+            pin_to(1)?;
+            for _ in 0..20 {
+                fast(2048, 2048)?;
+                h.call(&h.skel.progs.free_n, 0, 2048, 2048)?;
+            }
+            Ok(())
+        });
+        a.join().expect("cpu 0")?;
+        b.join().expect("cpu 1")
+    })?;
+    // Everything allocated once more, from both CPUs, and checked at once.
+    pin_to(0)?;
+    fast(0, 2048)?;
+    pin_to(1)?;
+    fast(2048, 2048)?;
+    let ptrs: Vec<u64> = h.bss().ptrs.iter().map(|p| *p as u64).collect();
+    let mut sorted = ptrs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    ensure!(sorted.len() == ptrs.len(), "{} distinct of {} objects", sorted.len(), ptrs.len());
+    let st = h.stats()?;
+    println!(
+        "fast path: fast_allocs {} fast_frees {} of allocs {} frees {}",
+        st.get("fast_allocs"),
+        st.get("fast_frees"),
+        st.get("allocs"),
+        st.get("frees")
+    );
+    ensure!(st.get("fast_allocs") > 40 * 2048 / 2, "the inline path served too few: {st:?}");
+    ensure!(st.get("fast_frees") > 40 * 2048 / 2, "the magazines took too few frees: {st:?}");
+    ensure!(st.get("allocs") == st.get("frees") + 4096, "allocs/frees do not add up: {st:?}");
+    ensure!(st.class_bytes() == 4096 * 64, "class bytes with 4096 objects live: {st:?}");
+    // Hostile frees: misaligned and foreign while allocated, then every
+    // object twice (the first frees fill the magazines, so the second
+    // ones find objects in magazines, caches and global lists alike).
+    for &p in ptrs.iter().take(100) {
+        h.call(&h.skel.progs.free_ptr, 0, 0, p + 8)?;
+        h.call(&h.skel.progs.free_ptr, 0, 0, p ^ (h.size << 1))?;
+    }
+    h.call(&h.skel.progs.free_n, 0, 4096, 0)?;
+    for &p in &ptrs {
+        h.call(&h.skel.progs.free_ptr, 0, 0, p)?;
+    }
+    let st = h.stats()?;
+    ensure!(st.get("refused_misaligned") == 100, "misaligned frees: {st:?}");
+    ensure!(st.get("refused_foreign") == 100, "foreign frees: {st:?}");
+    ensure!(st.get("refused_double") == 4096, "double frees: {st:?}");
+    ensure!(st.get("allocs") == st.get("frees") && st.class_bytes() == 0, "leak: {st:?}");
+    ensure!(st.get("corrupt_links") == 0, "corrupt links: {st:?}");
+    // Without the inline path, the same program makes no fast allocation.
+    let old = std::fs::read_to_string("/proc/sys/kernel/kflex_fast_path")?;
+    std::fs::write("/proc/sys/kernel/kflex_fast_path", "0")?;
+    let slow = Loaded::new(16 << 20);
+    std::fs::write("/proc/sys/kernel/kflex_fast_path", old.trim())?;
+    let slow = slow?;
+    let a = slow.run(&slow.skel.progs.fast_n, Args { size: 0, n: 1000, arg: 0, ret: 0 })?;
+    ensure!(
+        a.ret == 1000 && a.size == 0,
+        "without the inline path: {} objects, {} bad",
+        a.ret,
+        a.size
+    );
+    let st = slow.stats()?;
+    ensure!(st.get("fast_allocs") == 0, "kflex_fast_path=0 still inlined: {st:?}");
+    ensure!(st.get("allocs") == 1000, "without the inline path: {st:?}");
+    Ok(())
+}
+
 /// A hostile program scribbles over free objects (the global list's links),
 /// frees garbage and frees twice: everything is refused and counted, the
 /// allocator never hands out memory outside the heap or the same object

@@ -46,6 +46,7 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(heap::producer_consumer_stays_bounded, "ym"),
     t!(heap::worker_populates_reserve, "ym"),
     t!(heap::two_cpus_churn, "ym"),
+    t!(heap::fast_path_keeps_the_invariants, "ym"),
     t!(heap::hostile_program_is_contained, "ym"),
     t!(heap::close_releases_everything, "ym"),
     t!(heap::memory_goes_back, "ym"),

@@ -4,8 +4,10 @@
 //! and for the upstream arena):
 //! - `alloc/{pairs,batch256}/<size>/<variant>` from `SEC("syscall")` and
 //!   `alloc/xdp-pairs/<size>/<variant>` from XDP: the KFlex heap allocator
-//!   against the BPF free list and bump allocator over the upstream arena and
-//!   against `bpf_obj_new`/`bpf_obj_drop` (6.12's `bpf_mem_alloc`);
+//!   (with its inline fast path, and `kflex-call` without it) against the
+//!   BPF free list and bump allocator over the upstream arena and against
+//!   `bpf_obj_new`/`bpf_obj_drop` (6.12's `bpf_mem_alloc`); every program
+//!   passes its size as a constant, as `sizeof` does;
 //! - `alloc/remote4096/<size>/<variant>`: 4096 objects allocated on CPU 0,
 //!   then freed on CPU 1 (per object: one allocation and one remote free);
 //! - `alloc/pairs/<size>/kmalloc`: `kmalloc`+`kfree` in a kernel loop, the
@@ -50,6 +52,10 @@ fn run_prog(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
     KFlex,
+    /// The KFlex heap without the inline fast path: the programs loaded
+    /// with `kernel.kflex_fast_path=0`, so each allocation is a kfunc call
+    /// (the allocator before the fast path; frees still try the magazine).
+    KFlexCall,
     ArenaFreeList,
     ArenaBump,
     /// `bpf_obj_new`/`bpf_obj_drop` (in the KFlex build).
@@ -57,12 +63,18 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 4] =
-        [Variant::KFlex, Variant::ArenaFreeList, Variant::ArenaBump, Variant::ObjNew];
+    const ALL: [Variant; 5] = [
+        Variant::KFlex,
+        Variant::KFlexCall,
+        Variant::ArenaFreeList,
+        Variant::ArenaBump,
+        Variant::ObjNew,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Variant::KFlex => "kflex",
+            Variant::KFlexCall => "kflex-call",
             Variant::ArenaFreeList => "arena-freelist",
             Variant::ArenaBump => "arena-bump",
             Variant::ObjNew => "bpf-obj-new",
@@ -72,7 +84,7 @@ impl Variant {
     /// `bench_args.kind`.
     fn kind(self) -> u64 {
         match self {
-            Variant::KFlex | Variant::ArenaFreeList => 0,
+            Variant::KFlex | Variant::KFlexCall | Variant::ArenaFreeList => 0,
             Variant::ArenaBump => 1,
             Variant::ObjNew => 2,
         }
@@ -98,37 +110,61 @@ const REMOTE: u64 = 4096;
 /// arena): `pairs`, `batches`, and on the KFlex heap `calls`.
 struct Loaded {
     kflex: Progs,
+    /// The KFlex build loaded without the inline fast path.
+    kflex_call: Progs,
     arena: Progs,
-    /// `xdp_args` of the KFlex build.
+    /// `xdp_args` of the two KFlex loads.
     xdp_args: MapHandle,
+    xdp_args_call: MapHandle,
     /// Map id of the KFlex heap (for its statistics).
     heap_id: u32,
     /// The skeletons (maps stay alive with them).
-    _skels: [Box<dyn Any>; 2],
+    _skels: [Box<dyn Any>; 3],
+}
+
+/// `kernel.kflex_fast_path`, which the verifier reads at load time.
+const FAST_PATH: &str = "/proc/sys/kernel/kflex_fast_path";
+
+/// Loads the KFlex build of the benchmark, with the inline fast path if
+/// `fast`.
+fn load_kflex(fast: bool) -> Result<alloc::AllocSkel<'static>> {
+    let old = std::fs::read_to_string(FAST_PATH)
+        .with_context(|| format!("reading {FAST_PATH} (a kernel without KFlex's fast path?)"))?;
+    std::fs::write(FAST_PATH, if fast { "1" } else { "0" })
+        .with_context(|| format!("writing {FAST_PATH}"))?;
+    let store = Box::leak(Box::new(MaybeUninit::uninit()));
+    let loaded = alloc::AllocSkelBuilder::default().open(store).and_then(|mut open| {
+        open.maps.heap.set_max_entries((1u64 << 30 >> 12) as u32)?;
+        open.load()
+    });
+    std::fs::write(FAST_PATH, old.trim()).with_context(|| format!("restoring {FAST_PATH}"))?;
+    loaded.context("loading the KFlex allocator benchmark")
 }
 
 impl Loaded {
     fn load() -> Result<Loaded> {
-        let kstore = Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = alloc::AllocSkelBuilder::default().open(kstore)?;
-        open.maps.heap.set_max_entries((1u64 << 30 >> 12) as u32)?;
-        let kflex = open.load().context("loading the KFlex allocator benchmark")?;
+        let kflex = load_kflex(true)?;
+        let kflex_call = load_kflex(false)?;
         let astore = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = alloc_arena::AllocArenaSkelBuilder::default().open(astore)?;
         open.maps.heap.set_max_entries((2u64 << 30 >> 12) as u32)?;
         let arena = open.load().context("loading the arena allocator benchmark")?;
         let l = Loaded {
             kflex: Progs::of(kflex.object())?,
+            kflex_call: Progs::of(kflex_call.object())?,
             arena: Progs::of(arena.object())?,
             xdp_args: MapHandle::try_from(&kflex.maps.xdp_args)?,
+            xdp_args_call: MapHandle::try_from(&kflex_call.maps.xdp_args)?,
             heap_id: kflex.maps.heap.info()?.info.id,
-            _skels: [Box::new(kflex), Box::new(arena)],
+            _skels: [Box::new(kflex), Box::new(kflex_call), Box::new(arena)],
         };
-        // Populate the KFlex heap ahead so that the benchmark measures the
+        // Populate the KFlex heaps ahead so that the benchmark measures the
         // allocator, not the background worker.
-        let (a, _) =
-            run_prog(l.kflex.get("prepare")?, Args { n: 256 << 20, ..Default::default() })?;
-        ensure!(a.ret == 0, "bpf_kflex_reserve failed: {}", a.ret as i64);
+        for progs in [&l.kflex, &l.kflex_call] {
+            let (a, _) =
+                run_prog(progs.get("prepare")?, Args { n: 256 << 20, ..Default::default() })?;
+            ensure!(a.ret == 0, "bpf_kflex_reserve failed: {}", a.ret as i64);
+        }
         Ok(l)
     }
 
@@ -136,18 +172,20 @@ impl Loaded {
     fn prog(&self, v: Variant, name: &str) -> Result<BorrowedFd<'_>> {
         match v {
             Variant::KFlex | Variant::ObjNew => self.kflex.get(name),
+            Variant::KFlexCall => self.kflex_call.get(name),
             Variant::ArenaFreeList | Variant::ArenaBump => self.arena.get(name),
         }
     }
 
-    /// Runs `xdp_pairs` of the KFlex build once on a 64-byte packet with
-    /// `args`; returns the updated arguments and the wall time of the run.
-    fn run_xdp(&self, args: Args) -> Result<(Args, Duration)> {
+    /// Runs `xdp_pairs` of variant `v`'s KFlex build once on a 64-byte
+    /// packet with `args`; returns the updated arguments and the wall time
+    /// of the run.
+    fn run_xdp(&self, v: Variant, args: Args) -> Result<(Args, Duration)> {
         use std::os::fd::AsRawFd;
-        let map = &self.xdp_args;
+        let map = if v == Variant::KFlexCall { &self.xdp_args_call } else { &self.xdp_args };
         let key = 0u32.to_ne_bytes();
         map.update(&key, as_bytes(&args), MapFlags::ANY)?;
-        let prog = self.kflex.get("xdp_pairs")?;
+        let prog = self.prog(v, "xdp_pairs")?;
         let pkt = [0u8; 64];
         // SAFETY: zeroed options are valid; `pkt` outlives the call.
         let mut opts = unsafe { std::mem::zeroed::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() };
@@ -218,7 +256,7 @@ pub fn cases(ops: u64) -> Vec<Case> {
     }
     // Remote frees: allocate on CPU 0, free on CPU 1.
     for size in [16u64, 64, 256] {
-        for v in [Variant::KFlex, Variant::ArenaFreeList] {
+        for v in [Variant::KFlex, Variant::KFlexCall, Variant::ArenaFreeList] {
             cases.push(Case {
                 name: format!("alloc/remote{REMOTE}/{size}/{}", v.name()),
                 baseline: (v != Variant::KFlex)
@@ -245,13 +283,16 @@ pub fn cases(ops: u64) -> Vec<Case> {
     // From XDP: the arena's BPF allocators need sleepable programs on 6.12
     // (bpf_arena_alloc_pages), so only the KFlex heap and bpf_obj_new.
     for size in [16u64, 64, 256, 4096] {
-        for v in [Variant::KFlex, Variant::ObjNew].into_iter().filter(|v| v.has(size)) {
+        for v in [Variant::KFlex, Variant::KFlexCall, Variant::ObjNew]
+            .into_iter()
+            .filter(|v| v.has(size))
+        {
             cases.push(Case {
                 name: format!("alloc/xdp-pairs/{size}/{}", v.name()),
                 baseline: (v != Variant::KFlex).then(|| format!("alloc/xdp-pairs/{size}/kflex")),
                 ops,
                 run: Box::new(move |l: &Loaded| {
-                    let (a, t) = l.run_xdp(Args { size, n: ops, kind: v.kind(), ret: 0 })?;
+                    let (a, t) = l.run_xdp(v, Args { size, n: ops, kind: v.kind(), ret: 0 })?;
                     ensure!(a.ret == 0, "{} allocations failed", a.ret);
                     Ok(t.as_nanos() as f64 / ops as f64)
                 }),

@@ -1,0 +1,282 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The allocator's fast path: one magazine of free objects per CPU and
+//! size class (`struct kflex_fast`, allocated per CPU by the glue).
+//!
+//! - An allocation of a size the program passes as a constant pops from the
+//!   magazine in instructions the verifier puts in place of the kfunc call
+//!   (`kflex_fast_emit()` in the glue): no call, no section, interrupts
+//!   stay on. [`Heap::fill_magazine`] refills an empty magazine from the
+//!   CPU's cache on the slow path.
+//! - A free first tries [`Heap::free_fast`]: it validates the object as the
+//!   slow path does, sets its free bit and pushes it, without a section. A
+//!   full magazine sends the free to the slow path, which moves half of the
+//!   magazine to the cache ([`Heap::drain_magazine`]).
+//!
+//! A magazine is taken with an exchange on its `busy` word, by the inline
+//! code and by this file alike; whoever finds it taken (an NMI, a tracing
+//! program, a task that preempted the holder) goes to the slow path, which
+//! never waits for it. Every object in a magazine is free (its free bit is
+//! set), so a second free of it is refused as for any free object, and the
+//! class reclaim, which takes only pages all of whose objects are on the
+//! global list, never takes its page.
+
+use core::{
+    ptr::{self, addr_of_mut},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use kernel::bindings;
+
+use super::{objects::Cache, Heap};
+use crate::{
+    logic::alloc::{class_size, locate, PageKind, CLASS_SIZES, NR_CLASSES, PAGE_SHIFT},
+    sys::Section,
+};
+
+/// Objects one magazine holds per class.
+const CAP: usize = bindings::KFLEX_FAST_CAP as usize;
+/// What a refill or a drain leaves in a magazine.
+const HALF: usize = CAP / 2;
+
+const _: () = assert!(CAP >= 2 && HALF > 0);
+
+/// A magazine whose `busy` word this holder set; released on drop.
+///
+/// # Invariants
+///
+/// `p` points to a live `kflex_fast` (the glue frees the magazines after
+/// the heap's last user), and `busy` is 1 on behalf of this value.
+struct Held {
+    p: *mut bindings::kflex_fast,
+}
+
+/// The `busy` word of magazine `p`.
+///
+/// # Safety
+///
+/// `p` points to a live `kflex_fast`.
+unsafe fn busy<'a>(p: *mut bindings::kflex_fast) -> &'a AtomicU64 {
+    // SAFETY: `busy` is an aligned `u64` of a live magazine, and every
+    // access to it (here and in the inline code: an exchange, a store) is
+    // atomic.
+    unsafe { AtomicU64::from_ptr(addr_of_mut!((*p).busy)) }
+}
+
+impl Held {
+    /// Takes magazine `p`; `None` if null or taken.
+    fn take(p: *mut bindings::kflex_fast) -> Option<Self> {
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: the glue's magazines live as long as the heap.
+        let b = unsafe { busy(p) };
+        // INVARIANT: the exchange set `busy` for this holder.
+        (b.swap(1, Ordering::Acquire) == 0).then_some(Held { p })
+    }
+
+    fn count(&self, class: usize) -> usize {
+        if class >= NR_CLASSES {
+            return CAP;
+        }
+        // SAFETY: `p` is live and held (type invariant): nobody else writes
+        // the magazine; `class` is in bounds.
+        let n = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).count[class])) };
+        (n as usize).min(CAP)
+    }
+
+    fn set_count(&mut self, class: usize, n: usize) {
+        if class < NR_CLASSES && n <= CAP {
+            // SAFETY: as in `count`.
+            unsafe { ptr::write_volatile(addr_of_mut!((*self.p).count[class]), n as u32) };
+        }
+    }
+
+    fn push(&mut self, class: usize, slot: bindings::kflex_fast_slot) -> bool {
+        let n = self.count(class);
+        if n >= CAP {
+            return false;
+        }
+        // SAFETY: as in `count`; `n < CAP` and `class < NR_CLASSES` (else
+        // `count` said `CAP`).
+        unsafe { ptr::write_volatile(addr_of_mut!((*self.p).slot[class][n]), slot) };
+        self.set_count(class, n + 1);
+        true
+    }
+
+    fn pop(&mut self, class: usize) -> Option<bindings::kflex_fast_slot> {
+        let n = self.count(class).checked_sub(1)?;
+        // SAFETY: as in `push`; slot `n` is below the count, so written.
+        let slot = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).slot[class][n])) };
+        self.set_count(class, n);
+        Some(slot)
+    }
+
+    /// Counts a free taken here (the inline code counts its allocations).
+    fn count_free(&mut self, class: usize) {
+        if class < NR_CLASSES {
+            // SAFETY: as in `count`; only the holder writes the counters.
+            unsafe {
+                let f = addr_of_mut!((*self.p).frees[class]);
+                ptr::write_volatile(f, ptr::read_volatile(f).wrapping_add(1));
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: `p` is live (type invariant).
+        unsafe { busy(self.p) }.store(0, Ordering::Release);
+    }
+}
+
+impl Heap {
+    fn magazine_this(&self) -> *mut bindings::kflex_fast {
+        // SAFETY: `info` is this heap's glue info (type invariant of `Heap`),
+        // whose magazines the glue allocated before `heap_init`.
+        unsafe { bindings::kflex_fast_this(self.info) }
+    }
+
+    /// `bpf_kflex_free()`'s fast path: true if the object went to this CPU's
+    /// magazine. Anything else -- a large object, a pointer that does not
+    /// validate, an object already free, a taken or full magazine -- is the
+    /// slow path's, which refuses and counts what must be refused.
+    pub(super) fn free_fast(&self, uaddr: u64) -> bool {
+        let Some(off) = self.offset_of(uaddr) else { return false };
+        let page = off >> PAGE_SHIFT;
+        if off == 0 || page >= self.populated_end.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(desc) = self.desc(page) else { return false };
+        let PageKind::Class(c) = desc.kind() else { return false };
+        let class = usize::from(c);
+        let Ok(obj) = locate(off, class) else { return false };
+        let Some(mut m) = Held::take(self.magazine_this()) else { return false };
+        if m.count(class) >= CAP {
+            return false;
+        }
+        let (w, b) = obj.bit();
+        let Some(word) = desc.free.get(w) else { return false };
+        if word.fetch_or(b, Ordering::AcqRel) & b != 0 {
+            return false;
+        }
+        let slot = bindings::kflex_fast_slot { uaddr, word: word.as_ptr() as u64, keep: !b };
+        // Room was checked with the magazine held.
+        m.push(class, slot);
+        m.count_free(class);
+        true
+    }
+
+    /// An object of `class` from this CPU's magazine, for the slow path of
+    /// an allocation (a program whose size is not a constant never runs
+    /// the inline path, and its frees fill the magazine): its heap offset.
+    pub(super) fn take_from_magazine(&self, class: usize) -> Option<u64> {
+        let mut m = Held::take(self.magazine_this())?;
+        let slot = m.pop(class)?;
+        let off = self.offset_of(slot.uaddr);
+        let (_, obj, desc) = off.and_then(|off| self.object(off, class)).or_else(|| {
+            super::bump(&self.c.corrupt_links, 1);
+            None
+        })?;
+        let (w, b) = obj.bit();
+        // A magazine's object is free: claim it as the inline path does.
+        if desc.free.get(w)?.fetch_and(!b, Ordering::AcqRel) & b == 0 {
+            super::bump(&self.c.corrupt_links, 1);
+            return None;
+        }
+        off
+    }
+
+    /// Refills this CPU's magazine of `class` from its cache if the inline
+    /// path emptied it (slow path of an allocation, cache held).
+    pub(super) fn fill_magazine(&self, s: &Section, cache: &mut Cache, class: usize) {
+        let Some(mut m) = Held::take(self.magazine_this()) else { return };
+        if m.count(class) != 0 {
+            return;
+        }
+        self.refill(s, cache, class);
+        for _ in 0..HALF {
+            let Some(off) = cache.pop(class) else { break };
+            let slot = self.object(off, class).and_then(|(_, obj, desc)| {
+                let (w, b) = obj.bit();
+                let word = desc.free.get(w)?;
+                // A cached object is free; check it as `alloc_small` does.
+                (word.load(Ordering::Acquire) & b != 0).then(|| bindings::kflex_fast_slot {
+                    uaddr: self.user_addr(off),
+                    word: word.as_ptr() as u64,
+                    keep: !b,
+                })
+            });
+            match slot {
+                Some(slot) => {
+                    m.push(class, slot);
+                }
+                None => super::bump(&self.c.corrupt_links, 1),
+            }
+        }
+    }
+
+    /// Moves half of every full class of this CPU's magazine to its cache
+    /// (slow path of a free, cache held).
+    pub(super) fn drain_magazine(&self, s: &Section, cache: &mut Cache) {
+        let Some(mut m) = Held::take(self.magazine_this()) else { return };
+        for class in 0..NR_CLASSES {
+            if m.count(class) < CAP {
+                continue;
+            }
+            while m.count(class) > HALF && !cache.full(class) {
+                let Some(slot) = m.pop(class) else { break };
+                match self.offset_of(slot.uaddr) {
+                    Some(off) => {
+                        cache.push(class, off);
+                    }
+                    None => super::bump(&self.c.corrupt_links, 1),
+                }
+            }
+            self.spill(s, cache, class);
+        }
+    }
+
+    /// Adds the magazines' allocations and frees to the statistics.
+    pub(super) fn magazine_stats(
+        &self,
+        st: &mut bindings::kflex_heap_stats,
+        class_bytes: &mut [i64; NR_CLASSES],
+    ) {
+        for cpu in 0..crate::sys::nr_cpu_ids() {
+            // SAFETY: `info` is this heap's (type invariant of `Heap`);
+            // `cpu` is a possible CPU id.
+            let p = unsafe { bindings::kflex_fast_of(self.info, cpu as i32) };
+            if p.is_null() {
+                continue;
+            }
+            for (class, bytes) in class_bytes.iter_mut().enumerate() {
+                // SAFETY: a live magazine (the glue's, as long as the heap);
+                // the counters are aligned `u64`s that only their holder
+                // writes, read here as a snapshot.
+                let (a, f) = unsafe {
+                    (
+                        ptr::read_volatile(addr_of_mut!((*p).allocs[class])),
+                        ptr::read_volatile(addr_of_mut!((*p).frees[class])),
+                    )
+                };
+                st.fast_allocs = st.fast_allocs.wrapping_add(a);
+                st.fast_frees = st.fast_frees.wrapping_add(f);
+                let n = a.wrapping_sub(f) as i64;
+                *bytes = bytes.wrapping_add(n.wrapping_mul(class_size(class) as i64));
+            }
+        }
+        st.allocs = st.allocs.wrapping_add(st.fast_allocs);
+        st.frees = st.frees.wrapping_add(st.fast_frees);
+    }
+
+    /// Object sizes of the classes, for the glue's inline fast path.
+    pub(super) fn publish_classes(info: *mut bindings::kflex_heap_info) {
+        for (i, &size) in CLASS_SIZES.iter().enumerate() {
+            // SAFETY: `info` is the glue's, not yet shared (`heap_init`);
+            // `i < KFLEX_NR_CLASSES` (asserted in `heap.rs`).
+            unsafe { ptr::write(addr_of_mut!((*info).class_size[i]), size as u16) };
+        }
+    }
+}
