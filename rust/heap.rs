@@ -244,7 +244,6 @@ impl Heap {
             (*info).kern_base = base;
             (*info).user_start = map_extra;
         }
-        Heap::publish_classes(info);
         let heap = KBox::pin_init(
             try_pin_init!(Heap {
                 info,
@@ -275,6 +274,7 @@ impl Heap {
             }? Error),
             flags::GFP_KERNEL,
         )?;
+        heap.publish_layout();
         heap.work.queue();
         Ok(heap)
     }

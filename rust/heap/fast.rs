@@ -1,17 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The allocator's fast path: one magazine of free objects per CPU and
-//! size class (`struct kflex_fast`, allocated per CPU by the glue).
+//! size class (`struct kflex_fast_class`, allocated per CPU by the glue).
 //!
-//! - An allocation of a size the program passes as a constant pops from the
-//!   magazine in instructions the verifier puts in place of the kfunc call
-//!   (`kflex_fast_emit()` in the glue): no call, no section, interrupts
+//! - An allocation of a size the program passes as a constant, and a free,
+//!   pop from and push to the magazine in instructions the verifier puts in
+//!   place of the kfunc calls (`kflex_fast_emit()` and
+//!   `kflex_fast_emit_free()` in the glue): no call, no section, interrupts
 //!   stay on. [`Heap::fill_magazine`] refills an empty magazine from the
-//!   CPU's cache on the slow path.
-//! - A free first tries [`Heap::free_fast`]: it validates the object as the
-//!   slow path does, sets its free bit and pushes it, without a section. A
-//!   full magazine sends the free to the slow path, which moves half of the
-//!   magazine to the cache ([`Heap::drain_magazine`]).
+//!   CPU's cache on the slow path, which also takes from it first
+//!   ([`Heap::take_from_magazine`]).
+//! - A free that reaches the kfunc first tries [`Heap::free_fast`], the same
+//!   push in Rust, without a section (programs loaded without the inline
+//!   path). A full magazine sends the free to the slow path, which moves
+//!   half of the magazine to the cache ([`Heap::drain_magazine`]).
 //!
 //! A magazine is taken with an exchange on its `busy` word, by the inline
 //! code and by this file alike; whoever finds it taken (an NMI, a tracing
@@ -22,13 +24,14 @@
 //! global list, never takes its page.
 
 use core::{
+    mem::{offset_of, size_of},
     ptr::{self, addr_of_mut},
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use kernel::bindings;
 
-use super::{objects::Cache, Heap};
+use super::{objects::Cache, Heap, PageDesc};
 use crate::{
     logic::alloc::{class_size, locate, PageKind, CLASS_SIZES, NR_CLASSES, PAGE_SHIFT},
     sys::Section,
@@ -45,18 +48,18 @@ const _: () = assert!(CAP >= 2 && HALF > 0);
 ///
 /// # Invariants
 ///
-/// `p` points to a live `kflex_fast` (the glue frees the magazines after
-/// the heap's last user), and `busy` is 1 on behalf of this value.
+/// `p` points to a live `kflex_fast_class` (the glue frees the magazines
+/// after the heap's last user), and its `busy` is 1 on behalf of this value.
 struct Held {
-    p: *mut bindings::kflex_fast,
+    p: *mut bindings::kflex_fast_class,
 }
 
 /// The `busy` word of magazine `p`.
 ///
 /// # Safety
 ///
-/// `p` points to a live `kflex_fast`.
-unsafe fn busy<'a>(p: *mut bindings::kflex_fast) -> &'a AtomicU64 {
+/// `p` points to a live `kflex_fast_class`.
+unsafe fn busy<'a>(p: *mut bindings::kflex_fast_class) -> &'a AtomicU64 {
     // SAFETY: `busy` is an aligned `u64` of a live magazine, and every
     // access to it (here and in the inline code: an exchange, a store) is
     // atomic.
@@ -65,7 +68,7 @@ unsafe fn busy<'a>(p: *mut bindings::kflex_fast) -> &'a AtomicU64 {
 
 impl Held {
     /// Takes magazine `p`; `None` if null or taken.
-    fn take(p: *mut bindings::kflex_fast) -> Option<Self> {
+    fn take(p: *mut bindings::kflex_fast_class) -> Option<Self> {
         if p.is_null() {
             return None;
         }
@@ -75,51 +78,45 @@ impl Held {
         (b.swap(1, Ordering::Acquire) == 0).then_some(Held { p })
     }
 
-    fn count(&self, class: usize) -> usize {
-        if class >= NR_CLASSES {
-            return CAP;
-        }
+    fn count(&self) -> usize {
         // SAFETY: `p` is live and held (type invariant): nobody else writes
-        // the magazine; `class` is in bounds.
-        let n = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).count[class])) };
+        // the magazine.
+        let n = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).count)) };
         (n as usize).min(CAP)
     }
 
-    fn set_count(&mut self, class: usize, n: usize) {
-        if class < NR_CLASSES && n <= CAP {
+    fn set_count(&mut self, n: usize) {
+        if n <= CAP {
             // SAFETY: as in `count`.
-            unsafe { ptr::write_volatile(addr_of_mut!((*self.p).count[class]), n as u32) };
+            unsafe { ptr::write_volatile(addr_of_mut!((*self.p).count), n as u32) };
         }
     }
 
-    fn push(&mut self, class: usize, slot: bindings::kflex_fast_slot) -> bool {
-        let n = self.count(class);
+    fn push(&mut self, slot: bindings::kflex_fast_slot) -> bool {
+        let n = self.count();
         if n >= CAP {
             return false;
         }
-        // SAFETY: as in `count`; `n < CAP` and `class < NR_CLASSES` (else
-        // `count` said `CAP`).
-        unsafe { ptr::write_volatile(addr_of_mut!((*self.p).slot[class][n]), slot) };
-        self.set_count(class, n + 1);
+        // SAFETY: as in `count`; `n < CAP`.
+        unsafe { ptr::write_volatile(addr_of_mut!((*self.p).slot[n]), slot) };
+        self.set_count(n + 1);
         true
     }
 
-    fn pop(&mut self, class: usize) -> Option<bindings::kflex_fast_slot> {
-        let n = self.count(class).checked_sub(1)?;
+    fn pop(&mut self) -> Option<bindings::kflex_fast_slot> {
+        let n = self.count().checked_sub(1)?;
         // SAFETY: as in `push`; slot `n` is below the count, so written.
-        let slot = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).slot[class][n])) };
-        self.set_count(class, n);
+        let slot = unsafe { ptr::read_volatile(addr_of_mut!((*self.p).slot[n])) };
+        self.set_count(n);
         Some(slot)
     }
 
-    /// Counts a free taken here (the inline code counts its allocations).
-    fn count_free(&mut self, class: usize) {
-        if class < NR_CLASSES {
-            // SAFETY: as in `count`; only the holder writes the counters.
-            unsafe {
-                let f = addr_of_mut!((*self.p).frees[class]);
-                ptr::write_volatile(f, ptr::read_volatile(f).wrapping_add(1));
-            }
+    /// Counts a free taken here (the inline code counts its own).
+    fn count_free(&mut self) {
+        // SAFETY: as in `count`; only the holder writes the counters.
+        unsafe {
+            let f = addr_of_mut!((*self.p).frees);
+            ptr::write_volatile(f, ptr::read_volatile(f).wrapping_add(1));
         }
     }
 }
@@ -132,10 +129,11 @@ impl Drop for Held {
 }
 
 impl Heap {
-    fn magazine_this(&self) -> *mut bindings::kflex_fast {
+    fn magazine_this(&self, class: usize) -> *mut bindings::kflex_fast_class {
         // SAFETY: `info` is this heap's glue info (type invariant of `Heap`),
-        // whose magazines the glue allocated before `heap_init`.
-        unsafe { bindings::kflex_fast_this(self.info) }
+        // whose magazines the glue allocated before `heap_init`; the glue
+        // returns NULL for a class out of range.
+        unsafe { bindings::kflex_fast_this(self.info, class as i32) }
     }
 
     /// `bpf_kflex_free()`'s fast path: true if the object went to this CPU's
@@ -152,8 +150,8 @@ impl Heap {
         let PageKind::Class(c) = desc.kind() else { return false };
         let class = usize::from(c);
         let Ok(obj) = locate(off, class) else { return false };
-        let Some(mut m) = Held::take(self.magazine_this()) else { return false };
-        if m.count(class) >= CAP {
+        let Some(mut m) = Held::take(self.magazine_this(class)) else { return false };
+        if m.count() >= CAP {
             return false;
         }
         let (w, b) = obj.bit();
@@ -163,8 +161,8 @@ impl Heap {
         }
         let slot = bindings::kflex_fast_slot { uaddr, word: word.as_ptr() as u64, keep: !b };
         // Room was checked with the magazine held.
-        m.push(class, slot);
-        m.count_free(class);
+        m.push(slot);
+        m.count_free();
         true
     }
 
@@ -172,8 +170,8 @@ impl Heap {
     /// an allocation (a program whose size is not a constant never runs
     /// the inline path, and its frees fill the magazine): its heap offset.
     pub(super) fn take_from_magazine(&self, class: usize) -> Option<u64> {
-        let mut m = Held::take(self.magazine_this())?;
-        let slot = m.pop(class)?;
+        let mut m = Held::take(self.magazine_this(class))?;
+        let slot = m.pop()?;
         let off = self.offset_of(slot.uaddr);
         let (_, obj, desc) = off.and_then(|off| self.object(off, class)).or_else(|| {
             super::bump(&self.c.corrupt_links, 1);
@@ -191,8 +189,8 @@ impl Heap {
     /// Refills this CPU's magazine of `class` from its cache if the inline
     /// path emptied it (slow path of an allocation, cache held).
     pub(super) fn fill_magazine(&self, s: &Section, cache: &mut Cache, class: usize) {
-        let Some(mut m) = Held::take(self.magazine_this()) else { return };
-        if m.count(class) != 0 {
+        let Some(mut m) = Held::take(self.magazine_this(class)) else { return };
+        if m.count() != 0 {
             return;
         }
         self.refill(s, cache, class);
@@ -210,7 +208,7 @@ impl Heap {
             });
             match slot {
                 Some(slot) => {
-                    m.push(class, slot);
+                    m.push(slot);
                 }
                 None => super::bump(&self.c.corrupt_links, 1),
             }
@@ -220,13 +218,13 @@ impl Heap {
     /// Moves half of every full class of this CPU's magazine to its cache
     /// (slow path of a free, cache held).
     pub(super) fn drain_magazine(&self, s: &Section, cache: &mut Cache) {
-        let Some(mut m) = Held::take(self.magazine_this()) else { return };
         for class in 0..NR_CLASSES {
-            if m.count(class) < CAP {
+            let Some(mut m) = Held::take(self.magazine_this(class)) else { continue };
+            if m.count() < CAP {
                 continue;
             }
-            while m.count(class) > HALF && !cache.full(class) {
-                let Some(slot) = m.pop(class) else { break };
+            while m.count() > HALF && !cache.full(class) {
+                let Some(slot) = m.pop() else { break };
                 match self.offset_of(slot.uaddr) {
                     Some(off) => {
                         cache.push(class, off);
@@ -245,20 +243,20 @@ impl Heap {
         class_bytes: &mut [i64; NR_CLASSES],
     ) {
         for cpu in 0..crate::sys::nr_cpu_ids() {
-            // SAFETY: `info` is this heap's (type invariant of `Heap`);
-            // `cpu` is a possible CPU id.
-            let p = unsafe { bindings::kflex_fast_of(self.info, cpu as i32) };
-            if p.is_null() {
-                continue;
-            }
             for (class, bytes) in class_bytes.iter_mut().enumerate() {
+                // SAFETY: `info` is this heap's (type invariant of `Heap`);
+                // `cpu` is a possible CPU id, `class` in range.
+                let p = unsafe { bindings::kflex_fast_of(self.info, cpu as i32, class as i32) };
+                if p.is_null() {
+                    continue;
+                }
                 // SAFETY: a live magazine (the glue's, as long as the heap);
                 // the counters are aligned `u64`s that only their holder
                 // writes, read here as a snapshot.
                 let (a, f) = unsafe {
                     (
-                        ptr::read_volatile(addr_of_mut!((*p).allocs[class])),
-                        ptr::read_volatile(addr_of_mut!((*p).frees[class])),
+                        ptr::read_volatile(addr_of_mut!((*p).allocs)),
+                        ptr::read_volatile(addr_of_mut!((*p).frees)),
                     )
                 };
                 st.fast_allocs = st.fast_allocs.wrapping_add(a);
@@ -271,12 +269,25 @@ impl Heap {
         st.frees = st.frees.wrapping_add(st.fast_frees);
     }
 
-    /// Object sizes of the classes, for the glue's inline fast path.
-    pub(super) fn publish_classes(info: *mut bindings::kflex_heap_info) {
+    /// What the glue's inline fast path needs: the classes' object sizes,
+    /// and where the page descriptors are and how they are laid out.
+    pub(super) fn publish_layout(&self) {
+        let info = self.info;
         for (i, &size) in CLASS_SIZES.iter().enumerate() {
             // SAFETY: `info` is the glue's, not yet shared (`heap_init`);
             // `i < KFLEX_NR_CLASSES` (asserted in `heap.rs`).
             unsafe { ptr::write(addr_of_mut!((*info).class_size[i]), size as u16) };
+        }
+        // SAFETY: as above. `dir` is never resized, so its buffer stays
+        // where it is until the heap goes; a chunk pointer in it is NULL or
+        // points to `chunk_pages` descriptors (type invariant of `Heap`).
+        unsafe {
+            (*info).fast_dir = self.dir.as_ptr() as u64;
+            (*info).fast_chunk_shift = self.chunk_shift;
+            (*info).fast_desc_size = size_of::<PageDesc>() as u32;
+            (*info).fast_desc_state = offset_of!(PageDesc, state) as u32;
+            (*info).fast_desc_free = offset_of!(PageDesc, free) as u32;
+            (*info).fast_class_state = PageKind::Class(0).encode();
         }
     }
 }

@@ -53,8 +53,8 @@ fn run_prog(prog: BorrowedFd<'_>, mut args: Args) -> Result<(Args, Duration)> {
 enum Variant {
     KFlex,
     /// The KFlex heap without the inline fast path: the programs loaded
-    /// with `kernel.kflex_fast_path=0`, so each allocation is a kfunc call
-    /// (the allocator before the fast path; frees still try the magazine).
+    /// with `kernel.kflex_fast_path=0`, so each allocation and free is a
+    /// kfunc call (frees still try the magazine, in Rust, first).
     KFlexCall,
     ArenaFreeList,
     ArenaBump,
