@@ -178,6 +178,8 @@ struct Counters {
     pages_returned: AtomicU64,
     /// Class pages moved to the free-page stack by reclaim passes.
     pages_reclaimed: AtomicU64,
+    /// Slow-path calls that found their CPU's magazine taken.
+    fast_busy: AtomicU64,
     /// Objects on each class's global list (published under its lock).
     list_objs: [AtomicU64; NR_CLASSES],
     /// ... and how many the last reclaim pass of the class kept there.
@@ -405,5 +407,6 @@ impl Heap {
         st.pages_free = self.c.pages_free.load(Ordering::Relaxed);
         st.pages_returned = self.c.pages_returned.load(Ordering::Relaxed);
         st.pages_reclaimed = self.c.pages_reclaimed.load(Ordering::Relaxed);
+        st.fast_busy = self.c.fast_busy.load(Ordering::Relaxed);
     }
 }

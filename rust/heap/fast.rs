@@ -67,15 +67,20 @@ unsafe fn busy<'a>(p: *mut bindings::kflex_fast_class) -> &'a AtomicU64 {
 }
 
 impl Held {
-    /// Takes magazine `p`; `None` if null or taken.
-    fn take(p: *mut bindings::kflex_fast_class) -> Option<Self> {
+    /// Takes magazine `p`; `None` if null or taken (then counted in
+    /// `taken`).
+    fn take(p: *mut bindings::kflex_fast_class, taken: &AtomicU64) -> Option<Self> {
         if p.is_null() {
             return None;
         }
         // SAFETY: the glue's magazines live as long as the heap.
         let b = unsafe { busy(p) };
+        if b.swap(1, Ordering::Acquire) != 0 {
+            super::bump(taken, 1);
+            return None;
+        }
         // INVARIANT: the exchange set `busy` for this holder.
-        (b.swap(1, Ordering::Acquire) == 0).then_some(Held { p })
+        Some(Held { p })
     }
 
     fn count(&self) -> usize {
@@ -150,7 +155,9 @@ impl Heap {
         let PageKind::Class(c) = desc.kind() else { return false };
         let class = usize::from(c);
         let Ok(obj) = locate(off, class) else { return false };
-        let Some(mut m) = Held::take(self.magazine_this(class)) else { return false };
+        let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else {
+            return false;
+        };
         if m.count() >= CAP {
             return false;
         }
@@ -170,7 +177,7 @@ impl Heap {
     /// an allocation (a program whose size is not a constant never runs
     /// the inline path, and its frees fill the magazine): its heap offset.
     pub(super) fn take_from_magazine(&self, class: usize) -> Option<u64> {
-        let mut m = Held::take(self.magazine_this(class))?;
+        let mut m = Held::take(self.magazine_this(class), &self.c.fast_busy)?;
         let slot = m.pop()?;
         let off = self.offset_of(slot.uaddr);
         let (_, obj, desc) = off.and_then(|off| self.object(off, class)).or_else(|| {
@@ -189,7 +196,7 @@ impl Heap {
     /// Refills this CPU's magazine of `class` from its cache if the inline
     /// path emptied it (slow path of an allocation, cache held).
     pub(super) fn fill_magazine(&self, s: &Section, cache: &mut Cache, class: usize) {
-        let Some(mut m) = Held::take(self.magazine_this(class)) else { return };
+        let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else { return };
         if m.count() != 0 {
             return;
         }
@@ -219,7 +226,9 @@ impl Heap {
     /// (slow path of a free, cache held).
     pub(super) fn drain_magazine(&self, s: &Section, cache: &mut Cache) {
         for class in 0..NR_CLASSES {
-            let Some(mut m) = Held::take(self.magazine_this(class)) else { continue };
+            let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else {
+                continue;
+            };
             if m.count() < CAP {
                 continue;
             }

@@ -3,9 +3,10 @@
  * Allocation from the contexts the allocator must survive (guest test
  * ctx::*): tracing programs inside the scheduler (tp_btf/sched_switch) and
  * inside the workqueue code (tp_btf/workqueue_queue_work), perf-event
- * programs (NMI where the CPU has a PMU, hard interrupt otherwise), and a
+ * programs (NMI where the CPU has a PMU, hard interrupt otherwise), a
  * kprobe on the raw-spinlock helper the allocator takes its own locks with,
- * so that it runs inside the allocator on the same heap.
+ * so that it runs inside the allocator on the same heap, and kprobes on the
+ * allocator's kfuncs.
  *
  * Every hit of a program allocates (mode 1) or frees (mode 2) a few 64-byte
  * nodes, kept on a list per CPU; user space switches the mode.
@@ -91,6 +92,21 @@ int on_alloc_lock(struct pt_regs *ctx)
 	return 0;
 }
 
+/* On the kfuncs themselves, entered where the inline paths fall back. */
+SEC("kprobe/bpf_kflex_alloc")
+int on_alloc_kfunc(struct pt_regs *ctx)
+{
+	step();
+	return 0;
+}
+
+SEC("kprobe/bpf_kflex_free")
+int on_free_kfunc(struct pt_regs *ctx)
+{
+	step();
+	return 0;
+}
+
 /* The driver of the kprobe tests: allocation churn on this heap, one
  * array of pointers per caller (slot 0 or 1). */
 struct churn_args {
@@ -101,14 +117,14 @@ struct churn_args {
 
 void __arena *churn_ptrs[2][1024];
 
-SEC("syscall")
-int churn(struct churn_args *a)
+/* a->rounds rounds of 1024 allocations of size bytes, then their frees. */
+static __always_inline __u64 churn_size(struct churn_args *a, __u64 size)
 {
 	__u64 r, i, fails = 0, s = a->slot & 1;
 
 	bpf_for(r, 0, a->rounds) {
 		bpf_for(i, 0, 1024) {
-			churn_ptrs[s][i] = kflex_malloc(heap, 16);
+			churn_ptrs[s][i] = kflex_malloc(heap, size);
 			if (!churn_ptrs[s][i])
 				fails++;
 		}
@@ -117,7 +133,25 @@ int churn(struct churn_args *a)
 			churn_ptrs[s][i] = 0;
 		}
 	}
-	a->fails = fails;
+	return fails;
+}
+
+SEC("syscall")
+int churn(struct churn_args *a)
+{
+	a->fails = churn_size(a, 16);
+	return 0;
+}
+
+/*
+ * The churn in the nodes' class: the inline fast path of the interrupted
+ * run and of a perf-event program that interrupts it use the same
+ * magazines.
+ */
+SEC("syscall")
+int churn_nodes(struct churn_args *a)
+{
+	a->fails = churn_size(a, sizeof(struct node));
 	return 0;
 }
 

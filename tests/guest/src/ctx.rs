@@ -44,6 +44,12 @@ enum Hook {
     PerfEvent,
     /// kprobe inside the allocator, allocating from the same heap.
     AllocLockSameHeap,
+    /// perf event while both CPUs run the inline fast path in the
+    /// program's class.
+    PerfEventOverFastPath,
+    /// kprobes on `bpf_kflex_alloc()` and `bpf_kflex_free()`, which the
+    /// inline paths call for what they cannot do, under the same load.
+    KfuncProbes,
 }
 
 /// Seconds per phase: allocate until exhausted, free, allocate again.
@@ -183,7 +189,11 @@ fn exercise(hook: Hook) -> Result<()> {
         Hook::SchedSwitch => links.push(skel.progs.on_sched_switch.attach()?),
         Hook::QueueWork => links.push(skel.progs.on_queue_work.attach()?),
         Hook::AllocLockSameHeap => links.push(skel.progs.on_alloc_lock.attach()?),
-        Hook::PerfEvent => {
+        Hook::KfuncProbes => {
+            links.push(skel.progs.on_alloc_kfunc.attach()?);
+            links.push(skel.progs.on_free_kfunc.attach()?);
+        }
+        Hook::PerfEvent | Hook::PerfEventOverFastPath => {
             for cpu in 0..2 {
                 let (fd, what) = perf_event(cpu)?;
                 kind = what;
@@ -193,6 +203,7 @@ fn exercise(hook: Hook) -> Result<()> {
         }
     }
     let churn = skel.progs.churn.as_fd().as_raw_fd();
+    let churn_nodes = skel.progs.churn_nodes.as_fd().as_raw_fd();
     let stop = AtomicBool::new(false);
     let mut per_phase = Vec::new();
     std::thread::scope(|s| -> Result<()> {
@@ -225,6 +236,9 @@ fn exercise(hook: Hook) -> Result<()> {
             // The allocator taking its locks: churn on the same heap.
             Hook::AllocLockSameHeap => {
                 load_on_both_cpus(s, &stop, move |cpu| churn_once(churn, cpu))
+            }
+            Hook::PerfEventOverFastPath | Hook::KfuncProbes => {
+                load_on_both_cpus(s, &stop, move |cpu| churn_once(churn_nodes, cpu))
             }
         };
         for (i, (mode, secs)) in PHASES.into_iter().enumerate() {
@@ -275,6 +289,12 @@ fn exercise(hook: Hook) -> Result<()> {
         ensure!(b.ok > f.ok, "{hook:?}: allocations did not succeed again after frees: {b:?}");
     }
     check_balanced(&st)?;
+    if hook == Hook::PerfEventOverFastPath {
+        // Interrupts landed inside the interrupted run's fast path: the
+        // program's own fast path found the magazine taken and called the
+        // kfunc, whose slow path found it taken too, and went on without it.
+        ensure!(st.get("fast_busy") > 0, "{hook:?}: no magazine was ever found taken: {st:?}");
+    }
     Ok(())
 }
 
@@ -315,6 +335,19 @@ pub fn alloc_in_workqueue_tracepoint() -> Result<()> {
 
 pub fn alloc_in_perf_event() -> Result<()> {
     exercise(Hook::PerfEvent)
+}
+
+/// A perf-event program allocates and frees nodes while both CPUs allocate
+/// and free nodes of the same class through the inline fast path, so that
+/// it interrupts runs that hold the magazine it needs.
+pub fn alloc_in_perf_event_over_fast_path() -> Result<()> {
+    exercise(Hook::PerfEventOverFastPath)
+}
+
+/// kprobe programs on the allocator's kfuncs allocate and free nodes each
+/// time the inline paths of a churn in their class fall back to a call.
+pub fn alloc_in_kprobes_on_the_kfuncs() -> Result<()> {
+    exercise(Hook::KfuncProbes)
 }
 
 pub fn alloc_inside_allocator_same_heap() -> Result<()> {

@@ -59,6 +59,8 @@ const TESTS: &[(&str, &str, TestFn)] = &[
     t!(ctx::alloc_in_sched_switch, "ym"),
     t!(ctx::alloc_in_workqueue_tracepoint, "ym"),
     t!(ctx::alloc_in_perf_event, "ym"),
+    t!(ctx::alloc_in_perf_event_over_fast_path, "ym"),
+    t!(ctx::alloc_in_kprobes_on_the_kfuncs, "ym"),
     t!(ctx::alloc_inside_allocator_same_heap, "ym"),
     t!(ctx::alloc_inside_allocator_other_heap, "ym"),
     t!(guards::hostile_accesses_confined, "ym"),
