@@ -7,13 +7,13 @@
 //!   pop from and push to the magazine in instructions the verifier puts in
 //!   place of the kfunc calls (`kflex_fast_emit()` and
 //!   `kflex_fast_emit_free()` in the glue): no call, no section, interrupts
-//!   stay on. [`Heap::fill_magazine`] refills an empty magazine from the
-//!   CPU's cache on the slow path, which also takes from it first
-//!   ([`Heap::take_from_magazine`]).
+//!   stay on. The slow path of an allocation takes from the magazine
+//!   first and refills an empty one from the CPU's cache
+//!   ([`Heap::alloc_via_magazine`]).
 //! - A free that reaches the kfunc first tries [`Heap::free_fast`], the same
 //!   push in Rust, without a section (programs loaded without the inline
 //!   path). A full magazine sends the free to the slow path, which moves
-//!   half of the magazine to the cache ([`Heap::drain_magazine`]).
+//!   half of that class's magazine to the cache ([`Heap::drain_magazine`]).
 //!
 //! A magazine is taken with an exchange on its `busy` word, by the inline
 //! code and by this file alike; whoever finds it taken (an NMI, a tracing
@@ -133,6 +133,12 @@ impl Drop for Held {
     }
 }
 
+/// A magazine slot for the free object at `uaddr`, whose free bit is `bit`
+/// of `word`.
+fn slot(uaddr: u64, word: &AtomicU64, bit: u64) -> bindings::kflex_fast_slot {
+    bindings::kflex_fast_slot { uaddr, word: word.as_ptr() as u64, keep: !bit }
+}
+
 impl Heap {
     fn magazine_this(&self, class: usize) -> *mut bindings::kflex_fast_class {
         // SAFETY: `info` is this heap's glue info (type invariant of `Heap`),
@@ -166,54 +172,49 @@ impl Heap {
         if word.fetch_or(b, Ordering::AcqRel) & b != 0 {
             return false;
         }
-        let slot = bindings::kflex_fast_slot { uaddr, word: word.as_ptr() as u64, keep: !b };
         // Room was checked with the magazine held.
-        m.push(slot);
+        m.push(slot(uaddr, word, b));
         m.count_free();
         true
     }
 
-    /// An object of `class` from this CPU's magazine, for the slow path of
-    /// an allocation (a program whose size is not a constant never runs
-    /// the inline path, and its frees fill the magazine): its heap offset.
-    pub(super) fn take_from_magazine(&self, class: usize) -> Option<u64> {
-        let mut m = Held::take(self.magazine_this(class), &self.c.fast_busy)?;
-        let slot = m.pop()?;
-        let off = self.offset_of(slot.uaddr);
-        let (_, obj, desc) = off.and_then(|off| self.object(off, class)).or_else(|| {
-            super::bump(&self.c.corrupt_links, 1);
-            None
-        })?;
-        let (w, b) = obj.bit();
-        // A magazine's object is free: claim it as the inline path does.
-        if desc.free.get(w)?.fetch_and(!b, Ordering::AcqRel) & b == 0 {
-            super::bump(&self.c.corrupt_links, 1);
-            return None;
+    /// The slow path of an allocation of `class` (cache held): an object
+    /// from this CPU's magazine (a program whose size is not a constant
+    /// never runs the inline path, and its frees fill the magazine), else
+    /// from the cache, and then an empty magazine is refilled. Returns the
+    /// heap offset, 0 if none.
+    pub(super) fn alloc_via_magazine(&self, s: &Section, cache: &mut Cache, class: usize) -> u64 {
+        let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else {
+            return self.alloc_small(s, cache, class);
+        };
+        if let Some(slot) = m.pop() {
+            match self.offset_of(slot.uaddr) {
+                // A magazine's object is free: claim it as the inline path does.
+                Some(off) if self.claim(off, class) => return off,
+                Some(_) => {}
+                None => super::bump(&self.c.corrupt_links, 1),
+            }
+        }
+        let off = self.alloc_small(s, cache, class);
+        if m.count() == 0 {
+            self.fill(&mut m, s, cache, class);
         }
         off
     }
 
-    /// Refills this CPU's magazine of `class` from its cache if the inline
-    /// path emptied it (slow path of an allocation, cache held).
-    pub(super) fn fill_magazine(&self, s: &Section, cache: &mut Cache, class: usize) {
-        let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else { return };
-        if m.count() != 0 {
-            return;
-        }
+    /// Refills magazine `m` of `class` with half its capacity from the
+    /// CPU's cache.
+    fn fill(&self, m: &mut Held, s: &Section, cache: &mut Cache, class: usize) {
         self.refill(s, cache, class);
         for _ in 0..HALF {
             let Some(off) = cache.pop(class) else { break };
-            let slot = self.object(off, class).and_then(|(_, obj, desc)| {
+            let free = self.object(off, class).and_then(|(_, obj, desc)| {
                 let (w, b) = obj.bit();
                 let word = desc.free.get(w)?;
-                // A cached object is free; check it as `alloc_small` does.
-                (word.load(Ordering::Acquire) & b != 0).then(|| bindings::kflex_fast_slot {
-                    uaddr: self.user_addr(off),
-                    word: word.as_ptr() as u64,
-                    keep: !b,
-                })
+                // A cached object is free; check it as `claim` does.
+                (word.load(Ordering::Acquire) & b != 0).then(|| slot(self.user_addr(off), word, b))
             });
-            match slot {
+            match free {
                 Some(slot) => {
                     m.push(slot);
                 }
@@ -222,27 +223,25 @@ impl Heap {
         }
     }
 
-    /// Moves half of every full class of this CPU's magazine to its cache
-    /// (slow path of a free, cache held).
-    pub(super) fn drain_magazine(&self, s: &Section, cache: &mut Cache) {
-        for class in 0..NR_CLASSES {
-            let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else {
-                continue;
-            };
-            if m.count() < CAP {
-                continue;
-            }
-            while m.count() > HALF && !cache.full(class) {
-                let Some(slot) = m.pop() else { break };
-                match self.offset_of(slot.uaddr) {
-                    Some(off) => {
-                        cache.push(class, off);
-                    }
-                    None => super::bump(&self.c.corrupt_links, 1),
-                }
-            }
-            self.spill(s, cache, class);
+    /// Moves half of this CPU's magazine of `class`, if full, to its cache
+    /// (slow path of a free of that class, cache held).
+    pub(super) fn drain_magazine(&self, s: &Section, cache: &mut Cache, class: usize) {
+        let Some(mut m) = Held::take(self.magazine_this(class), &self.c.fast_busy) else {
+            return;
+        };
+        if m.count() < CAP {
+            return;
         }
+        while m.count() > HALF && !cache.full(class) {
+            let Some(slot) = m.pop() else { break };
+            match self.offset_of(slot.uaddr) {
+                Some(off) => {
+                    cache.push(class, off);
+                }
+                None => super::bump(&self.c.corrupt_links, 1),
+            }
+        }
+        self.spill(s, cache, class);
     }
 
     /// Adds the magazines' allocations and frees to the statistics.

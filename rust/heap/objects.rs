@@ -679,20 +679,29 @@ impl Heap {
         }
     }
 
-    fn alloc_small(&self, s: &Section, cache: &mut Cache, class: usize) -> u64 {
+    pub(super) fn alloc_small(&self, s: &Section, cache: &mut Cache, class: usize) -> u64 {
         for _ in 0..2 {
             self.refill(s, cache, class);
             let Some(cand) = cache.pop(class) else { break };
-            // Mark allocated; a cached object is always free, but check.
-            if let Some((_, obj, desc)) = self.object(cand, class) {
-                let (w, b) = obj.bit();
-                if desc.free.get(w).is_some_and(|f| f.fetch_and(!b, Ordering::AcqRel) & b != 0) {
-                    return cand;
-                }
+            if self.claim(cand, class) {
+                return cand;
             }
-            bump(&self.c.corrupt_links, 1);
         }
         0
+    }
+
+    /// Marks the free object at `off` (from a cache or a magazine, which
+    /// hold only free objects, but checked) allocated; counts a corrupt
+    /// link if it is not a free object of `class`.
+    pub(super) fn claim(&self, off: u64, class: usize) -> bool {
+        if let Some((_, obj, desc)) = self.object(off, class) {
+            let (w, b) = obj.bit();
+            if desc.free.get(w).is_some_and(|f| f.fetch_and(!b, Ordering::AcqRel) & b != 0) {
+                return true;
+            }
+        }
+        bump(&self.c.corrupt_links, 1);
+        false
     }
 
     fn free_object(
@@ -842,14 +851,7 @@ impl Heap {
         };
         let class = class_of(size);
         let off = match class {
-            Some(c) => match self.take_from_magazine(c) {
-                Some(off) => off,
-                None => {
-                    let off = self.alloc_small(&s, &mut cache, c);
-                    self.fill_magazine(&s, &mut cache, c);
-                    off
-                }
-            },
+            Some(c) => self.alloc_via_magazine(&s, &mut cache, c),
             None => {
                 let u = self.alloc_large(&s, size);
                 return self.finish(&s, cache, u, None);
@@ -889,20 +891,23 @@ impl Heap {
             self.defer(&s, uaddr);
             return;
         };
-        self.free_one(&s, &mut cache, uaddr);
-        self.drain_magazine(&s, &mut cache);
+        if let Some(class) = self.free_one(&s, &mut cache, uaddr) {
+            self.drain_magazine(&s, &mut cache, class);
+        }
         self.drain(&s, &mut cache);
     }
 
     /// Frees `uaddr` with the CPU's cache held; defers it if a lock cannot
     /// be taken or the cache is full.
-    fn free_one(&self, s: &Section, cache: &mut Cache, uaddr: u64) {
+    /// Returns the size class of a small object it freed.
+    fn free_one(&self, s: &Section, cache: &mut Cache, uaddr: u64) -> Option<usize> {
         match self.try_free(s, cache, uaddr) {
             Ok(class) => {
                 if let Some(c) = self.cpu(s) {
                     bump_owned(cache, &c.frees, 1);
                     account(cache, c, class, -1);
                 }
+                return class;
             }
             Err(Deferral::Busy) => self.defer(s, uaddr),
             Err(Deferral::Refused(why)) => {
@@ -914,6 +919,7 @@ impl Heap {
                 bump(c, 1);
             }
         }
+        None
     }
 
     /// Frees `uaddr`; returns the size class of a small object.
